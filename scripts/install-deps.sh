@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine (run as root).
+#
+# vsftpd, proftpd-core and pure-ftpd each declare "Conflicts: ftp-server", so
+# only ProFTPD is installed through apt; vsftpd and Pure-FTPd are unpacked
+# with `dpkg -x` into $FTPSFS_PKG_DIR after their shared libraries are
+# installed. policy-rc.d stops apt from starting any server on port 21.
+set -euo pipefail
+
+PKG_DIR="${FTPSFS_PKG_DIR:-/var/tmp/ftpsfs-pkgs}"
+export DEBIAN_FRONTEND=noninteractive
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps.sh: must run as root (apt-get, /dev/fuse)" >&2
+    exit 1
+fi
+
+need_apt=0
+for bin in /usr/sbin/proftpd /usr/bin/fusermount3 /usr/bin/openssl /usr/bin/pkg-config; do
+    [[ -x $bin ]] || need_apt=1
+done
+[[ -f /usr/lib/proftpd/mod_tls.so ]] || need_apt=1
+[[ -f /usr/include/openssl/ssl.h ]] || need_apt=1
+[[ -x $PKG_DIR/vsftpd/usr/sbin/vsftpd && -x $PKG_DIR/pure-ftpd/usr/sbin/pure-ftpd ]] || need_apt=1
+
+if [[ $need_apt -eq 0 ]]; then
+    echo "install-deps.sh: everything already installed"
+    exit 0
+fi
+
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    created_policy=1
+fi
+cleanup() { if [[ $created_policy -eq 1 ]]; then rm -f "$policy"; fi; }
+trap cleanup EXIT
+
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    proftpd-core proftpd-mod-crypto \
+    fuse3 openssl libssl-dev pkg-config ca-certificates curl iproute2 procps \
+    libcap2 libpam0g libwrap0 libsodium23 libssl3 libpam-modules >/dev/null
+
+mkdir -p "$PKG_DIR"
+cd "$PKG_DIR"
+for pkg in vsftpd pure-ftpd; do
+    if [[ ! -d $pkg/usr/sbin ]]; then
+        rm -f "${pkg}"_*.deb
+        # _apt cannot write here; the download runs as root, which apt warns about.
+        apt-get download -qq "$pkg" 2>&1 | grep -v "unsandboxed as root" || true
+        ls "${pkg}"_*.deb >/dev/null
+        rm -rf "$pkg"
+        dpkg -x "${pkg}"_*.deb "$pkg"
+    fi
+done
+echo "install-deps.sh: installed; vsftpd and pure-ftpd unpacked under $PKG_DIR"

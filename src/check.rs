@@ -1,0 +1,240 @@
+//! `ftpsfs check`: the diagnosis a user runs when a mount fails.
+//!
+//! It walks the same steps a mount takes, printing each, and stops at the first failure
+//! with one line naming the step and the server's reply.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::ftp::listing::EntryKind;
+use crate::ftp::tls::{TlsStats, TlsStatsSnapshot};
+use crate::ftp::{ConnectOptions, ControlConnection, FtpError};
+
+/// Bytes read from a file to prove downloads work.
+const PROBE_BYTES: usize = 4096;
+
+/// A failed check: the step and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {error}")]
+pub struct CheckFailure {
+    /// What was being done.
+    pub step: String,
+    /// Why it failed.
+    #[source]
+    pub error: FtpError,
+}
+
+/// What a successful check found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Data connections opened in all.
+    pub data_connections: u64,
+    /// Of those, how many resumed their control connection's TLS session.
+    pub resumed: u64,
+}
+
+fn step<T>(name: impl Into<String>, result: Result<T, FtpError>) -> Result<T, CheckFailure> {
+    result.map_err(|error| match error {
+        // The data-connection error already names its step.
+        FtpError::DataRejected { .. } => CheckFailure {
+            step: "data connection".into(),
+            error,
+        },
+        _ => CheckFailure {
+            step: name.into(),
+            error,
+        },
+    })
+}
+
+fn millis(since: Instant) -> String {
+    format!("{} ms", since.elapsed().as_millis())
+}
+
+fn resumption_word(resumed: Option<bool>) -> &'static str {
+    match resumed {
+        Some(true) => "resumed",
+        Some(false) => "NOT resumed (full handshake)",
+        None => "plain (no TLS)",
+    }
+}
+
+/// Runs the check against `path`, printing progress through `out`.
+pub async fn run(
+    options: ConnectOptions,
+    path: &[u8],
+    data_connections: usize,
+    mut out: impl FnMut(&str),
+) -> Result<CheckReport, CheckFailure> {
+    let options = Arc::new(options);
+    let stats = Arc::new(TlsStats::default());
+    let started = Instant::now();
+    let mut conn = step(
+        "connecting and logging in",
+        ControlConnection::connect(options.clone(), stats.clone()).await,
+    )?;
+    out(&format!(
+        "connected to {} and logged in as {:?} in {}",
+        conn.peer(),
+        options.user,
+        millis(started)
+    ));
+    out(&format!("greeting: {}", conn.greeting()));
+    match conn.tls_summary() {
+        Some(tls) => out(&format!(
+            "control connection TLS: {} {}",
+            tls.version, tls.cipher
+        )),
+        None => out("control connection: plain FTP, NOT encrypted"),
+    }
+    let features = conn.features();
+    out(&format!(
+        "features: {}",
+        if features.lines.is_empty() {
+            "(none announced)".to_string()
+        } else {
+            features.lines.join(", ")
+        }
+    ));
+    out(&format!(
+        "listings use {}",
+        if features.mlsd {
+            "MLSD"
+        } else {
+            "LIST -a (no MLSD)"
+        }
+    ));
+
+    let mut report = CheckReport::default();
+    let display_path = if path.is_empty() {
+        "(login directory)".to_string()
+    } else {
+        format!("{:?}", String::from_utf8_lossy(path))
+    };
+    let mut probe_file: Option<Vec<u8>> = None;
+    for round in 0..data_connections.max(1) {
+        let started = Instant::now();
+        let before = stats.snapshot();
+        if round % 2 == 0 || probe_file.is_none() {
+            let listing = step(format!("listing {display_path}"), conn.list(path).await)?;
+            let resumed = resumption_since(before, &stats, &mut report);
+            out(&format!(
+                "data connection {}: listing of {}: {} entries, {} in {}",
+                conn.data_connections(),
+                display_path,
+                listing.entries.len(),
+                resumption_word(resumed),
+                millis(started)
+            ));
+            if probe_file.is_none() {
+                probe_file = listing
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::File && e.size != Some(0))
+                    // A visible file is more telling to the user than a dotfile.
+                    .min_by_key(|e| e.name.starts_with(b"."))
+                    .map(|e| join_path(path, &e.name));
+            }
+        } else if let Some(file) = &probe_file {
+            let name = String::from_utf8_lossy(file).into_owned();
+            let bytes = step(
+                format!("reading {name:?}"),
+                read_head(&mut conn, file).await,
+            )?;
+            let resumed = resumption_since(before, &stats, &mut report);
+            out(&format!(
+                "data connection {}: first {} bytes of {:?}, {} in {}",
+                conn.data_connections(),
+                bytes,
+                name,
+                resumption_word(resumed),
+                millis(started)
+            ));
+        }
+    }
+    out(&format!(
+        "TLS 1.3 tickets held by the control connection: {}",
+        conn.tickets_held()
+    ));
+
+    // A second control connection at the same time must resume its own session, not the first's.
+    let started = Instant::now();
+    let before = stats.snapshot();
+    let mut second = step(
+        "opening a second control connection",
+        ControlConnection::connect(options.clone(), stats.clone()).await,
+    )?;
+    let listing = step(
+        "listing on the second control connection",
+        second.list(path).await,
+    )?;
+    let resumed = resumption_since(before, &stats, &mut report);
+    out(&format!(
+        "second control connection, data connection 1: listing of {} entries, {} in {}",
+        listing.entries.len(),
+        resumption_word(resumed),
+        millis(started)
+    ));
+    second.quit().await;
+    conn.quit().await;
+
+    let snapshot = stats.snapshot();
+    let mut summary = String::new();
+    let _ = write!(
+        summary,
+        "OK: {} of {} data connections resumed their control connection's TLS session",
+        report.resumed, report.data_connections
+    );
+    if snapshot.tickets_received > 0 {
+        let _ = write!(
+            summary,
+            " ({} TLS 1.3 tickets received, {} used)",
+            snapshot.tickets_received, snapshot.tickets_used
+        );
+    }
+    if report.resumed == 0 && report.data_connections > 0 && snapshot.data_full > 0 {
+        summary.push_str("; the server did not offer resumption, and accepted full handshakes");
+    }
+    out(&summary);
+    Ok(report)
+}
+
+/// Which way the data connection opened since `before` went, from the shared counters.
+fn resumption_since(
+    before: TlsStatsSnapshot,
+    stats: &TlsStats,
+    report: &mut CheckReport,
+) -> Option<bool> {
+    let after = stats.snapshot();
+    report.data_connections += 1;
+    if after.data_resumed > before.data_resumed {
+        report.resumed += 1;
+        Some(true)
+    } else if after.data_full > before.data_full {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+async fn read_head(conn: &mut ControlConnection, file: &[u8]) -> Result<usize, FtpError> {
+    let mut data = conn.retrieve(file, 0).await?;
+    let mut buf = vec![0u8; PROBE_BYTES];
+    let n = data.read_full(&mut buf).await?;
+    if data.at_end() {
+        conn.finish_data(data).await?;
+    } else {
+        conn.abort_data(data).await?;
+    }
+    Ok(n)
+}
+
+fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = dir.to_vec();
+    if !path.is_empty() && !path.ends_with(b"/") {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
+}

@@ -1,0 +1,1112 @@
+//! One logged-in control connection and the data connections it opens.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, HandshakeKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::error::{FtpError, Redacted};
+use super::features::Features;
+use super::listing::{self, Entry, Listing, ListingFormat, Timestamp};
+use super::options::{ConnectOptions, Security};
+use super::passive;
+use super::reply::{Reply, ReplyParser, MAX_LINE_BYTES};
+use super::tls::{non_resuming_config, per_connection_config, SessionStore, TlsStats};
+use super::transport::{connect_tcp, display_addr, tls_handshake, within, Transport};
+
+/// Largest listing body accepted; bounds memory against a hostile or broken server.
+pub const MAX_LISTING_BYTES: usize = 256 * 1024 * 1024;
+
+/// How long to wait for a refused data connection's handshake to settle, to report it.
+const REJECTED_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
+
+/// Most replies skipped while resynchronising after ABOR (426, 226/225, stray 226).
+const MAX_REPLIES_AFTER_ABORT: usize = 8;
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What the TLS layer of a connection negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSummary {
+    /// Protocol version, e.g. `TLSv1_3`.
+    pub version: String,
+    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// Whether this handshake resumed an earlier session.
+    pub resumed: bool,
+}
+
+fn summarize(conn: &rustls::ClientConnection) -> TlsSummary {
+    TlsSummary {
+        version: conn
+            .protocol_version()
+            .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
+        resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
+    }
+}
+
+/// A logged-in control connection.
+pub struct ControlConnection {
+    id: u64,
+    transport: Option<Transport>,
+    read_buffer: Vec<u8>,
+    options: Arc<ConnectOptions>,
+    server_name: ServerName<'static>,
+    peer: SocketAddr,
+    /// This connection's own TLS config and session store (None for plain FTP).
+    session: Option<(Arc<ClientConfig>, Arc<SessionStore>)>,
+    stats: Arc<TlsStats>,
+    greeting: Reply,
+    features: Features,
+    epsv_refused: bool,
+    data_connections: u64,
+    transfer_open: bool,
+    /// A final transfer reply that arrived before the data was read (226 without 150).
+    early_final_reply: Option<Reply>,
+    broken: bool,
+    last_used: Instant,
+}
+
+impl ControlConnection {
+    /// Connects, secures, logs in and prepares the connection for binary transfers.
+    pub async fn connect(
+        options: Arc<ConnectOptions>,
+        stats: Arc<TlsStats>,
+    ) -> Result<Self, FtpError> {
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let addr = display_addr(&options.host, options.port);
+        tracing::debug!(conn = id, %addr, security = ?options.security, "connecting");
+        let tcp = connect_tcp(&options.host, options.port, options.timeouts.connect).await?;
+        let peer = tcp.peer_addr().map_err(|source| FtpError::Io {
+            step: "reading the control connection's peer address".into(),
+            source,
+        })?;
+        let server_name = ServerName::try_from(options.host.clone()).map_err(|_| {
+            FtpError::TlsConfig(format!("{:?} is not a valid TLS server name", options.host))
+        })?;
+        let session = options.security.uses_tls().then(|| {
+            let store = Arc::new(SessionStore::new(stats.clone()));
+            (per_connection_config(&options.tls, store.clone()), store)
+        });
+        let transport = match (&options.security, &session) {
+            (Security::ImplicitTls, Some((config, _))) => Transport::Tls(Box::new(
+                tls_handshake(
+                    tcp,
+                    config.clone(),
+                    server_name.clone(),
+                    options.timeouts.handshake,
+                    "the control connection",
+                )
+                .await?,
+            )),
+            _ => Transport::Plain(tcp),
+        };
+        let mut conn = Self {
+            id,
+            transport: Some(transport),
+            read_buffer: Vec::new(),
+            options,
+            server_name,
+            peer,
+            session,
+            stats,
+            greeting: Reply {
+                code: 0,
+                lines: Vec::new(),
+            },
+            features: Features::default(),
+            epsv_refused: false,
+            data_connections: 0,
+            transfer_open: false,
+            early_final_reply: None,
+            broken: false,
+            last_used: Instant::now(),
+        };
+        conn.greeting = conn.read_greeting().await?;
+        if conn.options.security == Security::ExplicitTls {
+            conn.start_tls().await?;
+        }
+        conn.login().await?;
+        if conn.session.is_some() {
+            conn.expect_success("PBSZ 0").await?;
+            conn.expect_success("PROT P").await?;
+        }
+        let feat = conn.command("FEAT").await?;
+        conn.features = Features::from_reply(&feat);
+        if conn.features.utf8 {
+            // Servers that announce UTF8 may still want it switched on; a refusal is harmless.
+            let reply = conn.command("OPTS UTF8 ON").await?;
+            tracing::debug!(conn = id, %reply, "OPTS UTF8 ON");
+        }
+        conn.expect_success("TYPE I").await?;
+        tracing::debug!(conn = id, tls = ?conn.tls_summary(), "control connection ready");
+        Ok(conn)
+    }
+
+    async fn read_greeting(&mut self) -> Result<Reply, FtpError> {
+        loop {
+            let reply = self.read_reply("reading the server greeting").await?;
+            match reply.code {
+                // 120: "service ready in nnn minutes"; the real greeting follows.
+                120 => continue,
+                220 => return Ok(reply),
+                _ => {
+                    self.broken = true;
+                    return Err(FtpError::Rejected {
+                        command: "connect (greeting)".into(),
+                        reply,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn start_tls(&mut self) -> Result<(), FtpError> {
+        let reply = self.command("AUTH TLS").await?;
+        if reply.code != 234 {
+            // Never fall back to plain text: that would send the password in the clear.
+            self.broken = true;
+            return Err(FtpError::Rejected {
+                command:
+                    "AUTH TLS (the server refused TLS; ftpsfs does not fall back to plain FTP)"
+                        .into(),
+                reply,
+            });
+        }
+        if !self.read_buffer.is_empty() {
+            self.broken = true;
+            return Err(FtpError::Protocol {
+                step: "AUTH TLS".into(),
+                detail: "server sent data after 234, before the TLS handshake".into(),
+            });
+        }
+        let (config, _) = self.session.clone().ok_or_else(|| {
+            FtpError::TlsConfig("explicit TLS without a TLS configuration".into())
+        })?;
+        let Some(Transport::Plain(tcp)) = self.transport.take() else {
+            self.broken = true;
+            return Err(FtpError::Protocol {
+                step: "AUTH TLS".into(),
+                detail: "control connection already secured".into(),
+            });
+        };
+        let tls = tls_handshake(
+            tcp,
+            config,
+            self.server_name.clone(),
+            self.options.timeouts.handshake,
+            "the control connection",
+        )
+        .await;
+        match tls {
+            Ok(stream) => {
+                self.transport = Some(Transport::Tls(Box::new(stream)));
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    async fn login(&mut self) -> Result<(), FtpError> {
+        let user = format!("USER {}", self.options.user);
+        check_command_text(&user)?;
+        let reply = self.command(&user).await?;
+        let reply = match reply.code {
+            230 => return Ok(()),
+            331 | 332 => {
+                let pass = format!("PASS {}", self.options.password.expose());
+                check_command_text(&pass).map_err(|_| FtpError::Protocol {
+                    step: "login".into(),
+                    detail: "the password contains a CR, LF or NUL byte".into(),
+                })?;
+                self.command(&pass).await?
+            }
+            _ => reply,
+        };
+        match reply.code {
+            230 | 202 => Ok(()),
+            _ => Err(FtpError::Rejected {
+                command: format!("login as {:?}", self.options.user),
+                reply,
+            }),
+        }
+    }
+
+    /// A number identifying this connection in logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The server's 220 greeting.
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    /// The server's FEAT capabilities.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// TLS version and cipher of the control connection (None for plain FTP).
+    pub fn tls_summary(&self) -> Option<TlsSummary> {
+        self.transport.as_ref()?.tls().map(summarize)
+    }
+
+    /// TLS 1.3 tickets this connection holds for its next data connections.
+    pub fn tickets_held(&self) -> usize {
+        self.session
+            .as_ref()
+            .map_or(0, |(_, store)| store.tickets_held())
+    }
+
+    /// Data connections opened so far.
+    pub fn data_connections(&self) -> u64 {
+        self.data_connections
+    }
+
+    /// True when an error left the connection unusable; the pool then drops it.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// True while a data transfer started here has not been finished or aborted.
+    pub fn transfer_open(&self) -> bool {
+        self.transfer_open
+    }
+
+    /// Time since the connection was last used.
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.elapsed()
+    }
+
+    /// The address of the server's end of the control connection.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn transport(&mut self) -> Result<&mut Transport, FtpError> {
+        self.transport.as_mut().ok_or_else(|| FtpError::Closed {
+            step: "using a closed connection".into(),
+        })
+    }
+
+    async fn read_line(&mut self) -> Result<Vec<u8>, FtpError> {
+        loop {
+            if let Some(end) = self.read_buffer.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.read_buffer.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            if self.read_buffer.len() > MAX_LINE_BYTES {
+                return Err(FtpError::Protocol {
+                    step: "reading a reply".into(),
+                    detail: format!("reply line longer than {MAX_LINE_BYTES} bytes"),
+                });
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self
+                .transport()?
+                .read(&mut chunk)
+                .await
+                .map_err(|e| io_error("reading a reply", e))?;
+            if n == 0 {
+                return Err(FtpError::Closed {
+                    step: "reading a reply".into(),
+                });
+            }
+            self.read_buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn read_reply(&mut self, step: &str) -> Result<Reply, FtpError> {
+        let limit = self.options.timeouts.reply;
+        let id = self.id;
+        let result = within(limit, || format!("waiting for the reply ({step})"), async {
+            let mut parser = ReplyParser::default();
+            loop {
+                let line = self.read_line().await?;
+                match parser.push_line(&line) {
+                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(None) => {}
+                    Err(detail) => {
+                        return Err(FtpError::Protocol {
+                            step: step.to_string(),
+                            detail,
+                        })
+                    }
+                }
+            }
+        })
+        .await;
+        match &result {
+            Ok(reply) => {
+                tracing::debug!(conn = id, "<- {reply}");
+                if reply.code == 421 {
+                    // 421: the server is closing this connection (too many users, idle, shutdown).
+                    self.broken = true;
+                }
+            }
+            Err(_) => self.broken = true,
+        }
+        self.last_used = Instant::now();
+        result
+    }
+
+    async fn send(&mut self, command: &[u8]) -> Result<(), FtpError> {
+        let text = String::from_utf8_lossy(command);
+        tracing::debug!(conn = self.id, "-> {}", Redacted(&text));
+        let mut line = Vec::with_capacity(command.len() + 2);
+        line.extend_from_slice(command);
+        line.extend_from_slice(b"\r\n");
+        let limit = self.options.timeouts.reply;
+        let result = within(
+            limit,
+            || format!("sending {}", command_verb(command)),
+            async {
+                let transport = self.transport()?;
+                transport
+                    .write_all(&line)
+                    .await
+                    .map_err(|e| io_error("sending a command", e))?;
+                transport
+                    .flush()
+                    .await
+                    .map_err(|e| io_error("sending a command", e))
+            },
+        )
+        .await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// Sends a command and returns the server's reply, whatever its code.
+    pub async fn command(&mut self, command: &str) -> Result<Reply, FtpError> {
+        self.command_bytes(command.as_bytes()).await
+    }
+
+    async fn command_bytes(&mut self, command: &[u8]) -> Result<Reply, FtpError> {
+        if self.transfer_open {
+            return Err(FtpError::Protocol {
+                step: command_verb(command),
+                detail: "a transfer is still open on this connection".into(),
+            });
+        }
+        self.send(command).await?;
+        let reply = self.read_reply(&command_verb(command)).await?;
+        if reply.code == 421 {
+            return Err(FtpError::Rejected {
+                command: Redacted(&String::from_utf8_lossy(command)).to_string(),
+                reply,
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Sends a command and fails unless the reply is 2xx.
+    pub async fn expect_success(&mut self, command: &str) -> Result<Reply, FtpError> {
+        let reply = self.command(command).await?;
+        if reply.is_success() {
+            Ok(reply)
+        } else {
+            Err(FtpError::Rejected {
+                command: Redacted(command).to_string(),
+                reply,
+            })
+        }
+    }
+
+    /// NOOP: proves the connection is alive and keeps idle-timeouts at bay.
+    pub async fn noop(&mut self) -> Result<(), FtpError> {
+        self.expect_success("NOOP").await.map(|_| ())
+    }
+
+    /// The size of a file in bytes (SIZE, RFC 3659).
+    pub async fn size(&mut self, path: &[u8]) -> Result<u64, FtpError> {
+        let reply = self.path_command("SIZE", path, 213).await?;
+        reply
+            .first_line()
+            .parse::<u64>()
+            .map_err(|_| FtpError::Protocol {
+                step: "SIZE".into(),
+                detail: format!("not a size: {reply}"),
+            })
+    }
+
+    /// The modification time of a file (MDTM, RFC 3659), UTC.
+    pub async fn modified(&mut self, path: &[u8]) -> Result<Timestamp, FtpError> {
+        let reply = self.path_command("MDTM", path, 213).await?;
+        let fact = format!("modify={};type=file; x", reply.first_line());
+        listing::parse_mlsd_line(fact.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|entry| entry.modified)
+            .ok_or_else(|| FtpError::Protocol {
+                step: "MDTM".into(),
+                detail: format!("not a time: {reply}"),
+            })
+    }
+
+    /// The facts of one file or directory (MLST, RFC 3659).
+    pub async fn stat(&mut self, path: &[u8]) -> Result<Entry, FtpError> {
+        let reply = self.path_command("MLST", path, 250).await?;
+        // The entry is the line that starts with a space, between the 250- and 250 lines.
+        reply
+            .lines
+            .iter()
+            .skip(1)
+            .filter_map(|line| line.strip_prefix(' '))
+            .find_map(|facts| listing::parse_mlsd_line(facts.as_bytes()).ok().flatten())
+            .ok_or_else(|| FtpError::Protocol {
+                step: "MLST".into(),
+                detail: format!("no entry in reply: {reply}"),
+            })
+    }
+
+    async fn path_command(
+        &mut self,
+        verb: &str,
+        path: &[u8],
+        expected: u16,
+    ) -> Result<Reply, FtpError> {
+        let command = path_command(verb, path)?;
+        let reply = self.command_bytes(&command).await?;
+        if reply.code == expected {
+            Ok(reply)
+        } else {
+            Err(FtpError::Rejected {
+                command: String::from_utf8_lossy(&command).into_owned(),
+                reply,
+            })
+        }
+    }
+
+    /// Lists a directory: MLSD when the server has it, else `LIST -a` (vsftpd has no MLSD).
+    pub async fn list(&mut self, path: &[u8]) -> Result<Listing, FtpError> {
+        let (verb, format) = if self.features.mlsd {
+            ("MLSD", ListingFormat::Mlsd)
+        } else {
+            ("LIST -a", ListingFormat::List)
+        };
+        let command = if path.is_empty() {
+            verb.as_bytes().to_vec()
+        } else {
+            path_command(verb, path)?
+        };
+        let body = self.read_to_end(&command, MAX_LISTING_BYTES).await?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let listing = listing::parse_listing(&body, format, now);
+        tracing::debug!(
+            conn = self.id,
+            entries = listing.entries.len(),
+            skipped = listing.skipped.len(),
+            bytes = body.len(),
+            "listing parsed"
+        );
+        Ok(listing)
+    }
+
+    /// Runs a data command and returns everything the server sends (at most `max` bytes).
+    pub async fn read_to_end(&mut self, command: &[u8], max: usize) -> Result<Vec<u8>, FtpError> {
+        let mut data = self.open_data(command, 0).await?;
+        let mut body = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match data.read(&mut chunk).await {
+                Ok(n) => n,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if body.len() + n > max {
+                self.abort_data(data).await?;
+                return Err(FtpError::Protocol {
+                    step: String::from_utf8_lossy(command).into_owned(),
+                    detail: format!("more than {max} bytes of data"),
+                });
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        self.finish_data(data).await?;
+        Ok(body)
+    }
+
+    /// Starts downloading `path` from byte `offset` (REST + RETR); read it from the returned stream.
+    pub async fn retrieve(&mut self, path: &[u8], offset: u64) -> Result<DataConnection, FtpError> {
+        let command = path_command("RETR", path)?;
+        self.open_data(&command, offset).await
+    }
+
+    /// Opens a passive data connection for `command`, resuming this connection's TLS session.
+    ///
+    /// The command is sent while the TLS handshake runs: vsftpd sends 150 before its TLS
+    /// accept, other servers accept first, and either order must work.
+    pub async fn open_data(
+        &mut self,
+        command: &[u8],
+        offset: u64,
+    ) -> Result<DataConnection, FtpError> {
+        if self.broken {
+            return Err(FtpError::Closed {
+                step: "opening a data connection on a broken connection".into(),
+            });
+        }
+        let target = self.passive_address().await?;
+        if offset > 0 {
+            let reply = self.command(&format!("REST {offset}")).await?;
+            if reply.code != 350 {
+                return Err(FtpError::Rejected {
+                    command: format!("REST {offset}"),
+                    reply,
+                });
+            }
+        }
+        self.check_ticket_supply()?;
+        let data_config = self.data_tls_config();
+        let number = self.data_connections + 1;
+        let step = format!("data connection {number}");
+        let tcp = match connect_tcp(
+            &target.ip().to_string(),
+            target.port(),
+            self.options.timeouts.connect,
+        )
+        .await
+        {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                // The server waits for a connection that will not come; its state is unknown.
+                self.broken = true;
+                return Err(e);
+            }
+        };
+        self.data_connections = number;
+        let handshake = match data_config {
+            None => PendingData::Plain(tcp),
+            Some(config) => {
+                let server_name = self.server_name.clone();
+                let limit = self.options.timeouts.handshake;
+                let step = step.clone();
+                PendingData::Handshake(tokio::spawn(async move {
+                    tls_handshake(tcp, config, server_name, limit, &step).await
+                }))
+            }
+        };
+        if let Err(e) = self.send(command).await {
+            handshake.abandon();
+            return Err(e);
+        }
+        let reply = match self.read_reply(&command_verb(command)).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                handshake.abandon();
+                return Err(e);
+            }
+        };
+        if !(reply.is_preliminary() || reply.is_success()) {
+            return Err(self.refused_data(command, number, reply, handshake).await);
+        }
+        let transport = match handshake {
+            PendingData::Plain(tcp) => Transport::Plain(tcp),
+            PendingData::Handshake(task) => match task.await {
+                Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
+                Ok(Err(handshake_error)) => {
+                    // A server that refuses the session aborts the handshake and says why
+                    // on the control connection; its words are the useful diagnosis.
+                    self.broken = true;
+                    return Err(
+                        match self.read_reply("after a failed data handshake").await {
+                            Ok(reply) if !reply.is_success() => FtpError::DataRejected {
+                                number,
+                                reply,
+                                resumed: None,
+                            },
+                            _ => handshake_error,
+                        },
+                    );
+                }
+                Err(join_error) => {
+                    self.broken = true;
+                    return Err(FtpError::Protocol {
+                        step,
+                        detail: format!("TLS handshake task failed: {join_error}"),
+                    });
+                }
+            },
+        };
+        let resumed = transport
+            .tls()
+            .map(|tls| tls.handshake_kind() == Some(HandshakeKind::Resumed));
+        match resumed {
+            Some(true) => self.stats.data_resumed.fetch_add(1, Ordering::Relaxed),
+            Some(false) => self.stats.data_full.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        tracing::debug!(
+            conn = self.id,
+            data = number,
+            resumed = ?resumed,
+            tls = ?transport.tls().map(summarize),
+            tickets_left = self.tickets_held(),
+            command = %String::from_utf8_lossy(command),
+            "data connection open"
+        );
+        if reply.is_success() {
+            self.early_final_reply = Some(reply);
+        }
+        self.transfer_open = true;
+        Ok(DataConnection {
+            transport,
+            number,
+            resumed,
+            command: command_verb(command),
+            idle_limit: self.options.timeouts.data_idle,
+            eof: false,
+            close_notify: false,
+            received: 0,
+        })
+    }
+
+    /// The TLS config for this connection's data connections (None for plain FTP).
+    fn data_tls_config(&self) -> Option<Arc<ClientConfig>> {
+        let (config, _) = self.session.as_ref()?;
+        if self.options.resume_data_sessions {
+            Some(config.clone())
+        } else {
+            Some(non_resuming_config(&self.options.tls))
+        }
+    }
+
+    /// The ticket policy: a connection whose server issued tickets but has none left is retired.
+    ///
+    /// rustls offers each TLS 1.3 ticket once. Servers send a fresh ticket on every resumed
+    /// data connection the client reads (vsftpd, ProFTPD) or on the control connection at
+    /// each PASV/EPSV (FileZilla Server), so downloads and listings keep the supply up.
+    /// Uploads read nothing back and get no ticket; when the supply is gone, a full
+    /// handshake would be refused (vsftpd then drops the control connection), so the
+    /// connection is replaced by a fresh one with fresh tickets instead. A server that never
+    /// issued anything (Pure-FTPd on TLS 1.3) cannot demand resumption: a full handshake it is.
+    fn check_ticket_supply(&mut self) -> Result<(), FtpError> {
+        let Some((_, store)) = &self.session else {
+            return Ok(());
+        };
+        if !self.options.resume_data_sessions || store.can_resume() || !store.ever_issued() {
+            return Ok(());
+        }
+        tracing::debug!(
+            conn = self.id,
+            "no TLS session ticket left; retiring this control connection"
+        );
+        self.stats
+            .replaced_for_tickets
+            .fetch_add(1, Ordering::Relaxed);
+        self.broken = true;
+        Err(FtpError::TicketsExhausted)
+    }
+
+    /// Builds the error for a data command the server answered with a failure code.
+    async fn refused_data(
+        &mut self,
+        command: &[u8],
+        number: u64,
+        reply: Reply,
+        handshake: PendingData,
+    ) -> FtpError {
+        if !is_data_connection_failure(&reply) {
+            handshake.abandon();
+            return FtpError::Rejected {
+                command: String::from_utf8_lossy(command).into_owned(),
+                reply,
+            };
+        }
+        let resumed = match handshake {
+            PendingData::Plain(_) => None,
+            PendingData::Handshake(task) => {
+                match tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, task).await {
+                    Ok(Ok(Ok(stream))) => {
+                        Some(stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if resumed == Some(false) {
+            self.stats.data_full.fetch_add(1, Ordering::Relaxed);
+        }
+        self.broken = true;
+        FtpError::DataRejected {
+            number,
+            reply,
+            resumed,
+        }
+    }
+
+    async fn passive_address(&mut self) -> Result<SocketAddr, FtpError> {
+        if !self.epsv_refused {
+            let reply = self.command("EPSV").await?;
+            if reply.code == 229 {
+                let port = passive::parse_epsv(&reply.text()).map_err(|detail| {
+                    self.broken = true;
+                    FtpError::Protocol {
+                        step: "EPSV".into(),
+                        detail,
+                    }
+                })?;
+                return Ok(SocketAddr::new(self.peer.ip(), port));
+            }
+            if !(500..=504).contains(&reply.code) {
+                return Err(FtpError::Rejected {
+                    command: "EPSV".into(),
+                    reply,
+                });
+            }
+            tracing::debug!(conn = self.id, %reply, "EPSV refused; using PASV from now on");
+            self.epsv_refused = true;
+        }
+        if self.peer.is_ipv6() {
+            return Err(FtpError::Protocol {
+                step: "PASV".into(),
+                detail: "the server refused EPSV, and PASV cannot express an IPv6 address".into(),
+            });
+        }
+        let reply = self.command("PASV").await?;
+        if reply.code != 227 {
+            return Err(FtpError::Rejected {
+                command: "PASV".into(),
+                reply,
+            });
+        }
+        let (announced, port) = passive::parse_pasv(&reply.text()).map_err(|detail| {
+            self.broken = true;
+            FtpError::Protocol {
+                step: "PASV".into(),
+                detail,
+            }
+        })?;
+        let ip = if self.options.trust_pasv_address {
+            IpAddr::V4(announced)
+        } else {
+            // The 227 address is often private behind NAT, and obeying it lets a server
+            // aim us at any host (FTP bounce); the control peer is the server we chose.
+            if IpAddr::V4(announced) != self.peer.ip() {
+                tracing::debug!(conn = self.id, %announced, peer = %self.peer.ip(), "ignoring the address in the 227 reply; connecting to the control peer");
+            }
+            self.peer.ip()
+        };
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    /// Ends a transfer whose data was read to the end: close_notify, then the final reply.
+    ///
+    /// vsftpd holds the 226 until the client's close_notify arrives, so the shutdown must
+    /// come first. A 426/451 after data that ended with close_notify keeps the data.
+    pub async fn finish_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
+        let DataConnection {
+            mut transport,
+            number,
+            resumed,
+            command,
+            eof,
+            close_notify,
+            received,
+            ..
+        } = data;
+        let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
+        drop(transport);
+        self.transfer_open = false;
+        let reply = match self.early_final_reply.take() {
+            Some(reply) => reply,
+            None => self.read_reply(&format!("end of {command}")).await?,
+        };
+        tracing::debug!(
+            conn = self.id,
+            data = number,
+            received,
+            close_notify,
+            "transfer finished: {reply}"
+        );
+        if reply.is_success() {
+            if !close_notify && self.session.is_some() {
+                tracing::debug!(conn = self.id, data = number, "data connection ended without TLS close_notify; the server's 2xx vouches for it");
+            }
+            return Ok(());
+        }
+        if eof && close_notify && matches!(reply.code, 426 | 451) {
+            tracing::warn!(
+                conn = self.id,
+                data = number,
+                "server reported {reply} after the data arrived complete; keeping the data"
+            );
+            return Ok(());
+        }
+        if is_data_connection_failure(&reply) {
+            self.broken = true;
+            return Err(FtpError::DataRejected {
+                number,
+                reply,
+                resumed,
+            });
+        }
+        Err(FtpError::Rejected { command, reply })
+    }
+
+    /// Abandons a transfer: closes the data connection, sends ABOR and resynchronises.
+    ///
+    /// Servers answer ABOR with 426 then 226, or 226/225 alone, and some answer nothing
+    /// until the failed write is noticed; a NOOP after ABOR marks the end of that noise.
+    pub async fn abort_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
+        let number = data.number;
+        drop(data);
+        self.transfer_open = false;
+        self.early_final_reply = None;
+        self.send(b"ABOR").await?;
+        self.send(b"NOOP").await?;
+        for _ in 0..MAX_REPLIES_AFTER_ABORT {
+            let reply = self.read_reply("ABOR").await?;
+            if reply.code == 200 {
+                tracing::debug!(
+                    conn = self.id,
+                    data = number,
+                    "transfer aborted; connection in sync"
+                );
+                return Ok(());
+            }
+        }
+        self.broken = true;
+        Err(FtpError::Protocol {
+            step: "ABOR".into(),
+            detail: "no end to the replies after ABOR".into(),
+        })
+    }
+
+    /// Says goodbye (QUIT) and closes; errors are ignored, the connection is going anyway.
+    pub async fn quit(mut self) {
+        if !self.broken && !self.transfer_open {
+            let limit = Duration::from_secs(2).min(self.options.timeouts.reply);
+            let _ = tokio::time::timeout(limit, async {
+                let _ = self.send(b"QUIT").await;
+                let _ = self.read_reply("QUIT").await;
+            })
+            .await;
+        }
+        if let Some(mut transport) = self.transport.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), transport.shutdown()).await;
+        }
+    }
+}
+
+/// The data side of a connection between its TLS handshake and the command's reply.
+enum PendingData {
+    Plain(tokio::net::TcpStream),
+    Handshake(
+        tokio::task::JoinHandle<
+            Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, FtpError>,
+        >,
+    ),
+}
+
+impl PendingData {
+    fn abandon(self) {
+        if let PendingData::Handshake(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// Replies that mean "no data connection" rather than "no such file".
+fn is_data_connection_failure(reply: &Reply) -> bool {
+    match reply.code {
+        425 | 522 | 534 | 535 => true,
+        // FileZilla Server 0.9 uses 450 for a session that was not resumed; 450 is also
+        // "file busy", so look at the words.
+        450 | 426 => {
+            let text = reply.text().to_ascii_lowercase();
+            text.contains("tls") || text.contains("ssl") || text.contains("session")
+        }
+        _ => false,
+    }
+}
+
+/// One open data connection; read it to the end, then hand it to `finish_data` (or `abort_data`).
+pub struct DataConnection {
+    transport: Transport,
+    number: u64,
+    resumed: Option<bool>,
+    command: String,
+    idle_limit: Duration,
+    eof: bool,
+    close_notify: bool,
+    received: u64,
+}
+
+impl DataConnection {
+    /// Reads the next bytes; `Ok(0)` at the end. Fails if the server stays silent too long.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, FtpError> {
+        if self.eof || buf.is_empty() {
+            return Ok(0);
+        }
+        match tokio::time::timeout(self.idle_limit, self.transport.read(buf)).await {
+            Err(_) => Err(FtpError::Timeout {
+                step: format!("data connection {} ({}) idle", self.number, self.command),
+                after: self.idle_limit,
+            }),
+            Ok(Ok(0)) => {
+                self.eof = true;
+                self.close_notify = self.transport.tls().is_some();
+                Ok(0)
+            }
+            Ok(Ok(n)) => {
+                self.received += n as u64;
+                Ok(n)
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                // TCP closed without close_notify: the final reply decides whether it was complete.
+                self.eof = true;
+                Ok(0)
+            }
+            Ok(Err(e)) => Err(io_error(&format!("data connection {}", self.number), e)),
+        }
+    }
+
+    /// Reads until `buf` is full or the data ends; returns the bytes read.
+    pub async fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, FtpError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = self.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        Ok(filled)
+    }
+
+    /// The sequence number of this data connection on its control connection (from 1).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Whether the TLS handshake resumed the control connection's session (None: plain FTP).
+    pub fn resumed(&self) -> Option<bool> {
+        self.resumed
+    }
+
+    /// Bytes read so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// True once the server ended the data.
+    pub fn at_end(&self) -> bool {
+        self.eof
+    }
+}
+
+fn io_error(step: &str, source: io::Error) -> FtpError {
+    if source.kind() == io::ErrorKind::InvalidData {
+        FtpError::Tls {
+            step: step.to_string(),
+            source,
+        }
+    } else {
+        FtpError::Io {
+            step: step.to_string(),
+            source,
+        }
+    }
+}
+
+/// The command's verb (and LIST options), for step names that must not carry paths or passwords.
+fn command_verb(command: &[u8]) -> String {
+    let text = String::from_utf8_lossy(command);
+    let verb = text.split(' ').next().unwrap_or_default();
+    if verb.eq_ignore_ascii_case("PASS") {
+        "PASS".into()
+    } else {
+        verb.to_string()
+    }
+}
+
+fn check_command_text(command: &str) -> Result<(), FtpError> {
+    if command.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        Err(FtpError::InvalidPath {
+            path: command.to_string(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// `VERB path`, refusing paths that would smuggle in another command.
+fn path_command(verb: &str, path: &[u8]) -> Result<Vec<u8>, FtpError> {
+    if path.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(FtpError::InvalidPath {
+            path: String::from_utf8_lossy(path).into_owned(),
+        });
+    }
+    let mut command = Vec::with_capacity(verb.len() + 1 + path.len());
+    command.extend_from_slice(verb.as_bytes());
+    command.push(b' ');
+    command.extend_from_slice(path);
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_with_line_breaks_are_refused() {
+        assert!(path_command("RETR", b"a\r\nDELE b").is_err());
+        assert!(path_command("RETR", b"a\0b").is_err());
+        assert_eq!(path_command("RETR", b"dir/f g").unwrap(), b"RETR dir/f g");
+    }
+
+    #[test]
+    fn command_verb_hides_arguments() {
+        assert_eq!(command_verb(b"PASS hunter2"), "PASS");
+        assert_eq!(command_verb(b"RETR secret/path"), "RETR");
+    }
+
+    #[test]
+    fn data_failures_are_told_from_missing_files() {
+        let reply = |code, text: &str| Reply {
+            code,
+            lines: vec![text.into()],
+        };
+        assert!(is_data_connection_failure(&reply(
+            522,
+            "SSL connection failed: session reuse required"
+        )));
+        assert!(is_data_connection_failure(&reply(
+            425,
+            "Unable to build data connection: Operation not permitted"
+        )));
+        assert!(is_data_connection_failure(&reply(450, "TLS session of data connection has not resumed or the session does not match the control connection")));
+        assert!(!is_data_connection_failure(&reply(450, "File busy")));
+        assert!(!is_data_connection_failure(&reply(
+            550,
+            "Failed to open file."
+        )));
+    }
+}

@@ -1,0 +1,121 @@
+//! The FTP layer's error type: every failure names the step and keeps the server's words.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use super::reply::Reply;
+
+/// Everything that can go wrong talking to an FTP(S) server.
+#[derive(Debug, thiserror::Error)]
+pub enum FtpError {
+    /// The TCP connection to the server could not be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+
+    /// A network step did not finish in time.
+    #[error("{step} timed out after {}s", .after.as_secs_f32())]
+    Timeout { step: String, after: Duration },
+
+    /// The TLS handshake or TLS record layer failed.
+    #[error("TLS error during {step}: {source}")]
+    Tls { step: String, source: io::Error },
+
+    /// Reading or writing a socket failed.
+    #[error("network error during {step}: {source}")]
+    Io { step: String, source: io::Error },
+
+    /// The server closed the control connection.
+    #[error("server closed the control connection during {step}")]
+    Closed { step: String },
+
+    /// The server answered a command with a reply that means failure.
+    #[error("{command}: server replied {reply}")]
+    Rejected { command: String, reply: Reply },
+
+    /// The server refused a data connection (often because it did not resume the TLS session).
+    #[error("data connection {number} rejected by server: {reply}{}", resumption_hint(*.resumed))]
+    DataRejected {
+        number: u64,
+        reply: Reply,
+        resumed: Option<bool>,
+    },
+
+    /// The server's bytes do not follow the protocol.
+    #[error("protocol error during {step}: {detail}")]
+    Protocol { step: String, detail: String },
+
+    /// This control connection has no TLS 1.3 ticket left, so a data connection could not resume.
+    #[error("no TLS session ticket left on this control connection; it must be replaced")]
+    TicketsExhausted,
+
+    /// A path cannot be sent on the control connection (CR, LF or NUL would inject commands).
+    #[error("path {path:?} contains a CR, LF or NUL byte and cannot be sent to the server")]
+    InvalidPath { path: String },
+
+    /// The TLS configuration could not be built (bad CA file, no roots).
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+
+    /// No connection could be had from the pool.
+    #[error("connection pool: {0}")]
+    Pool(String),
+}
+
+fn resumption_hint(resumed: Option<bool>) -> &'static str {
+    match resumed {
+        Some(false) => " (the TLS session was not resumed: full handshake)",
+        Some(true) | None => "",
+    }
+}
+
+impl FtpError {
+    /// The FTP reply code behind this error, if the server sent one.
+    pub fn reply_code(&self) -> Option<u16> {
+        match self {
+            FtpError::Rejected { reply, .. } | FtpError::DataRejected { reply, .. } => {
+                Some(reply.code)
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the control connection can no longer be trusted to be in sync.
+    pub fn breaks_connection(&self) -> bool {
+        match self {
+            FtpError::Rejected { reply, .. } => reply.code == 421,
+            FtpError::InvalidPath { .. }
+            | FtpError::TlsConfig(_)
+            | FtpError::Pool(_) => false,
+            FtpError::Connect { .. }
+            | FtpError::Timeout { .. }
+            | FtpError::Tls { .. }
+            | FtpError::Io { .. }
+            | FtpError::Closed { .. }
+            | FtpError::Protocol { .. }
+            // A refused data connection means this control connection's session can no
+            // longer be resumed (or the server already hung up, as vsftpd does after 522).
+            | FtpError::DataRejected { .. }
+            | FtpError::TicketsExhausted => true,
+        }
+    }
+
+    /// True when the server said the file or directory does not exist (550 and kin).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FtpError::Rejected { reply, .. } if reply.code == 550 || reply.code == 450)
+    }
+}
+
+/// A command as it may appear in logs and errors: the password replaced.
+pub struct Redacted<'a>(pub &'a str);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let upper = self.0.get(..5).map(|p| p.to_ascii_uppercase());
+        if upper.as_deref() == Some("PASS ") || self.0.eq_ignore_ascii_case("PASS") {
+            f.write_str("PASS ****")
+        } else {
+            f.write_str(self.0)
+        }
+    }
+}

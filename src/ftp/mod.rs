@@ -1,0 +1,19 @@
+//! The FTPS client: knows FTP and TLS, nothing of FUSE.
+
+pub mod control;
+pub mod error;
+pub mod features;
+pub mod listing;
+pub mod options;
+pub mod passive;
+pub mod pool;
+pub mod reply;
+pub mod tls;
+pub mod transport;
+
+pub use control::{ControlConnection, DataConnection, TlsSummary};
+pub use error::FtpError;
+pub use options::{ConnectOptions, Secret, Security, Timeouts};
+pub use pool::{Pool, PoolOptions, PooledConnection};
+pub use reply::Reply;
+pub use tls::{TlsOptions, TlsStatsSnapshot, TlsVersions};

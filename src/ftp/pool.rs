@@ -1,0 +1,247 @@
+//! A pool of logged-in control connections: a transfer holds one, broken ones are replaced.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::control::ControlConnection;
+use super::error::FtpError;
+use super::options::ConnectOptions;
+use super::tls::{TlsStats, TlsStatsSnapshot};
+
+/// How the pool sizes and checks its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Most control connections open at once.
+    pub max_connections: usize,
+    /// An idle connection older than this is checked with NOOP before use.
+    pub check_idle_after: Duration,
+    /// Longest wait for a free connection when all are busy.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            // Four: enough for read-ahead plus a listing and a parallel reader; many servers
+            // allow 5-10 connections per IP (vsftpd's max_per_ip is often 5).
+            max_connections: 4,
+            // Servers drop idle sessions after 60-300 s (vsftpd idle_session_timeout=300);
+            // a NOOP after 15 s of silence finds a dead connection before a transfer does.
+            check_idle_after: Duration::from_secs(15),
+            acquire_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A shared pool of control connections to one server.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    connect: Arc<ConnectOptions>,
+    options: PoolOptions,
+    permits: Arc<Semaphore>,
+    /// The current limit: starts at `max_connections`, shrinks when the server says 421.
+    limit: AtomicUsize,
+    idle: Mutex<Vec<ControlConnection>>,
+    live: AtomicUsize,
+    stats: Arc<TlsStats>,
+}
+
+impl Pool {
+    /// A pool that connects lazily, on first use.
+    pub fn new(connect: ConnectOptions, options: PoolOptions) -> Self {
+        let max = options.max_connections.max(1);
+        Self {
+            inner: Arc::new(PoolInner {
+                connect: Arc::new(connect),
+                options,
+                permits: Arc::new(Semaphore::new(max)),
+                limit: AtomicUsize::new(max),
+                idle: Mutex::new(Vec::new()),
+                live: AtomicUsize::new(0),
+                stats: Arc::new(TlsStats::default()),
+            }),
+        }
+    }
+
+    /// The connection settings shared by every connection.
+    pub fn connect_options(&self) -> &Arc<ConnectOptions> {
+        &self.inner.connect
+    }
+
+    /// Handshake and ticket counters of all connections so far.
+    pub fn stats(&self) -> TlsStatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// The current connection limit (lower than configured after a 421).
+    pub fn limit(&self) -> usize {
+        self.inner.limit.load(Ordering::Relaxed)
+    }
+
+    /// Control connections open now, busy or idle.
+    pub fn live_connections(&self) -> usize {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Takes a logged-in connection, opening one if none is idle.
+    pub async fn get(&self) -> Result<PooledConnection, FtpError> {
+        let inner = &self.inner;
+        loop {
+            let permit = match tokio::time::timeout(
+                inner.options.acquire_timeout,
+                inner.permits.clone().acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(FtpError::Pool("the pool is closed".into())),
+                Err(_) => {
+                    return Err(FtpError::Pool(format!(
+                        "all {} connections stayed busy for {}s",
+                        self.limit(),
+                        inner.options.acquire_timeout.as_secs()
+                    )))
+                }
+            };
+            if let Some(conn) = self.take_idle().await {
+                return Ok(PooledConnection::new(conn, inner.clone(), permit));
+            }
+            inner.live.fetch_add(1, Ordering::Relaxed);
+            match ControlConnection::connect(inner.connect.clone(), inner.stats.clone()).await {
+                Ok(conn) => return Ok(PooledConnection::new(conn, inner.clone(), permit)),
+                Err(e) => {
+                    let others = inner.live.fetch_sub(1, Ordering::Relaxed) - 1;
+                    if e.reply_code() == Some(421) && others > 0 {
+                        // Too many connections: make do with the ones we have.
+                        permit.forget();
+                        let limit = inner.limit.fetch_sub(1, Ordering::Relaxed) - 1;
+                        tracing::info!(
+                            limit,
+                            "server refused another connection ({e}); pool limit lowered"
+                        );
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn take_idle(&self) -> Option<ControlConnection> {
+        loop {
+            let conn = self
+                .inner
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()?;
+            let mut conn = conn;
+            if conn.idle_for() < self.inner.options.check_idle_after {
+                return Some(conn);
+            }
+            match conn.noop().await {
+                Ok(()) => return Some(conn),
+                Err(e) => {
+                    tracing::debug!(
+                        conn = conn.id(),
+                        "idle connection is gone ({e}); replacing it"
+                    );
+                    self.inner.live.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Runs `operation` on a pooled connection, once more on a fresh one if the first broke.
+    ///
+    /// A connection can break without our doing: the server's idle timeout, a 421, a
+    /// ticket supply that ran out. One retry hides that; timeouts are not retried, so a
+    /// dead server is reported within one timeout.
+    pub async fn run<T>(
+        &self,
+        mut operation: impl AsyncFnMut(&mut ControlConnection) -> Result<T, FtpError>,
+    ) -> Result<T, FtpError> {
+        let mut conn = self.get().await?;
+        match operation(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(e)
+                if e.breaks_connection()
+                    && !matches!(e, FtpError::Timeout { .. } | FtpError::Connect { .. }) =>
+            {
+                tracing::debug!(
+                    conn = conn.id(),
+                    "connection broke ({e}); retrying on a fresh one"
+                );
+                drop(conn);
+                let mut conn = self.get().await?;
+                operation(&mut conn).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes every idle connection politely (QUIT).
+    pub async fn close(&self) {
+        let idle: Vec<ControlConnection> =
+            std::mem::take(&mut *self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        for conn in idle {
+            self.inner.live.fetch_sub(1, Ordering::Relaxed);
+            conn.quit().await;
+        }
+    }
+}
+
+/// A connection on loan from the pool; returned on drop unless broken.
+pub struct PooledConnection {
+    conn: Option<ControlConnection>,
+    pool: Arc<PoolInner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConnection {
+    fn new(conn: ControlConnection, pool: Arc<PoolInner>, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            conn: Some(conn),
+            pool,
+            _permit: permit,
+        }
+    }
+}
+
+impl Deref for PooledConnection {
+    type Target = ControlConnection;
+
+    fn deref(&self) -> &ControlConnection {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut ControlConnection {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if conn.is_broken() || conn.transfer_open() {
+            tracing::debug!(conn = conn.id(), "dropping a broken connection");
+            self.pool.live.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! TLS configuration: certificate verification, and one session store per control connection.
+//!
+//! Servers such as ProFTPD and FileZilla Server accept a TLS data connection only if it
+//! resumes the session of *the control connection that opened it*. So every control
+//! connection gets its own [`SessionStore`] inside its own `ClientConfig`, and its data
+//! connections use that config with the control connection's server name. A store shared
+//! by several control connections would hand one connection's ticket to another's data
+//! connection, which those servers reject.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{
+    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, NamedGroup, RootCertStore, SignatureScheme};
+
+use super::error::FtpError;
+
+/// rustls keeps at most this many TLS 1.3 tickets per server name, and uses each once.
+pub const MAX_TLS13_TICKETS: usize = 8;
+
+/// Which TLS versions the client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersions {
+    /// TLS 1.2 or 1.3, whichever the server prefers.
+    #[default]
+    Any,
+    /// TLS 1.2 only (its session IDs can be resumed any number of times).
+    Tls12Only,
+    /// TLS 1.3 only.
+    Tls13Only,
+}
+
+/// How server certificates are checked.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM file of CA certificates to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (explicit user opt-out; logged as a warning).
+    pub insecure: bool,
+    /// The TLS versions to offer.
+    pub versions: TlsVersions,
+}
+
+/// Builds the shared base configuration; each control connection then clones it.
+pub fn base_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, FtpError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match options.versions {
+        TlsVersions::Any => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersions::Tls12Only => &[&rustls::version::TLS12],
+        TlsVersions::Tls13Only => &[&rustls::version::TLS13],
+    };
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| FtpError::TlsConfig(e.to_string()))?;
+    let config = if options.insecure {
+        tracing::warn!("certificate verification is DISABLED (--insecure): anyone on the path can impersonate the server");
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
+            .with_no_client_auth()
+    } else {
+        builder
+            .with_root_certificates(root_store(options)?)
+            .with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+fn root_store(options: &TlsOptions) -> Result<RootCertStore, FtpError> {
+    let mut roots = RootCertStore::empty();
+    if let Some(path) = &options.ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<_, _>>())
+            .map_err(|e| {
+                FtpError::TlsConfig(format!("cannot read CA file {}: {e}", path.display()))
+            })?;
+        if certs.is_empty() {
+            return Err(FtpError::TlsConfig(format!(
+                "CA file {} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                FtpError::TlsConfig(format!("bad certificate in {}: {e}", path.display()))
+            })?;
+        }
+        return Ok(roots);
+    }
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::debug!("system certificate store: {error}");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(FtpError::TlsConfig(
+            "no system CA certificates found (install ca-certificates, or pass --ca-file)".into(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// Gives a control connection its own session store, so its data connections resume only it.
+pub fn per_connection_config(
+    base: &Arc<ClientConfig>,
+    store: Arc<SessionStore>,
+) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::clone(base);
+    config.resumption = Resumption::store(store);
+    Arc::new(config)
+}
+
+/// A config that never resumes: for diagnostics proving a server enforces reuse.
+pub fn non_resuming_config(base: &Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::clone(base);
+    config.resumption = Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Handshake and ticket counters shared by every connection of a pool.
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    /// Data connections whose handshake resumed the control connection's session.
+    pub data_resumed: AtomicU64,
+    /// Data connections that needed a full handshake.
+    pub data_full: AtomicU64,
+    /// TLS 1.3 tickets received (on control and data connections).
+    pub tickets_received: AtomicU64,
+    /// TLS 1.3 tickets offered to a server.
+    pub tickets_used: AtomicU64,
+    /// Control connections replaced because they had no ticket left.
+    pub replaced_for_tickets: AtomicU64,
+}
+
+impl TlsStats {
+    /// A point-in-time copy of the counters.
+    pub fn snapshot(&self) -> TlsStatsSnapshot {
+        TlsStatsSnapshot {
+            data_resumed: self.data_resumed.load(Ordering::Relaxed),
+            data_full: self.data_full.load(Ordering::Relaxed),
+            tickets_received: self.tickets_received.load(Ordering::Relaxed),
+            tickets_used: self.tickets_used.load(Ordering::Relaxed),
+            replaced_for_tickets: self.replaced_for_tickets.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Plain copy of [`TlsStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsStatsSnapshot {
+    /// Data connections that resumed.
+    pub data_resumed: u64,
+    /// Data connections with a full handshake.
+    pub data_full: u64,
+    /// TLS 1.3 tickets received.
+    pub tickets_received: u64,
+    /// TLS 1.3 tickets offered.
+    pub tickets_used: u64,
+    /// Control connections replaced for lack of tickets.
+    pub replaced_for_tickets: u64,
+}
+
+impl fmt::Display for TlsStatsSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "data connections resumed {}, full handshakes {}; TLS 1.3 tickets received {}, used {}; control connections replaced for lack of tickets {}",
+            self.data_resumed, self.data_full, self.tickets_received, self.tickets_used, self.replaced_for_tickets
+        )
+    }
+}
+
+/// The session store of one control connection: its TLS 1.2 session and TLS 1.3 tickets.
+///
+/// Unlike rustls's shared memory cache it counts what it holds, so the connection can tell
+/// *before* opening a data connection whether it can still resume (see [`SessionStore::can_resume`]).
+pub struct SessionStore {
+    inner: Mutex<StoreInner>,
+    stats: Arc<TlsStats>,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    kx_hint: Option<NamedGroup>,
+    tls12: Option<Tls12ClientSessionValue>,
+    tls13: VecDeque<Tls13ClientSessionValue>,
+    /// Whether the server ever gave this connection a TLS 1.2 session or a TLS 1.3 ticket.
+    ever_issued: bool,
+    /// The one server name this store serves; a different name is a bug, and gets nothing.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl SessionStore {
+    /// An empty store reporting into `stats`.
+    pub fn new(stats: Arc<TlsStats>) -> Self {
+        Self {
+            inner: Mutex::new(StoreInner::default()),
+            stats,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// TLS 1.3 tickets held now.
+    pub fn tickets_held(&self) -> usize {
+        self.lock().tls13.len()
+    }
+
+    /// True when a TLS 1.2 session is held (it can be resumed any number of times).
+    pub fn has_tls12_session(&self) -> bool {
+        self.lock().tls12.is_some()
+    }
+
+    /// Whether the next data connection can offer something to resume.
+    pub fn can_resume(&self) -> bool {
+        let inner = self.lock();
+        inner.tls12.is_some() || !inner.tls13.is_empty()
+    }
+
+    /// Whether the server has ever issued something resumable on this connection.
+    ///
+    /// A server that never does (Pure-FTPd on TLS 1.3) cannot require resumption, so a full
+    /// handshake is the right thing there; one that did and stopped has run dry.
+    pub fn ever_issued(&self) -> bool {
+        self.lock().ever_issued
+    }
+
+    fn matches(inner: &mut StoreInner, name: &ServerName<'_>) -> bool {
+        match &inner.server_name {
+            Some(known) => known == name,
+            None => {
+                inner.server_name = Some(name.to_owned());
+                true
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("SessionStore")
+            .field("tls12_session", &inner.tls12.is_some())
+            .field("tls13_tickets", &inner.tls13.len())
+            .finish()
+    }
+}
+
+impl ClientSessionStore for SessionStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        let mut inner = self.lock();
+        if Self::matches(&mut inner, &server_name) {
+            inner.kx_hint = Some(group);
+        }
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        let mut inner = self.lock();
+        Self::matches(&mut inner, server_name)
+            .then_some(inner.kx_hint)
+            .flatten()
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        let mut inner = self.lock();
+        if Self::matches(&mut inner, &server_name) {
+            inner.tls12 = Some(value);
+            inner.ever_issued = true;
+        }
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        let mut inner = self.lock();
+        if Self::matches(&mut inner, server_name) {
+            inner.tls12.clone()
+        } else {
+            None
+        }
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        let mut inner = self.lock();
+        if Self::matches(&mut inner, server_name) {
+            inner.tls12 = None;
+        }
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        let mut inner = self.lock();
+        if !Self::matches(&mut inner, &server_name) {
+            return;
+        }
+        if inner.tls13.len() >= MAX_TLS13_TICKETS {
+            inner.tls13.pop_front();
+        }
+        inner.tls13.push_back(value);
+        inner.ever_issued = true;
+        self.stats.tickets_received.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(held = inner.tls13.len(), "TLS 1.3 session ticket received");
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        let mut inner = self.lock();
+        if !Self::matches(&mut inner, server_name) {
+            return None;
+        }
+        let ticket = inner.tls13.pop_back();
+        if ticket.is_some() {
+            self.stats.tickets_used.fetch_add(1, Ordering::Relaxed);
+        }
+        ticket
+    }
+}
+
+/// The `--insecure` verifier: skips the certificate check but still checks handshake signatures.
+#[derive(Debug)]
+struct AcceptAnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

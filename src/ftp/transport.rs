@@ -1,0 +1,145 @@
+//! A TCP stream that is either plain or wrapped in TLS, with time-limited steps.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::error::FtpError;
+
+/// A control or data socket, before or after TLS.
+pub enum Transport {
+    /// No TLS (before AUTH TLS, or plain FTP).
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// The rustls connection state, when TLS is on.
+    pub fn tls(&self) -> Option<&rustls::ClientConnection> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(stream) => Some(stream.get_ref().1),
+        }
+    }
+
+    /// The underlying TCP socket.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(stream) => stream.get_ref().0,
+        }
+    }
+}
+
+/// Runs `future`, failing with a [`FtpError::Timeout`] naming `step` after `limit`.
+pub async fn within<T>(
+    limit: Duration,
+    step: impl FnOnce() -> String,
+    future: impl Future<Output = Result<T, FtpError>>,
+) -> Result<T, FtpError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result,
+        Err(_) => Err(FtpError::Timeout {
+            step: step(),
+            after: limit,
+        }),
+    }
+}
+
+/// Opens a TCP connection with a time limit.
+pub async fn connect_tcp(host: &str, port: u16, limit: Duration) -> Result<TcpStream, FtpError> {
+    let addr = display_addr(host, port);
+    within(limit, || format!("connecting to {addr}"), async {
+        let stream =
+            TcpStream::connect((host, port))
+                .await
+                .map_err(|source| FtpError::Connect {
+                    addr: addr.clone(),
+                    source,
+                })?;
+        // Commands are small and latency-bound; Nagle would hold them back.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    })
+    .await
+}
+
+/// `host:port`, with brackets around IPv6 literals.
+pub fn display_addr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Runs a TLS client handshake over `tcp` with a time limit.
+pub async fn tls_handshake(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    limit: Duration,
+    step: &str,
+) -> Result<TlsStream<TcpStream>, FtpError> {
+    within(limit, || format!("TLS handshake of {step}"), async {
+        TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|source| FtpError::Tls {
+                step: step.to_string(),
+                source,
+            })
+    })
+    .await
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! ftpsfs: mount an FTPS server as a local folder.
+//!
+//! Many FTPS servers (vsftpd, ProFTPD, FileZilla Server) accept a TLS data connection only
+//! if it resumes the TLS session of the control connection that opened it. ftpsfs gives
+//! every control connection its own session store so that each data connection resumes
+//! exactly its own control connection's session, on TLS 1.2 and TLS 1.3.
+//!
+//! # Layout
+//! - [`ftp`]: the FTPS client. Replies, control and data connections, TLS session
+//!   handling, listing parsers, the connection pool. Knows nothing of FUSE.
+//! - [`config`]: turns a URL, password sources and flags into connection options.
+//! - [`check`]: the `ftpsfs check` diagnostic.
+
+pub mod check;
+pub mod config;
+pub mod ftp;

@@ -1,0 +1,1328 @@
+//! A strict, read-only FTPS server for integration tests that imitates the
+//! TLS session rules of FileZilla Server 1.x.
+//!
+//! FileZilla Server refuses a data connection whose TLS session is not a
+//! resumption of the session of the control connection that asked for it
+//! ("425 Unable to build data connection: TLS session of data connection not
+//! resumed."). Many clients get this wrong in ways that lenient servers (or
+//! servers that resume from a process-wide cache) never reveal, so the tests
+//! run against this imitation instead, since FileZilla Server itself cannot run
+//! on the test machines.
+//!
+//! The rules imitated:
+//! - explicit TLS only (`AUTH TLS`), and `PBSZ 0` + `PROT P` before any data
+//!   command;
+//! - every control connection gets its own `SslContext`, so its own session
+//!   cache, its own random ticket keys and a session id context: a session or
+//!   ticket obtained on another control connection cannot resume here;
+//! - TLS 1.3: no session ticket after the login handshake; one new ticket is
+//!   sent on the control connection at each PASV/EPSV, just before the reply,
+//!   so a client must pick up the latest ticket from the control connection
+//!   for every data connection (tickets are single-use in most clients);
+//! - TLS 1.2: stateful session-ID resumption from the control connection's
+//!   own session cache (no tickets);
+//! - passive mode only; each data connection is TLS-accepted with the control
+//!   connection's context and closed with a 425 if it did not resume.
+//!
+//! Blocking std threads: one accept thread, one thread per control
+//! connection and one per transfer (so that `ABOR` can be read on the control
+//! connection while data is being written). Every socket has timeouts and
+//! [`StrictServer::stop`] (also run on drop) wakes and ends all threads, so a
+//! test process never hangs on the server.
+
+// Each integration test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::raw::c_int;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openssl::error::ErrorStack;
+use openssl::pkey::{PKey, Private};
+use openssl::rand::rand_bytes;
+use openssl::ssl::{
+    ShutdownState, SslAcceptor, SslMethod, SslOptions, SslRef, SslStream, SslVersion,
+};
+use openssl::x509::X509;
+
+extern "C" {
+    // OpenSSL >= 1.1.1; openssl-sys 0.9 does not declare it.
+    fn SSL_new_session_ticket(s: *mut openssl_sys::SSL) -> c_int;
+}
+
+/// Reply when a data connection did not resume the control connection's
+/// TLS session, word for word as FileZilla Server sends it.
+pub const NOT_RESUMED_REPLY: &str =
+    "425 Unable to build data connection: TLS session of data connection not resumed.";
+
+/// The one TLS version the server accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// Configuration for [`StrictServer::start`].
+#[derive(Clone, Debug)]
+pub struct StrictServerOptions {
+    /// Directory served read-only as `/`.
+    pub root: PathBuf,
+    /// PEM file: the server certificate, optionally followed by its chain.
+    pub cert_pem: PathBuf,
+    /// PEM file: the private key of the certificate.
+    pub key_pem: PathBuf,
+    pub tls_version: TlsVersion,
+    pub user: String,
+    pub password: String,
+    /// Control port on 127.0.0.1; 0 picks an ephemeral port (see
+    /// [`StrictServer::port`]).
+    pub port: u16,
+    /// Bounds every blocking network step other than waiting for the next
+    /// control command: TLS handshakes, data accept, reads and writes.
+    pub io_timeout: Duration,
+    /// How long a control connection may sit idle before the server closes
+    /// it.
+    pub idle_timeout: Duration,
+}
+
+impl StrictServerOptions {
+    /// Options with an ephemeral port, a 30 s I/O timeout and a 300 s idle
+    /// timeout.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        cert_pem: impl Into<PathBuf>,
+        key_pem: impl Into<PathBuf>,
+        tls_version: TlsVersion,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        StrictServerOptions {
+            root: root.into(),
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+            tls_version,
+            user: user.into(),
+            password: password.into(),
+            port: 0,
+            io_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A running server; stopped by [`StrictServer::stop`] or on drop.
+pub struct StrictServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    control_connections: AtomicU64,
+    data_accepted: AtomicU64,
+    data_rejected: AtomicU64,
+    data_tls_failures: AtomicU64,
+    tickets_sent: AtomicU64,
+}
+
+struct Shared {
+    opts: StrictServerOptions,
+    root: PathBuf,
+    cert: X509,
+    chain: Vec<X509>,
+    key: PKey<Private>,
+    counters: Counters,
+    stopping: AtomicBool,
+    // Clones of the live control sockets, so stop() can unblock their threads.
+    controls: Mutex<HashMap<u64, TcpStream>>,
+    live_sessions: AtomicUsize,
+}
+
+impl StrictServer {
+    /// Loads the certificate and key, binds 127.0.0.1:`opts.port` and starts
+    /// accepting control connections.
+    pub fn start(opts: StrictServerOptions) -> io::Result<StrictServer> {
+        let cert_pem = fs::read(&opts.cert_pem)?;
+        let key_pem = fs::read(&opts.key_pem)?;
+        let mut certs = X509::stack_from_pem(&cert_pem).map_err(ssl_setup_error)?;
+        if certs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no certificate in cert PEM",
+            ));
+        }
+        let cert = certs.remove(0);
+        let key = PKey::private_key_from_pem(&key_pem).map_err(ssl_setup_error)?;
+        let root = fs::canonicalize(&opts.root)?;
+        if !root.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "root is not a directory",
+            ));
+        }
+
+        let shared = Arc::new(Shared {
+            opts,
+            root,
+            cert,
+            chain: certs,
+            key,
+            counters: Counters::default(),
+            stopping: AtomicBool::new(false),
+            controls: Mutex::new(HashMap::new()),
+            live_sessions: AtomicUsize::new(0),
+        });
+        // Fail now rather than on the first connection if cert and key
+        // do not fit together.
+        new_acceptor(&shared).map_err(ssl_setup_error)?;
+
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, shared.opts.port))?;
+        let addr = listener.local_addr()?;
+        let accept_shared = Arc::clone(&shared);
+        let accept_thread = thread::Builder::new()
+            .name("strict-ftps-accept".into())
+            .spawn(move || accept_loop(listener, accept_shared))?;
+        Ok(StrictServer {
+            shared,
+            addr,
+            accept_thread: Some(accept_thread),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Data connections whose TLS session resumed and that were used.
+    pub fn data_connections_accepted(&self) -> u64 {
+        self.shared.counters.data_accepted.load(Ordering::SeqCst)
+    }
+
+    /// Data connections refused with 425 because their TLS session was not
+    /// resumed.
+    pub fn data_connections_rejected(&self) -> u64 {
+        self.shared.counters.data_rejected.load(Ordering::SeqCst)
+    }
+
+    /// Data connections whose TLS handshake failed outright (counted in
+    /// neither of the above).
+    pub fn data_tls_failures(&self) -> u64 {
+        self.shared
+            .counters
+            .data_tls_failures
+            .load(Ordering::SeqCst)
+    }
+
+    /// Control connections accepted (TCP), whether or not they logged in.
+    pub fn control_connections(&self) -> u64 {
+        self.shared
+            .counters
+            .control_connections
+            .load(Ordering::SeqCst)
+    }
+
+    /// TLS 1.3 session tickets issued at PASV/EPSV (always 0 with TLS 1.2).
+    pub fn tickets_sent(&self) -> u64 {
+        self.shared.counters.tickets_sent.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting, closes every control connection (which aborts any
+    /// transfer) and waits up to 5 s for the connection threads to end.
+    /// Idempotent.
+    pub fn stop(&mut self) {
+        let Some(accept_thread) = self.accept_thread.take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // accept() has no timeout; a connection of our own wakes it up.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        let _ = accept_thread.join();
+        if let Ok(controls) = self.shared.controls.lock() {
+            for sock in controls.values() {
+                let _ = sock.shutdown(Shutdown::Both);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.shared.live_sessions.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for StrictServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn ssl_setup_error(e: ErrorStack) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// A fresh context per control connection is the heart of the imitation:
+/// its session cache and ticket keys are seen by that connection's data
+/// connections and nobody else.
+fn new_acceptor(shared: &Shared) -> Result<SslAcceptor, ErrorStack> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_certificate(&shared.cert)?;
+    for c in &shared.chain {
+        b.add_extra_chain_cert(c.clone())?;
+    }
+    b.set_private_key(&shared.key)?;
+    b.check_private_key()?;
+    let version = match shared.opts.tls_version {
+        TlsVersion::Tls12 => SslVersion::TLS1_2,
+        TlsVersion::Tls13 => SslVersion::TLS1_3,
+    };
+    b.set_min_proto_version(Some(version))?;
+    b.set_max_proto_version(Some(version))?;
+    // Random per context: even two contexts of this process can never
+    // accept each other's sessions.
+    let mut sid_ctx = [0u8; 16];
+    rand_bytes(&mut sid_ctx)?;
+    b.set_session_id_context(&sid_ctx)?;
+    match shared.opts.tls_version {
+        // Session IDs only, looked up in this context's own cache.
+        TlsVersion::Tls12 => {
+            b.set_options(SslOptions::NO_TICKET);
+        }
+        // Stateless tickets under this context's random ticket keys, but
+        // none at handshake time: only the ones sent at PASV/EPSV.
+        TlsVersion::Tls13 => b.set_num_tickets(0)?,
+    }
+    Ok(b.build())
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut next_id: u64 = 0;
+    for conn in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(sock) = conn else {
+            // EMFILE and the like: back off instead of spinning.
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        next_id += 1;
+        let id = next_id;
+        let Ok(registered) = sock.try_clone() else {
+            continue;
+        };
+        if let Ok(mut controls) = shared.controls.lock() {
+            controls.insert(id, registered);
+        }
+        shared
+            .counters
+            .control_connections
+            .fetch_add(1, Ordering::SeqCst);
+        shared.live_sessions.fetch_add(1, Ordering::SeqCst);
+        let guard = SessionGuard {
+            shared: Arc::clone(&shared),
+            id,
+        };
+        let spawned = thread::Builder::new()
+            .name(format!("strict-ftps-ctrl-{id}"))
+            .spawn(move || {
+                let guard = guard;
+                run_control(sock, &guard.shared);
+            });
+        // A failed spawn drops the closure, and with it the guard.
+        drop(spawned);
+    }
+}
+
+/// Unregisters a control connection even if its thread panics.
+struct SessionGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if let Ok(mut controls) = self.shared.controls.lock() {
+            controls.remove(&self.id);
+        }
+        self.shared.live_sessions.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+const MAX_LINE: usize = 8192;
+
+/// Line-oriented reader that keeps partial input across timeouts, so the
+/// control connection can be polled with a short read timeout during a
+/// transfer without losing bytes.
+#[derive(Default)]
+struct LineReader {
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    /// `Ok(None)` on end of stream; timeouts come back as errors of kind
+    /// `WouldBlock`/`TimedOut` with the partial line kept.
+    fn read_line<R: Read>(&mut self, r: &mut R) -> io::Result<Option<String>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(Some(clean_command_line(&line)));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "command line too long",
+                ));
+            }
+            let mut chunk = [0u8; 1024];
+            let n = r.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Drops Telnet IAC sequences (IP/Synch sent by some clients before ABOR)
+/// and anything else non-alphabetic in front of the command.
+fn clean_command_line(line: &[u8]) -> String {
+    let start = line
+        .iter()
+        .position(|b| b.is_ascii_alphabetic())
+        .unwrap_or(line.len());
+    String::from_utf8_lossy(&line[start..]).into_owned()
+}
+
+fn split_command(line: &str) -> (String, &str) {
+    match line.split_once(' ') {
+        Some((cmd, arg)) => (cmd.to_ascii_uppercase(), arg),
+        None => (line.to_ascii_uppercase(), ""),
+    }
+}
+
+fn write_reply<W: Write>(w: &mut W, code: u16, text: &str) -> io::Result<()> {
+    w.write_all(format!("{code} {text}\r\n").as_bytes())?;
+    w.flush()
+}
+
+fn run_control(mut sock: TcpStream, shared: &Arc<Shared>) {
+    let opts = &shared.opts;
+    let _ = sock.set_nodelay(true);
+    let _ = sock.set_write_timeout(Some(opts.io_timeout));
+    let _ = sock.set_read_timeout(Some(opts.idle_timeout));
+    let Ok(peer) = sock.peer_addr() else {
+        return;
+    };
+    if write_reply(
+        &mut sock,
+        220,
+        "Strict FTPS test server (FileZilla Server 1.x TLS rules)",
+    )
+    .is_err()
+    {
+        return;
+    }
+
+    // Plain-text phase: nothing but AUTH TLS leads anywhere.
+    let mut reader = LineReader::default();
+    loop {
+        let line = match reader.read_line(&mut sock) {
+            Ok(Some(line)) => line,
+            _ => return,
+        };
+        let (cmd, arg) = split_command(&line);
+        let result = match cmd.as_str() {
+            "AUTH" => {
+                let mech = arg.trim().to_ascii_uppercase();
+                if mech == "TLS" || mech == "SSL" || mech == "TLS-C" {
+                    break;
+                }
+                write_reply(&mut sock, 504, "Auth type not supported")
+            }
+            "FEAT" => sock
+                .write_all(feat_reply().as_bytes())
+                .and_then(|_| sock.flush()),
+            "NOOP" => write_reply(&mut sock, 200, "OK"),
+            "SYST" => write_reply(&mut sock, 215, "UNIX Type: L8"),
+            "QUIT" => {
+                let _ = write_reply(&mut sock, 221, "Goodbye");
+                return;
+            }
+            _ => write_reply(
+                &mut sock,
+                530,
+                "This server does not allow plain FTP. You have to use FTP over TLS.",
+            ),
+        };
+        if result.is_err() {
+            return;
+        }
+    }
+    // Bytes pipelined behind AUTH would be plaintext smuggled into the TLS
+    // session; a real server drops such a client.
+    if !reader.buf.is_empty() {
+        return;
+    }
+
+    let acceptor = match new_acceptor(shared) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = write_reply(&mut sock, 431, "Unable to set up TLS");
+            return;
+        }
+    };
+    if write_reply(&mut sock, 234, "Using authentication type TLS.").is_err() {
+        return;
+    }
+    let _ = sock.set_read_timeout(Some(opts.io_timeout));
+    let ctrl = match acceptor.accept(sock) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let _ = ctrl.get_ref().set_read_timeout(Some(opts.idle_timeout));
+
+    let mut session = Session {
+        shared: Arc::clone(shared),
+        acceptor,
+        ctrl,
+        reader: LineReader::default(),
+        peer_ip: peer.ip(),
+        pending_user: None,
+        logged_in: false,
+        pbsz: false,
+        prot_p: false,
+        cwd: Vec::new(),
+        rest: 0,
+        passive: None,
+        queued: VecDeque::new(),
+    };
+    session.run();
+}
+
+/// One TLS control connection after AUTH TLS.
+struct Session {
+    shared: Arc<Shared>,
+    acceptor: SslAcceptor,
+    ctrl: SslStream<TcpStream>,
+    reader: LineReader,
+    peer_ip: IpAddr,
+    pending_user: Option<String>,
+    logged_in: bool,
+    pbsz: bool,
+    prot_p: bool,
+    /// Current directory as components below the root.
+    cwd: Vec<String>,
+    rest: u64,
+    passive: Option<TcpListener>,
+    /// Commands that arrived during a transfer, run after it.
+    queued: VecDeque<String>,
+}
+
+enum Flow {
+    Continue,
+    Quit,
+}
+
+/// What a transfer command sends on the data connection.
+enum Payload {
+    File(fs::File),
+    Bytes(Vec<u8>),
+}
+
+enum Outcome {
+    Done,
+    NoConnection,
+    TlsFailed,
+    NotResumed,
+    /// ABOR, or the control connection went away.
+    Aborted,
+    /// The data connection failed under the transfer (client closed it).
+    Broken,
+}
+
+const COMMANDS_BEFORE_LOGIN: &[&str] = &[
+    "USER", "PASS", "AUTH", "PBSZ", "PROT", "FEAT", "OPTS", "SYST", "NOOP", "QUIT", "ABOR", "CLNT",
+    "TYPE",
+];
+
+impl Session {
+    fn run(&mut self) {
+        loop {
+            let line = match self.queued.pop_front() {
+                Some(line) => line,
+                None => match self.reader.read_line(&mut self.ctrl) {
+                    Ok(Some(line)) => line,
+                    // EOF, idle timeout, stop() or a TLS error.
+                    _ => break,
+                },
+            };
+            match self.handle(&line) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Quit) => {
+                    let _ = self.ctrl.shutdown();
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn reply(&mut self, code: u16, text: &str) -> io::Result<()> {
+        write_reply(&mut self.ctrl, code, text)
+    }
+
+    fn handle(&mut self, line: &str) -> io::Result<Flow> {
+        let (cmd, arg) = split_command(line);
+        if !self.logged_in && !COMMANDS_BEFORE_LOGIN.contains(&cmd.as_str()) {
+            self.reply(530, "Please log in with USER and PASS first.")?;
+            return Ok(Flow::Continue);
+        }
+        match cmd.as_str() {
+            "USER" => {
+                self.logged_in = false;
+                self.pending_user = Some(arg.to_string());
+                self.reply(331, "Please, specify the password.")?;
+            }
+            "PASS" => match self.pending_user.take() {
+                None => self.reply(503, "Login with USER first.")?,
+                Some(user) => {
+                    if user == self.shared.opts.user && arg == self.shared.opts.password {
+                        self.logged_in = true;
+                        self.reply(230, "Login successful.")?;
+                    } else {
+                        self.reply(530, "Login incorrect.")?;
+                    }
+                }
+            },
+            "AUTH" => self.reply(534, "Authentication type already set to TLS")?,
+            "PBSZ" => {
+                if arg.trim() == "0" {
+                    self.pbsz = true;
+                    self.reply(200, "PBSZ=0")?;
+                } else {
+                    self.reply(501, "PBSZ must be 0")?;
+                }
+            }
+            "PROT" => {
+                if !self.pbsz {
+                    self.reply(503, "PBSZ required before PROT")?;
+                } else {
+                    match arg.trim().to_ascii_uppercase().as_str() {
+                        "P" => {
+                            self.prot_p = true;
+                            self.reply(200, "Protection level set to P")?;
+                        }
+                        "C" => {
+                            self.prot_p = false;
+                            self.reply(
+                                534,
+                                "Protection level C not allowed: data must be protected",
+                            )?;
+                        }
+                        "S" | "E" => self.reply(536, "Protection level not supported")?,
+                        _ => self.reply(504, "Protection level not recognized")?,
+                    }
+                }
+            }
+            "FEAT" => {
+                self.ctrl.write_all(feat_reply().as_bytes())?;
+                self.ctrl.flush()?;
+            }
+            "OPTS" => {
+                let opt = arg.trim().to_ascii_uppercase();
+                if opt == "UTF8 ON" || opt == "UTF8" || opt.starts_with("MLST") {
+                    self.reply(200, "OK")?;
+                } else {
+                    self.reply(501, "Option not understood")?;
+                }
+            }
+            "SYST" => self.reply(215, "UNIX Type: L8")?,
+            "NOOP" => self.reply(200, "OK")?,
+            "CLNT" => self.reply(200, "Don't care")?,
+            "QUIT" => {
+                self.reply(221, "Goodbye")?;
+                return Ok(Flow::Quit);
+            }
+            "ABOR" => self.reply(225, "No transfer to abort")?,
+            "TYPE" => match arg.trim().to_ascii_uppercase().as_str() {
+                "I" | "A" | "L 8" | "A N" => self.reply(200, "Type set")?,
+                _ => self.reply(504, "Type not supported")?,
+            },
+            "MODE" => match arg.trim().to_ascii_uppercase().as_str() {
+                "S" => self.reply(200, "Mode set to S")?,
+                _ => self.reply(504, "Only stream mode is supported")?,
+            },
+            "STRU" => match arg.trim().to_ascii_uppercase().as_str() {
+                "F" => self.reply(200, "Structure set to F")?,
+                _ => self.reply(504, "Only file structure is supported")?,
+            },
+            "ALLO" => self.reply(202, "No storage allocation necessary")?,
+            "PWD" | "XPWD" => {
+                let path = virtual_path(&self.cwd).replace('"', "\"\"");
+                self.reply(257, &format!("\"{path}\" is current directory."))?;
+            }
+            "CWD" | "XCWD" => self.cwd_to(arg)?,
+            "CDUP" | "XCUP" => self.cwd_to("..")?,
+            "PASV" => self.passive_mode(false)?,
+            "EPSV" => {
+                let a = arg.trim().to_ascii_uppercase();
+                if a.is_empty() || a == "1" {
+                    self.passive_mode(true)?;
+                } else if a == "ALL" {
+                    self.reply(200, "EPSV ALL command successful")?;
+                } else {
+                    self.reply(522, "Network protocol not supported, use (1)")?;
+                }
+            }
+            "PORT" | "EPRT" => self.reply(502, "Active mode not supported, use PASV or EPSV")?,
+            "REST" => match arg.trim().parse::<u64>() {
+                Ok(n) => {
+                    self.rest = n;
+                    self.reply(350, &format!("Restarting at {n}"))?;
+                }
+                Err(_) => self.reply(501, "Bad restart offset")?,
+            },
+            "SIZE" => self.size(arg)?,
+            "MDTM" => self.mdtm(arg)?,
+            "MLST" => self.mlst(arg)?,
+            "RETR" => self.retr(arg)?,
+            "LIST" => self.listing(Listing::List, arg)?,
+            "NLST" => self.listing(Listing::Nlst, arg)?,
+            "MLSD" => self.listing(Listing::Mlsd, arg)?,
+            "STOR" | "STOU" | "APPE" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD" | "RNFR"
+            | "RNTO" | "SITE" => self.reply(550, "Permission denied: read-only server")?,
+            _ => self.reply(502, "Command not implemented")?,
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Maps a client path to its components below the root; `None` when
+    /// it would climb above the root.
+    fn resolve(&self, arg: &str) -> Option<Vec<String>> {
+        let mut parts = if arg.starts_with('/') {
+            Vec::new()
+        } else {
+            self.cwd.clone()
+        };
+        for comp in arg.split('/') {
+            match comp {
+                "" | "." => {}
+                ".." => {
+                    parts.pop()?;
+                }
+                c => parts.push(c.to_string()),
+            }
+        }
+        Some(parts)
+    }
+
+    /// The real path for a client path; `None` when outside the root,
+    /// including through symlinks.
+    fn real_path(&self, arg: &str) -> Option<(Vec<String>, PathBuf)> {
+        let parts = self.resolve(arg)?;
+        let mut real = self.shared.root.clone();
+        real.extend(&parts);
+        if let Ok(canon) = fs::canonicalize(&real) {
+            if !canon.starts_with(&self.shared.root) {
+                return None;
+            }
+        }
+        Some((parts, real))
+    }
+
+    fn cwd_to(&mut self, arg: &str) -> io::Result<()> {
+        match self.real_path(arg) {
+            Some((parts, real)) if real.is_dir() => {
+                self.cwd = parts;
+                let shown = virtual_path(&self.cwd);
+                self.reply(
+                    250,
+                    &format!("CWD command successful. \"{shown}\" is current directory."),
+                )
+            }
+            Some(_) => self.reply(550, "No such directory."),
+            None => self.reply(550, "Permission denied: path outside the root."),
+        }
+    }
+
+    fn size(&mut self, arg: &str) -> io::Result<()> {
+        match self.real_path(arg).map(|(_, real)| fs::metadata(real)) {
+            Some(Ok(meta)) if meta.is_file() => self.reply(213, &meta.len().to_string()),
+            Some(Ok(_)) => self.reply(550, "Not a regular file."),
+            Some(Err(_)) => self.reply(550, "File not found."),
+            None => self.reply(550, "Permission denied: path outside the root."),
+        }
+    }
+
+    fn mdtm(&mut self, arg: &str) -> io::Result<()> {
+        match self.real_path(arg).map(|(_, real)| fs::metadata(real)) {
+            Some(Ok(meta)) => self.reply(213, &fact_time(mtime_secs(&meta))),
+            Some(Err(_)) => self.reply(550, "File not found."),
+            None => self.reply(550, "Permission denied: path outside the root."),
+        }
+    }
+
+    fn mlst(&mut self, arg: &str) -> io::Result<()> {
+        let target = if arg.trim().is_empty() { "." } else { arg };
+        match self.real_path(target) {
+            Some((parts, real)) => match fs::metadata(&real) {
+                Ok(meta) => {
+                    let path = virtual_path(&parts);
+                    let text = format!(
+                        "250-Listing {path}\r\n {facts} {path}\r\n250 End\r\n",
+                        facts = mlsx_facts(&meta)
+                    );
+                    self.ctrl.write_all(text.as_bytes())?;
+                    self.ctrl.flush()
+                }
+                Err(_) => self.reply(550, "File not found."),
+            },
+            None => self.reply(550, "Permission denied: path outside the root."),
+        }
+    }
+
+    fn passive_mode(&mut self, extended: bool) -> io::Result<()> {
+        if !self.prot_p {
+            return self.reply(521, "PROT P required");
+        }
+        // Replaces (and so closes) any listener a previous PASV left open.
+        self.passive = None;
+        let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
+            Ok(l) => l,
+            Err(_) => return self.reply(425, "Can't open passive listener."),
+        };
+        let port = listener.local_addr()?.port();
+        self.passive = Some(listener);
+        if self.ctrl.ssl().version2() == Some(SslVersion::TLS1_3) && self.issue_ticket() {
+            self.shared
+                .counters
+                .tickets_sent
+                .fetch_add(1, Ordering::SeqCst);
+        }
+        // The ticket queued above goes out in front of this reply.
+        if extended {
+            self.reply(229, &format!("Entering Extended Passive Mode (|||{port}|)"))
+        } else {
+            self.reply(
+                227,
+                &format!(
+                    "Entering Passive Mode (127,0,0,1,{},{})",
+                    port >> 8,
+                    port & 0xff
+                ),
+            )
+        }
+    }
+
+    fn issue_ticket(&mut self) -> bool {
+        let ssl: &SslRef = self.ctrl.ssl();
+        // Same cast as foreign_types::ForeignTypeRef::as_ptr (that trait is
+        // not re-exported by the openssl crate): an SslRef is the SSL object.
+        let ptr = ssl as *const SslRef as *mut openssl_sys::SSL;
+        // SAFETY: ptr is the live SSL of the control stream, which is owned
+        // by this thread and not in the middle of another call.
+        unsafe { SSL_new_session_ticket(ptr) == 1 }
+    }
+
+    fn retr(&mut self, arg: &str) -> io::Result<()> {
+        let offset = std::mem::take(&mut self.rest);
+        if !self.data_ready()? {
+            return Ok(());
+        }
+        let (_, real) = match self.real_path(arg) {
+            Some(p) => p,
+            None => return self.reply(550, "Permission denied: path outside the root."),
+        };
+        if !real.is_file() {
+            return self.reply(550, "File not found.");
+        }
+        let mut file = match fs::File::open(&real) {
+            Ok(f) => f,
+            Err(_) => return self.reply(550, "Permission denied."),
+        };
+        if file.seek(SeekFrom::Start(offset)).is_err() {
+            return self.reply(554, "Invalid restart offset.");
+        }
+        self.transfer(Payload::File(file))
+    }
+
+    fn listing(&mut self, kind: Listing, arg: &str) -> io::Result<()> {
+        self.rest = 0;
+        if !self.data_ready()? {
+            return Ok(());
+        }
+        // "LIST -la dir": ls options, then an optional path.
+        let mut show_hidden = kind == Listing::Mlsd;
+        let mut path = arg.trim();
+        if kind != Listing::Mlsd {
+            while let Some(rest) = path.strip_prefix('-') {
+                let (opts, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                show_hidden |= opts.contains('a');
+                path = tail.trim_start();
+            }
+        }
+        let target = if path.is_empty() { "." } else { path };
+        let (_, real) = match self.real_path(target) {
+            Some(p) => p,
+            None => return self.reply(550, "Permission denied: path outside the root."),
+        };
+        let meta = match fs::metadata(&real) {
+            Ok(m) => m,
+            Err(_) => return self.reply(550, "Directory not found."),
+        };
+        let now = now_secs();
+        let mut out = String::new();
+        if meta.is_dir() {
+            let Ok(entries) = list_dir(&real, show_hidden) else {
+                return self.reply(550, "Cannot read directory.");
+            };
+            for (name, meta) in entries {
+                kind.format_entry(&mut out, &name, &meta, now);
+            }
+        } else if kind == Listing::Mlsd {
+            return self.reply(501, "Not a directory.");
+        } else {
+            let name = real
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            kind.format_entry(&mut out, &name, &meta, now);
+        }
+        self.transfer(Payload::Bytes(out.into_bytes()))
+    }
+
+    /// Checks common to all transfer commands; replies itself when not
+    /// ready.
+    fn data_ready(&mut self) -> io::Result<bool> {
+        if !self.prot_p {
+            self.reply(521, "PROT P required")?;
+            return Ok(false);
+        }
+        if self.passive.is_none() {
+            self.reply(425, "Use PASV or EPSV first.")?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Runs one transfer: 150, then the data connection on its own thread
+    /// while this thread watches the control connection for ABOR, then the
+    /// final reply(ies).
+    fn transfer(&mut self, payload: Payload) -> io::Result<()> {
+        let Some(listener) = self.passive.take() else {
+            return self.reply(425, "Use PASV or EPSV first.");
+        };
+        self.reply(150, "Starting data transfer.")?;
+
+        let abort = Arc::new(AtomicBool::new(false));
+        let data_sock: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
+        let job = DataJob {
+            listener,
+            acceptor: self.acceptor.clone(),
+            payload,
+            abort: Arc::clone(&abort),
+            data_sock: Arc::clone(&data_sock),
+            shared: Arc::clone(&self.shared),
+            peer_ip: self.peer_ip,
+        };
+        let worker = thread::Builder::new()
+            .name("strict-ftps-data".into())
+            .spawn(move || job.run())?;
+
+        let stop_transfer = |abort: &AtomicBool| {
+            abort.store(true, Ordering::SeqCst);
+            if let Ok(sock) = data_sock.lock() {
+                if let Some(sock) = sock.as_ref() {
+                    let _ = sock.shutdown(Shutdown::Both);
+                }
+            }
+        };
+
+        // Short read timeouts let this thread notice the end of the
+        // transfer quickly; LineReader keeps partial lines across them.
+        let _ = self
+            .ctrl
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(5)));
+        let mut abor_received = false;
+        let mut control_lost = false;
+        while !worker.is_finished() {
+            match self.reader.read_line(&mut self.ctrl) {
+                Ok(Some(line)) => {
+                    if split_command(&line).0 == "ABOR" && !abor_received {
+                        abor_received = true;
+                        stop_transfer(&abort);
+                    } else {
+                        self.queued.push_back(line);
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Ok(None) | Err(_) => {
+                    control_lost = true;
+                    stop_transfer(&abort);
+                    break;
+                }
+            }
+        }
+        let outcome = worker.join().unwrap_or(Outcome::Broken);
+        if control_lost {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "control connection lost during transfer",
+            ));
+        }
+        let _ = self
+            .ctrl
+            .get_ref()
+            .set_read_timeout(Some(self.shared.opts.idle_timeout));
+
+        match outcome {
+            Outcome::Done => self.reply(226, "Operation successful")?,
+            Outcome::NotResumed => {
+                self.ctrl
+                    .write_all(format!("{NOT_RESUMED_REPLY}\r\n").as_bytes())?;
+                self.ctrl.flush()?;
+            }
+            Outcome::NoConnection => self.reply(425, "Can't open data connection.")?,
+            Outcome::TlsFailed => self.reply(
+                425,
+                "Unable to build data connection: TLS handshake failed.",
+            )?,
+            Outcome::Aborted | Outcome::Broken if abor_received => {
+                self.reply(426, "Data connection closed; transfer aborted.")?
+            }
+            Outcome::Aborted | Outcome::Broken => {
+                self.reply(426, "Connection closed; transfer aborted.")?
+            }
+        }
+        if abor_received {
+            self.reply(226, "ABOR command successful")?;
+        }
+        Ok(())
+    }
+}
+
+/// OpenSSL removes a session from its cache when an SSL that used it is
+/// freed without having sent close_notify (ssl_clear_bad_session). Data
+/// connections share the control connection's session, so one aborted
+/// transfer would make every later TLS 1.2 data connection of that control
+/// connection fail to resume; FileZilla Server does not behave like that.
+struct KeepSession(SslStream<TcpStream>);
+
+impl Drop for KeepSession {
+    fn drop(&mut self) {
+        let state = self.0.get_shutdown();
+        self.0.set_shutdown(state | ShutdownState::SENT);
+    }
+}
+
+/// Everything the transfer thread owns.
+struct DataJob {
+    listener: TcpListener,
+    acceptor: SslAcceptor,
+    payload: Payload,
+    abort: Arc<AtomicBool>,
+    data_sock: Arc<Mutex<Option<TcpStream>>>,
+    shared: Arc<Shared>,
+    peer_ip: IpAddr,
+}
+
+impl DataJob {
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::SeqCst)
+    }
+
+    fn run(mut self) -> Outcome {
+        let timeout = self.shared.opts.io_timeout;
+        let Some(sock) = self.accept_tcp(timeout) else {
+            return if self.aborted() {
+                Outcome::Aborted
+            } else {
+                Outcome::NoConnection
+            };
+        };
+        let _ = sock.set_nodelay(true);
+        let _ = sock.set_read_timeout(Some(timeout));
+        let _ = sock.set_write_timeout(Some(timeout));
+        if let (Ok(clone), Ok(mut slot)) = (sock.try_clone(), self.data_sock.lock()) {
+            *slot = Some(clone);
+        }
+        // An ABOR that came before the socket was published above found
+        // nothing to shut down.
+        if self.aborted() {
+            return Outcome::Aborted;
+        }
+
+        let mut guard = match self.acceptor.accept(sock) {
+            Ok(s) => KeepSession(s),
+            Err(_) => {
+                if self.aborted() {
+                    return Outcome::Aborted;
+                }
+                self.shared
+                    .counters
+                    .data_tls_failures
+                    .fetch_add(1, Ordering::SeqCst);
+                return Outcome::TlsFailed;
+            }
+        };
+        let tls = &mut guard.0;
+        if !tls.ssl().session_reused() {
+            self.shared
+                .counters
+                .data_rejected
+                .fetch_add(1, Ordering::SeqCst);
+            let _ = tls.shutdown();
+            return Outcome::NotResumed;
+        }
+        self.shared
+            .counters
+            .data_accepted
+            .fetch_add(1, Ordering::SeqCst);
+
+        let sent = match &mut self.payload {
+            Payload::Bytes(bytes) => tls.write_all(bytes),
+            Payload::File(file) => copy_chunks(file, tls, &self.abort),
+        };
+        if sent.is_err() || self.aborted() {
+            return if self.aborted() {
+                Outcome::Aborted
+            } else {
+                Outcome::Broken
+            };
+        }
+        // close_notify, then FIN, before the 226 goes out on the control
+        // connection: clients may treat a bare FIN as truncation.
+        let _ = tls.shutdown();
+        let _ = tls.get_ref().shutdown(Shutdown::Write);
+        Outcome::Done
+    }
+
+    fn accept_tcp(&self, timeout: Duration) -> Option<TcpStream> {
+        // Non-blocking so that ABOR and the timeout are noticed.
+        self.listener.set_nonblocking(true).ok()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.listener.accept() {
+                Ok((sock, addr)) => {
+                    // Like FileZilla's default: the data connection must come
+                    // from the control connection's address.
+                    if addr.ip() == self.peer_ip && sock.set_nonblocking(false).is_ok() {
+                        return Some(sock);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.aborted() || Instant::now() >= deadline {
+                        return None;
+                    }
+                    thread::sleep(Duration::from_millis(2));
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn copy_chunks<W: Write>(file: &mut fs::File, out: &mut W, abort: &AtomicBool) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if abort.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "aborted"));
+        }
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return out.flush();
+        }
+        out.write_all(&buf[..n])?;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    List,
+    Nlst,
+    Mlsd,
+}
+
+impl Listing {
+    fn format_entry(self, out: &mut String, name: &str, meta: &fs::Metadata, now: i64) {
+        match self {
+            Listing::List => {
+                let _ = write!(
+                    out,
+                    "{} {:>3} ftp ftp {:>12} {} {}\r\n",
+                    ls_mode(meta),
+                    meta.nlink(),
+                    meta.len(),
+                    ls_time(mtime_secs(meta), now),
+                    name
+                );
+            }
+            Listing::Nlst => {
+                let _ = write!(out, "{name}\r\n");
+            }
+            Listing::Mlsd => {
+                let _ = write!(out, "{} {name}\r\n", mlsx_facts(meta));
+            }
+        }
+    }
+}
+
+/// Entries sorted by name, following symlinks (broken ones are left out,
+/// as are names a line-based listing cannot carry).
+fn list_dir(dir: &Path, show_hidden: bool) -> io::Result<Vec<(String, fs::Metadata)>> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.contains(['\r', '\n']) || (!show_hidden && name.starts_with('.')) {
+            continue;
+        }
+        if let Ok(meta) = fs::metadata(entry.path()) {
+            entries.push((name, meta));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
+fn feat_reply() -> String {
+    [
+        "211-Features:",
+        " AUTH TLS",
+        " PBSZ",
+        " PROT",
+        " EPSV",
+        " PASV",
+        " MLST type*;size*;modify*;perm*;UNIX.mode*;",
+        " MLSD",
+        " SIZE",
+        " MDTM",
+        " REST STREAM",
+        " UTF8",
+        "211 End",
+        "",
+    ]
+    .join("\r\n")
+}
+
+fn virtual_path(parts: &[String]) -> String {
+    format!("/{}", parts.join("/"))
+}
+
+fn mlsx_facts(meta: &fs::Metadata) -> String {
+    let modify = fact_time(mtime_secs(meta));
+    let mode = meta.mode() & 0o7777;
+    if meta.is_dir() {
+        format!("type=dir;modify={modify};perm=el;UNIX.mode={mode:04o};")
+    } else {
+        format!(
+            "type=file;size={};modify={modify};perm=r;UNIX.mode={mode:04o};",
+            meta.len()
+        )
+    }
+}
+
+fn ls_mode(meta: &fs::Metadata) -> String {
+    let mode = meta.mode();
+    let mut s = String::with_capacity(10);
+    s.push(if meta.is_dir() { 'd' } else { '-' });
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn mtime_secs(meta: &fs::Metadata) -> i64 {
+    meta.mtime()
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// `ls -l` style: time of day for the last six months, year otherwise (UTC).
+fn ls_time(secs: i64, now: i64) -> String {
+    let t = Utc::from_secs(secs);
+    let month = MONTHS[(t.month - 1) as usize];
+    const HALF_YEAR: i64 = 183 * 86_400;
+    if secs <= now + 3600 && now - secs < HALF_YEAR {
+        format!("{month} {:>2} {:02}:{:02}", t.day, t.hour, t.minute)
+    } else {
+        format!("{month} {:>2} {:>5}", t.day, t.year)
+    }
+}
+
+/// RFC 3659 time-val, UTC.
+fn fact_time(secs: i64) -> String {
+    let t = Utc::from_secs(secs);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
+}
+
+struct Utc {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+}
+
+impl Utc {
+    /// Howard Hinnant's civil_from_days.
+    fn from_secs(secs: i64) -> Utc {
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400) as u32;
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Utc {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem / 60 % 60,
+            second: rem % 60,
+        }
+    }
+}
