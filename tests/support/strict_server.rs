@@ -92,6 +92,10 @@ pub struct StrictServerOptions {
     /// How long a control connection may sit idle before the server closes
     /// it.
     pub idle_timeout: Duration,
+    /// TLS 1.3 tickets each control connection gets before the server stops issuing
+    /// them (None: one at every PASV/EPSV). Models a server whose supply runs dry, as
+    /// ProFTPD's does on uploads.
+    pub tickets_per_connection: Option<u64>,
 }
 
 impl StrictServerOptions {
@@ -115,6 +119,7 @@ impl StrictServerOptions {
             port: 0,
             io_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            tickets_per_connection: None,
         }
     }
 }
@@ -512,6 +517,7 @@ fn run_control(mut sock: TcpStream, shared: &Arc<Shared>) {
         rest: 0,
         passive: None,
         queued: VecDeque::new(),
+        tickets_issued: 0,
     };
     session.run();
 }
@@ -533,6 +539,8 @@ struct Session {
     passive: Option<TcpListener>,
     /// Commands that arrived during a transfer, run after it.
     queued: VecDeque<String>,
+    /// TLS 1.3 tickets sent on this control connection.
+    tickets_issued: u64,
 }
 
 enum Flow {
@@ -810,7 +818,16 @@ impl Session {
         };
         let port = listener.local_addr()?.port();
         self.passive = Some(listener);
-        if self.ctrl.ssl().version2() == Some(SslVersion::TLS1_3) && self.issue_ticket() {
+        let supply_left = self
+            .shared
+            .opts
+            .tickets_per_connection
+            .is_none_or(|limit| self.tickets_issued < limit);
+        if self.ctrl.ssl().version2() == Some(SslVersion::TLS1_3)
+            && supply_left
+            && self.issue_ticket()
+        {
+            self.tickets_issued += 1;
             self.shared
                 .counters
                 .tickets_sent

@@ -1,0 +1,130 @@
+//! `ftpsfs check` as a user runs it: exit codes, the one-line diagnosis, no password leaks.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::env;
+
+fn check(args: &[&str], password: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ftpsfs"));
+    command.arg("check").args(args).env_remove("RUST_LOG");
+    match password {
+        Some(p) => command.env("FTPSFS_PASSWORD", p),
+        None => command.env_remove("FTPSFS_PASSWORD"),
+    };
+    command.output().expect("run ftpsfs")
+}
+
+fn vsftpd_url() -> String {
+    format!(
+        "ftp://{}@127.0.0.1:{}/",
+        env().user,
+        env().port("VSFTPD_PORT")
+    )
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_reports_every_data_connection_resumed() {
+    let ca = env().ca.to_str().unwrap().to_string();
+    for tls in ["1.2", "1.3"] {
+        let out = check(
+            &["--ca-file", &ca, "--tls", tls, &vsftpd_url()],
+            Some(&env().password),
+        );
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "tls {tls}: {stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("greeting: 220 (vsFTPd"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("control connection TLS: TLSv1_{}", &tls[2..])),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("OK: 5 of 5 data connections resumed"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("NOT resumed"), "{stdout}");
+    }
+}
+
+#[test]
+fn refused_data_connection_is_one_clear_line() {
+    let ca = env().ca.to_str().unwrap().to_string();
+    let out = check(
+        &["--ca-file", &ca, "--no-resume", &vsftpd_url()],
+        Some(&env().password),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("data connection 1 rejected by server: 522 SSL connection failed: session reuse required"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_certificate_is_refused() {
+    // The test CA is not in the system roots, so the default verification must fail.
+    let out = check(&[&vsftpd_url()], Some(&env().password));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn wrong_password_names_the_login() {
+    let ca = env().ca.to_str().unwrap().to_string();
+    let out = check(&["--ca-file", &ca, &vsftpd_url()], Some("not-the-password"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("login as") && stderr.contains("530"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}
+
+#[test]
+fn password_never_appears_in_trace_logs() {
+    let ca = env().ca.to_str().unwrap().to_string();
+    let password = &env().password;
+    let out = Command::new(env!("CARGO_BIN_EXE_ftpsfs"))
+        .args(["check", "-vv", "--ca-file", &ca, &vsftpd_url()])
+        .env("FTPSFS_PASSWORD", password)
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("run ftpsfs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        all.contains("PASS ****"),
+        "the login is not logged at all: {all}"
+    );
+    assert!(
+        !all.contains(password.as_str()),
+        "password leaked into the output"
+    );
+}
+
+#[test]
+fn bad_url_and_password_in_url_are_refused() {
+    let out = check(&["http://example.invalid/"], Some("x"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("scheme"));
+    let out = check(&["ftp://user:hunter2@127.0.0.1/"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("password in the URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
