@@ -8,9 +8,16 @@
 //! # Layout
 //! - [`ftp`]: the FTPS client. Replies, control and data connections, TLS session
 //!   handling, listing parsers, the connection pool. Knows nothing of FUSE.
+//! - [`fs`]: the filesystem logic (inodes, metadata cache, block cache, read-ahead).
+//!   Knows nothing of fuser's types.
+//! - [`fuse`]: the thin adapter from fuser's callbacks to [`fs`].
+//! - [`mount`]: mount options, mounting, detaching and unmounting.
 //! - [`config`]: turns a URL, password sources and flags into connection options.
 //! - [`check`]: the `ftpsfs check` diagnostic.
 
 pub mod check;
 pub mod config;
+pub mod fs;
 pub mod ftp;
+pub mod fuse;
+pub mod mount;

@@ -9,17 +9,51 @@ use tracing_subscriber::EnvFilter;
 
 use ftpsfs::config::{self, ConnectionSettings, FtpUrl, PasswordSources};
 use ftpsfs::ftp::{Timeouts, TlsOptions, TlsVersions};
+use ftpsfs::mount::{self, MountSettings};
 
-/// Mount an FTPS server as a local folder.
+/// Mount an FTPS server as a local folder (read-only).
+///
+/// ftpsfs URL MOUNTPOINT [-f] [-o opt[,opt...]]   mount (unmount: fusermount3 -u MOUNTPOINT)
+/// ftpsfs check URL                               diagnose a server
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     /// More logging: -v for debug (every FTP command), -vv for trace. RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+
+    #[command(flatten)]
+    mount: MountArgs,
+}
+
+/// Arguments of the mount form.
+#[derive(Args)]
+struct MountArgs {
+    /// ftp://user@host[:port]/path (explicit TLS), ftps:// (implicit TLS), ftpes:// (= ftp://).
+    #[arg(required = true)]
+    url: Option<String>,
+    /// Where to mount (an existing directory).
+    #[arg(required = true)]
+    mountpoint: Option<PathBuf>,
+    /// Mount options, comma-separated: cache_size=256M, dir_cache=60, block_size=1M,
+    /// readahead=64M, connections=4, timeout=20, uid=N, gid=N, umask=022, allow_other,
+    /// allow_root, default_permissions, password_file=F, ca_file=PEM, insecure,
+    /// tls=1.2|1.3|auto, log_file=F, debug; fstab options such as _netdev are ignored.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    options: Vec<String>,
+    /// Stay in the foreground (otherwise detach once mounted).
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    #[command(flatten)]
+    connection: ConnectionArgs,
 }
 
 #[derive(Subcommand)]
@@ -97,38 +131,132 @@ impl ConnectionArgs {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<(), String> {
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,ftpsfs=info",
         1 => "ftpsfs=debug",
         _ => "ftpsfs=trace,rustls=debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log_file {
+        None => builder.with_writer(std::io::stderr).init(),
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("log file {}: {e}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init()
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("ftpsfs: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     match cli.command {
-        Command::Check {
+        Some(Command::Check {
             url,
             data_connections,
             connection,
-        } => runtime.block_on(check(&url, data_connections, &connection)),
+        }) => {
+            if let Err(e) = init_logging(cli.verbose, None) {
+                eprintln!("ftpsfs: {e}");
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("ftpsfs: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(check(&url, data_connections, &connection))
+        }
+        None => mount_command(cli.verbose, cli.mount),
+    }
+}
+
+fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
+    let (Some(url), Some(mountpoint)) = (args.url, args.mountpoint) else {
+        eprintln!("ftpsfs: usage: ftpsfs URL MOUNTPOINT [-o options] (see --help)");
+        return ExitCode::from(2);
+    };
+    let mut settings = MountSettings {
+        foreground: args.foreground,
+        connection: args.connection.settings(),
+        password_file: args.connection.password_file.clone(),
+        ..MountSettings::default()
+    };
+    for list in &args.options {
+        if let Err(e) = settings.apply_options(list) {
+            eprintln!("ftpsfs: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let verbosity = if settings.debug {
+        verbose.max(1)
+    } else {
+        verbose
+    };
+    if let Err(e) = init_logging(verbosity, settings.log_file.as_ref()) {
+        eprintln!("ftpsfs: {e}");
+        return ExitCode::from(2);
+    }
+    let prepared = (|| {
+        let url = FtpUrl::parse(&url)?;
+        let sources = PasswordSources {
+            password_file: settings.password_file.clone(),
+            netrc: None,
+            allow_prompt: true,
+        };
+        let (user, password) = config::resolve_credentials(&url, &sources)?;
+        let options = config::connect_options(&url, user, password, &settings.connection)?;
+        Ok::<_, config::ConfigError>((url, options))
+    })();
+    let (parsed, options) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("ftpsfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ready = if settings.foreground {
+        None
+    } else {
+        match mount::detach() {
+            Ok(ready) => ready,
+            Err(e) => {
+                eprintln!("ftpsfs: cannot detach: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let detached = ready.is_some();
+    match mount::serve(
+        options,
+        parsed.path.clone(),
+        &url,
+        &mountpoint,
+        &settings,
+        ready,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            // A detached child already sent its message through the pipe to the parent.
+            if !detached {
+                eprintln!("ftpsfs: {message}");
+            }
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
     }
 }
 

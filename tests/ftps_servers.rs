@@ -260,17 +260,16 @@ async fn parallel_control_connections(server: Server, tls: Tls) {
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..15 {
-                let body = pool
-                    .run(async |conn| {
-                        let mut data = conn.retrieve(b"small.txt", 0).await?;
-                        let mut buf = vec![0u8; 64];
-                        let n = data.read_full(&mut buf).await?;
-                        conn.finish_data(data).await?;
-                        buf.truncate(n);
-                        Ok(buf)
-                    })
-                    .await
-                    .unwrap_or_else(|e| panic!("worker {worker} transfer {i}: {e}"));
+                let body = ftpsfs::with_connection!(pool, |conn| {
+                    let mut data = conn.retrieve(b"small.txt", 0).await?;
+                    let mut buf = vec![0u8; 64];
+                    let n = data.read_full(&mut buf).await?;
+                    conn.finish_data(data).await?;
+                    buf.truncate(n);
+                    Ok::<_, FtpError>(buf)
+                })
+                .await
+                .unwrap_or_else(|e| panic!("worker {worker} transfer {i}: {e}"));
                 assert_eq!(body, small);
                 done.fetch_add(1, Ordering::Relaxed);
             }

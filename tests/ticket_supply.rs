@@ -78,8 +78,7 @@ async fn pool_replaces_a_dry_connection_and_carries_on() {
     );
     let expected = std::fs::read(env().data.join("small.txt")).unwrap();
     for i in 0..10 {
-        let body = pool
-            .run(async |conn| fetch_small(conn).await)
+        let body = ftpsfs::with_connection!(pool, |conn| fetch_small(conn).await)
             .await
             .unwrap_or_else(|e| panic!("transfer {}: {e}", i + 1));
         assert_eq!(body, expected);

@@ -498,10 +498,23 @@ impl ControlConnection {
 
     /// Lists a directory: MLSD when the server has it, else `LIST -a` (vsftpd has no MLSD).
     pub async fn list(&mut self, path: &[u8]) -> Result<Listing, FtpError> {
-        let (verb, format) = if self.features.mlsd {
-            ("MLSD", ListingFormat::Mlsd)
+        let format = if self.features.mlsd {
+            ListingFormat::Mlsd
         } else {
-            ("LIST -a", ListingFormat::List)
+            ListingFormat::List
+        };
+        self.list_as(path, format).await
+    }
+
+    /// Lists a directory in the given format: `LIST -a` shows symlink targets, MLSD does not.
+    pub async fn list_as(
+        &mut self,
+        path: &[u8],
+        format: ListingFormat,
+    ) -> Result<Listing, FtpError> {
+        let verb = match format {
+            ListingFormat::Mlsd => "MLSD",
+            ListingFormat::List => "LIST -a",
         };
         let command = if path.is_empty() {
             verb.as_bytes().to_vec()

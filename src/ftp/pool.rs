@@ -135,6 +135,36 @@ impl Pool {
         }
     }
 
+    /// Takes a connection only if one is free now and `reserve` more stay free for others.
+    ///
+    /// Long-running streams use this so that they never starve listings and small reads.
+    pub async fn try_get_spare(
+        &self,
+        reserve: usize,
+    ) -> Result<Option<PooledConnection>, FtpError> {
+        let inner = &self.inner;
+        if inner.permits.available_permits() <= reserve {
+            return Ok(None);
+        }
+        let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        if let Some(conn) = self.take_idle().await {
+            return Ok(Some(PooledConnection::new(conn, inner.clone(), permit)));
+        }
+        inner.live.fetch_add(1, Ordering::Relaxed);
+        match ControlConnection::connect(inner.connect.clone(), inner.stats.clone()).await {
+            Ok(conn) => Ok(Some(PooledConnection::new(conn, inner.clone(), permit))),
+            Err(e) => {
+                inner.live.fetch_sub(1, Ordering::Relaxed);
+                if e.reply_code() == Some(421) {
+                    return Ok(None);
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn take_idle(&self) -> Option<ControlConnection> {
         loop {
             let conn = self
@@ -160,34 +190,6 @@ impl Pool {
         }
     }
 
-    /// Runs `operation` on a pooled connection, once more on a fresh one if the first broke.
-    ///
-    /// A connection can break without our doing: the server's idle timeout, a 421, a
-    /// ticket supply that ran out. One retry hides that; timeouts are not retried, so a
-    /// dead server is reported within one timeout.
-    pub async fn run<T>(
-        &self,
-        mut operation: impl AsyncFnMut(&mut ControlConnection) -> Result<T, FtpError>,
-    ) -> Result<T, FtpError> {
-        let mut conn = self.get().await?;
-        match operation(&mut conn).await {
-            Ok(value) => Ok(value),
-            Err(e)
-                if e.breaks_connection()
-                    && !matches!(e, FtpError::Timeout { .. } | FtpError::Connect { .. }) =>
-            {
-                tracing::debug!(
-                    conn = conn.id(),
-                    "connection broke ({e}); retrying on a fresh one"
-                );
-                drop(conn);
-                let mut conn = self.get().await?;
-                operation(&mut conn).await
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Closes every idle connection politely (QUIT).
     pub async fn close(&self) {
         let idle: Vec<ControlConnection> =
@@ -197,6 +199,50 @@ impl Pool {
             conn.quit().await;
         }
     }
+}
+
+/// Whether an operation that failed with `error` deserves one more try on a fresh connection.
+///
+/// A connection can break without our doing: the server's idle timeout, a 421, a ticket
+/// supply that ran out. One retry hides that; timeouts and refused connections are not
+/// retried, so a dead server is reported within one timeout.
+pub fn worth_retrying(error: &FtpError) -> bool {
+    error.breaks_connection()
+        && !matches!(error, FtpError::Timeout { .. } | FtpError::Connect { .. })
+}
+
+/// Runs `body` with `conn` bound to a pooled connection, and once more on a fresh
+/// connection if the first one broke (see [`worth_retrying`]). Evaluates to a future of
+/// the body's `Result<T, FtpError>`.
+///
+/// A macro rather than a method taking a closure: async closures borrowing the caller's
+/// data are not yet `Send` in a way `tokio::spawn` accepts.
+#[macro_export]
+macro_rules! with_connection {
+    ($pool:expr, |$conn:ident| $body:expr) => {
+        async {
+            let pool: &$crate::ftp::Pool = &$pool;
+            let mut pooled = pool.get().await?;
+            let first = async {
+                let $conn: &mut $crate::ftp::ControlConnection = &mut pooled;
+                $body
+            }
+            .await;
+            match first {
+                Err(error) if $crate::ftp::pool::worth_retrying(&error) => {
+                    tracing::debug!(
+                        conn = pooled.id(),
+                        "connection broke ({error}); retrying on a fresh one"
+                    );
+                    drop(pooled);
+                    let mut pooled = pool.get().await?;
+                    let $conn: &mut $crate::ftp::ControlConnection = &mut pooled;
+                    $body
+                }
+                other => other,
+            }
+        }
+    };
 }
 
 /// A connection on loan from the pool; returned on drop unless broken.

@@ -1,0 +1,156 @@
+//! The metadata cache: one listing per directory serves every lookup and getattr in it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::ftp::listing::{Entry, EntryKind, ListingFormat};
+use crate::ftp::Pool;
+
+use super::error::FsError;
+
+/// One directory's entries as of one listing.
+#[derive(Debug)]
+pub struct DirListing {
+    /// When the listing arrived.
+    pub fetched: Instant,
+    /// Entries in server order (files, directories and symlinks only).
+    pub entries: Vec<Entry>,
+    index: HashMap<Vec<u8>, usize>,
+    /// Symlink targets learnt from `LIST -a` when the listing itself (MLSD) lacks them.
+    link_targets: Mutex<Option<HashMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl DirListing {
+    fn new(entries: Vec<Entry>) -> Self {
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| {
+                // Devices, pipes and sockets cannot be downloaded; showing them would only
+                // produce read errors.
+                let keep = e.kind != EntryKind::Other;
+                if !keep {
+                    tracing::debug!(name = %String::from_utf8_lossy(&e.name), "skipping special file");
+                }
+                keep
+            })
+            .collect();
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        Self {
+            fetched: Instant::now(),
+            entries,
+            index,
+            link_targets: Mutex::new(None),
+        }
+    }
+
+    /// The entry called `name`, if the listing has it.
+    pub fn get(&self, name: &[u8]) -> Option<&Entry> {
+        self.index.get(name).map(|&i| &self.entries[i])
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<DirListing>>>>;
+
+/// Directory listings with a time to live; concurrent requests for one directory share
+/// one listing command.
+pub struct DirCache {
+    ttl: Duration,
+    slots: Mutex<HashMap<Vec<u8>, Slot>>,
+    listings: AtomicU64,
+}
+
+impl DirCache {
+    /// A cache whose listings are trusted for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            slots: Mutex::new(HashMap::new()),
+            listings: AtomicU64::new(0),
+        }
+    }
+
+    /// Listing commands sent so far.
+    pub fn listings_fetched(&self) -> u64 {
+        self.listings.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, path: &[u8]) -> Slot {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_vec())
+            .or_default()
+            .clone()
+    }
+
+    /// The listing of `path`, from the cache while fresh, else from the server.
+    pub async fn get(&self, pool: &Pool, path: &[u8]) -> Result<Arc<DirListing>, FsError> {
+        let slot = self.slot(path);
+        // Holding the slot's lock while listing makes concurrent callers wait for this
+        // one listing instead of sending their own.
+        let mut cached = slot.lock().await;
+        if let Some(listing) = cached.as_ref() {
+            if listing.fetched.elapsed() < self.ttl {
+                return Ok(listing.clone());
+            }
+        }
+        let listing = crate::with_connection!(pool, |conn| conn.list(path).await).await?;
+        self.listings.fetch_add(1, Ordering::Relaxed);
+        let listing = Arc::new(DirListing::new(listing.entries));
+        *cached = Some(listing.clone());
+        Ok(listing)
+    }
+
+    /// Forgets the listing of `path`, so the next request asks the server.
+    pub fn invalidate(&self, path: &[u8]) {
+        let slot = self.slot(path);
+        if let Ok(mut cached) = slot.try_lock() {
+            *cached = None;
+        };
+    }
+
+    /// The target of symlink `name` in the directory `path`.
+    ///
+    /// MLSD does not say where a symlink points (ProFTPD: `type=OS.unix=symlink`,
+    /// Pure-FTPd: an empty `OS.unix=slink:`); `LIST -a` does, so ask once per listing.
+    pub async fn link_target(
+        &self,
+        pool: &Pool,
+        listing: &DirListing,
+        path: &[u8],
+        name: &[u8],
+    ) -> Result<Vec<u8>, FsError> {
+        if let Some(target) = listing.get(name).and_then(|e| e.link_target.clone()) {
+            return Ok(target);
+        }
+        if let Some(targets) = listing
+            .link_targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return targets.get(name).cloned().ok_or(FsError::NoLinkTarget);
+        }
+        let unix =
+            crate::with_connection!(pool, |conn| conn.list_as(path, ListingFormat::List).await)
+                .await?;
+        self.listings.fetch_add(1, Ordering::Relaxed);
+        let targets: HashMap<Vec<u8>, Vec<u8>> = unix
+            .entries
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.link_target?)))
+            .collect();
+        let target = targets.get(name).cloned();
+        *listing
+            .link_targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(targets);
+        target.ok_or(FsError::NoLinkTarget)
+    }
+}

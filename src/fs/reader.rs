@@ -1,0 +1,506 @@
+//! Reading file data: block cache first, then one streaming RETR per sequential reader,
+//! or a small ranged fetch for random and first reads.
+//!
+//! A sequential reader gets a stream (`REST` to its block, then `RETR`) that runs ahead of
+//! it by a window of blocks. The window starts at one block and doubles each time the
+//! reader has to wait for the stream, up to a cap. A read outside the window drops the
+//! stream (ABOR) and the next sequential read starts another. A first read at offset 0
+//! (file browsers, thumbnailers, `file`) or a random read fetches only a small range.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::ftp::{DataConnection, FtpError, Pool, PooledConnection};
+
+use super::blockcache::{BlockCache, BlockKey, FileVersion, Segment};
+use super::error::FsError;
+
+/// Alignment and minimum size of a ranged (non-streaming) fetch.
+///
+/// 128 KiB is the kernel's default FUSE read size, so one fetch serves at least one
+/// kernel read; aligning to 64 KiB lets neighbouring random reads share fetches.
+const RANGE_ALIGN: u64 = 64 * 1024;
+const MIN_RANGE_FETCH: u64 = 128 * 1024;
+
+/// Connections a stream must leave free, so listings and small reads never starve.
+const CONNECTIONS_RESERVED_FOR_OTHERS: usize = 1;
+
+/// How reads behave.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadConfig {
+    /// Cache block size in bytes.
+    pub block_size: u64,
+    /// Largest read-ahead window, in blocks.
+    pub max_window_blocks: u64,
+    /// Longest wait for a stream to deliver the next block.
+    pub data_timeout: Duration,
+    /// A stream whose reader asked for nothing this long gives its connection back.
+    pub stream_idle: Duration,
+}
+
+/// Counters for diagnostics and benchmarks.
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    /// Streaming RETRs started.
+    pub streams: AtomicU64,
+    /// Ranged RETRs (head, random or fallback blocks).
+    pub range_fetches: AtomicU64,
+    /// Bytes received from the server.
+    pub bytes_fetched: AtomicU64,
+}
+
+/// One open file: its version at open time and its reader state.
+pub struct OpenFile {
+    /// Inode of the file.
+    pub ino: u64,
+    /// Path, size and mtime when opened.
+    pub version: Arc<FileVersion>,
+    state: tokio::sync::Mutex<ReadState>,
+}
+
+#[derive(Default)]
+struct ReadState {
+    /// Where the previous read ended: a read starting here is sequential.
+    last_end: Option<u64>,
+    stream: Option<Stream>,
+}
+
+impl OpenFile {
+    /// A freshly opened file.
+    pub fn new(ino: u64, version: Arc<FileVersion>) -> Self {
+        Self {
+            ino,
+            version,
+            state: tokio::sync::Mutex::new(ReadState::default()),
+        }
+    }
+}
+
+/// Serves reads for every open file.
+pub struct Reader {
+    pool: Pool,
+    cache: Arc<BlockCache>,
+    config: ReadConfig,
+    stats: Arc<ReadStats>,
+    /// One lock per block being fetched by a ranged fetch, so concurrent readers of a
+    /// block share one fetch.
+    fetching: Mutex<HashMap<BlockKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Reader {
+    /// A reader fetching through `pool` into `cache`.
+    pub fn new(pool: Pool, cache: Arc<BlockCache>, config: ReadConfig) -> Self {
+        Self {
+            pool,
+            cache,
+            config,
+            stats: Arc::new(ReadStats::default()),
+            fetching: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The read counters.
+    pub fn stats(&self) -> &ReadStats {
+        &self.stats
+    }
+
+    fn key(version: &Arc<FileVersion>, index: u64) -> BlockKey {
+        BlockKey {
+            version: version.clone(),
+            index,
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset` (fewer only at the end of the file).
+    pub async fn read(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let file_size = file.version.size;
+        if offset >= file_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = file_size.min(offset + u64::from(size));
+        let block_size = self.config.block_size;
+        let mut state = file.state.lock().await;
+        let sequential = offset > 0 && state.last_end == Some(offset);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / block_size;
+            let block_start = index * block_size;
+            let block_len = block_size.min(file_size - block_start);
+            let from = pos - block_start;
+            let to = (end - block_start).min(block_len);
+            let key = Self::key(&file.version, index);
+            if let Some(stream) = &state.stream {
+                stream.note_reader_at(index);
+            }
+            if let Some(segment) = self.cache.get(&key, from, to) {
+                copy_out(&mut out, &segment, from, to);
+                pos = block_start + to;
+                continue;
+            }
+            if let Some(stream) = &state.stream {
+                if stream.can_serve(index) {
+                    match stream.wait_for(index, self.config).await {
+                        Ok(()) => {
+                            if let Some(segment) = self.cache.get(&key, from, to) {
+                                copy_out(&mut out, &segment, from, to);
+                                pos = block_start + to;
+                                continue;
+                            }
+                        }
+                        Err(StreamGone::Failed(e)) => {
+                            state.stream = None;
+                            return Err(e);
+                        }
+                        Err(StreamGone::Ended) => state.stream = None,
+                    }
+                } else {
+                    tracing::debug!(
+                        ino = file.ino,
+                        block = index,
+                        "read outside the stream's window; dropping the stream"
+                    );
+                    state.stream = None;
+                }
+            }
+            if state.stream.is_none() && (sequential || pos > offset) {
+                if let Some(stream) = self.start_stream(file, index).await? {
+                    state.stream = Some(stream);
+                    continue;
+                }
+            }
+            // Random, first, or no spare connection for a stream: fetch only a range.
+            let (fetch_from, fetch_to) = if sequential || pos > offset {
+                (0, block_len)
+            } else {
+                let aligned_from = from - from % RANGE_ALIGN;
+                let aligned_to = to.div_ceil(RANGE_ALIGN) * RANGE_ALIGN;
+                (
+                    aligned_from,
+                    block_len.min(aligned_to.max(aligned_from + MIN_RANGE_FETCH)),
+                )
+            };
+            let segment = self
+                .fetch_range(&key, block_start, fetch_from, fetch_to)
+                .await?;
+            copy_out(&mut out, &segment, from, to);
+            pos = block_start + to;
+        }
+        state.last_end = Some(end);
+        Ok(out)
+    }
+
+    /// Stops the file's stream, if any (the file was closed).
+    pub async fn release(&self, file: &OpenFile) {
+        file.state.lock().await.stream = None;
+    }
+
+    async fn start_stream(&self, file: &OpenFile, index: u64) -> Result<Option<Stream>, FsError> {
+        let Some(conn) = self
+            .pool
+            .try_get_spare(CONNECTIONS_RESERVED_FOR_OTHERS)
+            .await?
+        else {
+            tracing::debug!(
+                ino = file.ino,
+                "no spare connection for a stream; fetching block by block"
+            );
+            return Ok(None);
+        };
+        self.stats.streams.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            ino = file.ino,
+            block = index,
+            "starting a read-ahead stream"
+        );
+        Ok(Some(Stream::start(
+            conn,
+            StreamJob {
+                cache: self.cache.clone(),
+                stats: self.stats.clone(),
+                version: file.version.clone(),
+                config: self.config,
+            },
+            index,
+        )))
+    }
+
+    /// Fetches the block-relative range `from..to` of a block with its own RETR.
+    async fn fetch_range(
+        &self,
+        key: &BlockKey,
+        block_start: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Segment, FsError> {
+        let lock = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let guard = lock.lock().await;
+        // Another reader may have fetched it while we waited.
+        if let Some(segment) = self.cache.get(key, from, to) {
+            return Ok(segment);
+        }
+        let version = &key.version;
+        let offset = block_start + from;
+        let len = (to - from) as usize;
+        let reaches_end = block_start + to == version.size;
+        self.stats.range_fetches.fetch_add(1, Ordering::Relaxed);
+        let pool = &self.pool;
+        let (data, complete) = crate::with_connection!(pool, |conn| {
+            let mut data = conn.retrieve(&version.path, offset).await?;
+            let mut buf = vec![0u8; len];
+            let n = data.read_full(&mut buf).await?;
+            let complete = n == len && (!reaches_end || expect_end(&mut data).await?);
+            if data.at_end() {
+                conn.finish_data(data).await?;
+            } else {
+                conn.abort_data(data).await?;
+            }
+            Ok::<_, FtpError>((buf, complete))
+        })
+        .await?;
+        drop(guard);
+        self.fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if !complete {
+            return Err(FsError::Changed);
+        }
+        self.stats
+            .bytes_fetched
+            .fetch_add(len as u64, Ordering::Relaxed);
+        let segment = Segment {
+            start: from,
+            data: Arc::new(data),
+        };
+        self.cache.insert(key.clone(), segment.clone());
+        Ok(segment)
+    }
+}
+
+/// True when the data connection is at its end (the file is not longer than listed).
+async fn expect_end(data: &mut DataConnection) -> Result<bool, FtpError> {
+    let mut probe = [0u8; 1];
+    Ok(data.read(&mut probe).await? == 0)
+}
+
+fn copy_out(out: &mut Vec<u8>, segment: &Segment, from: u64, to: u64) {
+    let start = (from - segment.start) as usize;
+    let end = (to - segment.start) as usize;
+    out.extend_from_slice(&segment.data[start..end]);
+}
+
+/// Why a stream cannot deliver a block.
+enum StreamGone {
+    /// It failed; the reader gets this error.
+    Failed(FsError),
+    /// It stopped (idle, cancelled or finished) before this block; fetch another way.
+    Ended,
+}
+
+struct StreamJob {
+    cache: Arc<BlockCache>,
+    stats: Arc<ReadStats>,
+    version: Arc<FileVersion>,
+    config: ReadConfig,
+}
+
+/// A streaming RETR running ahead of a reader, filling the block cache.
+struct Stream {
+    start_block: u64,
+    shared: Arc<StreamShared>,
+}
+
+struct StreamShared {
+    state: Mutex<StreamState>,
+    /// Stream → readers: a block arrived or the stream ended.
+    progress: Notify,
+    /// Reader → stream: the reader moved on, or the stream should stop.
+    demand: Notify,
+}
+
+struct StreamState {
+    /// The next block the stream will deliver.
+    next_block: u64,
+    /// The furthest block a reader has asked for.
+    wanted: u64,
+    /// How many blocks past `wanted` the stream may run ahead.
+    window: u64,
+    cancelled: bool,
+    outcome: Option<Result<(), FsError>>,
+}
+
+impl Stream {
+    fn start(conn: PooledConnection, job: StreamJob, start_block: u64) -> Self {
+        let shared = Arc::new(StreamShared {
+            state: Mutex::new(StreamState {
+                next_block: start_block,
+                wanted: start_block,
+                window: 1,
+                cancelled: false,
+                outcome: None,
+            }),
+            progress: Notify::new(),
+            demand: Notify::new(),
+        });
+        let task_shared = shared.clone();
+        tokio::spawn(async move {
+            let outcome = run_stream(conn, &job, &task_shared, start_block).await;
+            if let Err(e) = &outcome {
+                tracing::debug!(path = %String::from_utf8_lossy(&job.version.path), "stream ended: {e}");
+            }
+            task_shared.lock().outcome = Some(outcome);
+            task_shared.progress.notify_waiters();
+        });
+        Self {
+            start_block,
+            shared,
+        }
+    }
+
+    /// Whether `block` is within reach: delivered recently or inside the window ahead.
+    fn can_serve(&self, block: u64) -> bool {
+        let state = self.shared.lock();
+        !state.cancelled
+            && state.outcome.is_none()
+            && block >= self.start_block
+            && block >= state.next_block
+            && block <= state.next_block + state.window
+    }
+
+    fn note_reader_at(&self, block: u64) {
+        let mut state = self.shared.lock();
+        if block > state.wanted {
+            state.wanted = block;
+            drop(state);
+            self.shared.demand.notify_one();
+        }
+    }
+
+    async fn wait_for(&self, block: u64, config: ReadConfig) -> Result<(), StreamGone> {
+        let mut grew = false;
+        loop {
+            let mut notified = pin!(self.shared.progress.notified());
+            notified.as_mut().enable();
+            {
+                let mut state = self.shared.lock();
+                if block < state.next_block {
+                    return Ok(());
+                }
+                match &state.outcome {
+                    Some(Err(e)) => return Err(StreamGone::Failed(e.clone())),
+                    Some(Ok(())) => return Err(StreamGone::Ended),
+                    None => {}
+                }
+                state.wanted = state.wanted.max(block);
+                if !grew {
+                    // The reader caught up with the stream: let it run further ahead.
+                    state.window = (state.window * 2).min(config.max_window_blocks.max(1));
+                    grew = true;
+                }
+            }
+            self.shared.demand.notify_one();
+            if tokio::time::timeout(config.data_timeout, notified)
+                .await
+                .is_err()
+            {
+                return Err(StreamGone::Failed(FsError::TimedOut(config.data_timeout)));
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.shared.lock().cancelled = true;
+        self.shared.demand.notify_one();
+    }
+}
+
+impl StreamShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn run_stream(
+    mut conn: PooledConnection,
+    job: &StreamJob,
+    shared: &StreamShared,
+    start_block: u64,
+) -> Result<(), FsError> {
+    let block_size = job.config.block_size;
+    let size = job.version.size;
+    let last_block = (size - 1) / block_size;
+    let mut data = conn
+        .retrieve(&job.version.path, start_block * block_size)
+        .await?;
+    let mut block = start_block;
+    loop {
+        // Wait until the reader is close enough, or give up when it is gone.
+        loop {
+            let demand = shared.demand.notified();
+            let (cancelled, wanted_soon) = {
+                let state = shared.lock();
+                (state.cancelled, block <= state.wanted + state.window)
+            };
+            if cancelled {
+                conn.abort_data(data).await?;
+                return Ok(());
+            }
+            if wanted_soon {
+                break;
+            }
+            if tokio::time::timeout(job.config.stream_idle, demand)
+                .await
+                .is_err()
+            {
+                tracing::debug!("stream idle; giving its connection back");
+                conn.abort_data(data).await?;
+                return Ok(());
+            }
+        }
+        let block_start = block * block_size;
+        let len = block_size.min(size - block_start) as usize;
+        let mut buf = vec![0u8; len];
+        let n = data.read_full(&mut buf).await?;
+        if n < len {
+            // Shorter than listed: the file changed on the server.
+            return Err(FsError::Changed);
+        }
+        job.stats
+            .bytes_fetched
+            .fetch_add(len as u64, Ordering::Relaxed);
+        job.cache.insert(
+            BlockKey {
+                version: job.version.clone(),
+                index: block,
+            },
+            Segment {
+                start: 0,
+                data: Arc::new(buf),
+            },
+        );
+        shared.lock().next_block = block + 1;
+        shared.progress.notify_waiters();
+        if block == last_block {
+            if !expect_end(&mut data).await? {
+                return Err(FsError::Changed);
+            }
+            conn.finish_data(data).await?;
+            return Ok(());
+        }
+        block += 1;
+    }
+}
