@@ -82,10 +82,17 @@ pub async fn run(
     ));
     out(&format!("greeting: {}", conn.greeting()));
     match conn.tls_summary() {
-        Some(tls) => out(&format!(
-            "control connection TLS: {} {}",
-            tls.version, tls.cipher
-        )),
+        Some(tls) => {
+            out(&format!(
+                "control connection TLS: {} {}",
+                tls.version, tls.cipher
+            ));
+            if let Some(fingerprint) = &tls.fingerprint {
+                out(&format!(
+                    "server certificate: {fingerprint} (pin it with --fingerprint)"
+                ));
+            }
+        }
         None => out("control connection: plain FTP, NOT encrypted"),
     }
     let features = conn.features();

@@ -94,6 +94,10 @@ struct ConnectionArgs {
     /// Do not verify the server's certificate (dangerous; logs a warning).
     #[arg(long)]
     insecure: bool,
+    /// Accept only the server certificate with this SHA-256 fingerprint (sha256:AB:CD:...),
+    /// whoever signed it; `ftpsfs check` prints it.
+    #[arg(long, value_name = "SHA256")]
+    fingerprint: Option<String>,
     /// TLS versions to offer.
     #[arg(long = "tls", value_enum, default_value = "auto")]
     tls_version: TlsVersionArg,
@@ -112,9 +116,14 @@ struct ConnectionArgs {
 }
 
 impl ConnectionArgs {
-    fn settings(&self) -> ConnectionSettings {
-        ConnectionSettings {
+    fn settings(&self) -> Result<ConnectionSettings, String> {
+        let fingerprint = match &self.fingerprint {
+            Some(text) => Some(ftpsfs::ftp::tls::parse_fingerprint(text)?),
+            None => None,
+        };
+        Ok(ConnectionSettings {
             tls: TlsOptions {
+                fingerprint,
                 ca_file: self.ca_file.clone(),
                 insecure: self.insecure,
                 versions: match self.tls_version {
@@ -127,14 +136,16 @@ impl ConnectionArgs {
             timeouts: Timeouts::uniform(Duration::from_secs(self.timeout.max(1))),
             trust_pasv_address: self.trust_pasv_address,
             no_resume: self.no_resume,
-        }
+        })
     }
 }
 
 fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<(), String> {
-    let default = match verbose {
-        0 => "warn,ftpsfs=info",
-        1 => "ftpsfs=debug",
+    let default = match (verbose, log_file) {
+        // A log file is read later, when something went wrong: keep mount/unmount lines.
+        (0, Some(_)) => "warn,ftpsfs=info",
+        (0, None) => "warn",
+        (1, _) => "ftpsfs=debug",
         _ => "ftpsfs=trace,rustls=debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -189,9 +200,16 @@ fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
         eprintln!("ftpsfs: usage: ftpsfs URL MOUNTPOINT [-o options] (see --help)");
         return ExitCode::from(2);
     };
+    let connection = match args.connection.settings() {
+        Ok(connection) => connection,
+        Err(e) => {
+            eprintln!("ftpsfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut settings = MountSettings {
         foreground: args.foreground,
-        connection: args.connection.settings(),
+        connection,
         password_file: args.connection.password_file.clone(),
         ..MountSettings::default()
     };
@@ -269,7 +287,8 @@ async fn check(url: &str, data_connections: usize, args: &ConnectionArgs) -> Exi
             allow_prompt: true,
         };
         let (user, password) = config::resolve_credentials(&url, &sources)?;
-        let options = config::connect_options(&url, user, password, &args.settings())?;
+        let settings = args.settings().map_err(config::ConfigError::Option)?;
+        let options = config::connect_options(&url, user, password, &settings)?;
         Ok::<_, config::ConfigError>((url, options))
     })();
     let (url, options) = match prepared {

@@ -134,6 +134,11 @@ impl MountSettings {
         match key {
             "ca_file" => self.connection.tls.ca_file = Some(PathBuf::from(need(value)?)),
             "insecure" => self.connection.tls.insecure = true,
+            "fingerprint" => {
+                let fingerprint =
+                    crate::ftp::tls::parse_fingerprint(need(value)?).map_err(|e| bad(&e))?;
+                self.connection.tls.fingerprint = Some(fingerprint);
+            }
             "tls" => {
                 self.connection.tls.versions = match need(value)? {
                     "1.2" => TlsVersions::Tls12Only,

@@ -128,3 +128,27 @@ fn bad_url_and_password_in_url_are_refused() {
     assert!(stderr.contains("password in the URL"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[test]
+fn pinned_fingerprint_replaces_the_ca() {
+    // The fingerprint that check prints is the one --fingerprint accepts.
+    let ca = env().ca.to_str().unwrap().to_string();
+    let out = check(&["--ca-file", &ca, &vsftpd_url()], Some(&env().password));
+    let stdout = text(&out.stdout);
+    let fingerprint = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("server certificate: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no fingerprint printed: {stdout}"))
+        .to_string();
+    let out = check(&["--fingerprint", &fingerprint, &vsftpd_url()], Some(&env().password));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut wrong = fingerprint.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == '0' { '1' } else { '0' });
+    let out = check(&["--fingerprint", &wrong, &vsftpd_url()], Some(&env().password));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("does not match the pinned"), "{stderr}");
+}

@@ -16,7 +16,10 @@ use super::listing::{self, Entry, Listing, ListingFormat, Timestamp};
 use super::options::{ConnectOptions, Security};
 use super::passive;
 use super::reply::{Reply, ReplyParser, MAX_LINE_BYTES};
-use super::tls::{non_resuming_config, per_connection_config, SessionStore, TlsStats};
+use super::tls::{
+    certificate_fingerprint, format_fingerprint, non_resuming_config, per_connection_config,
+    SessionStore, TlsStats,
+};
 use super::transport::{connect_tcp, display_addr, tls_handshake, within, Transport};
 
 /// Largest listing body accepted; bounds memory against a hostile or broken server.
@@ -39,6 +42,8 @@ pub struct TlsSummary {
     pub cipher: String,
     /// Whether this handshake resumed an earlier session.
     pub resumed: bool,
+    /// SHA-256 fingerprint of the server's certificate, when one was sent.
+    pub fingerprint: Option<String>,
 }
 
 fn summarize(conn: &rustls::ClientConnection) -> TlsSummary {
@@ -50,6 +55,10 @@ fn summarize(conn: &rustls::ClientConnection) -> TlsSummary {
             .negotiated_cipher_suite()
             .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
         resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
+        fingerprint: conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| format_fingerprint(&certificate_fingerprint(cert))),
     }
 }
 
@@ -858,10 +867,15 @@ impl ControlConnection {
             close_notify,
             "transfer finished: {reply}"
         );
+        if eof && !close_notify && self.session.is_some() {
+            // Without close_notify, a cut in the TCP stream (a reset, or an attacker's FIN)
+            // looks like the end; even a genuine 226 cannot vouch for bytes lost in transit.
+            return Err(FtpError::Protocol {
+                step: format!("data connection {number} ({command})"),
+                detail: format!("ended without TLS close_notify after {received} bytes; the data may be cut off (server then said: {reply})"),
+            });
+        }
         if reply.is_success() {
-            if !close_notify && self.session.is_some() {
-                tracing::debug!(conn = self.id, data = number, "data connection ended without TLS close_notify; the server's 2xx vouches for it");
-            }
             return Ok(());
         }
         if eof && close_notify && matches!(reply.code, 426 | 451) {

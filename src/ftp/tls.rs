@@ -48,6 +48,42 @@ pub struct TlsOptions {
     pub insecure: bool,
     /// The TLS versions to offer.
     pub versions: TlsVersions,
+    /// SHA-256 of the server certificate to accept, whoever signed it (like lftp's
+    /// `ssl:verify-certificate/<fingerprint>`): for self-signed servers.
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+/// SHA-256 of a DER certificate.
+pub fn certificate_fingerprint(certificate: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, certificate);
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(digest.as_ref());
+    fingerprint
+}
+
+/// `sha256:AB:CD:…`, the form `ftpsfs check` prints and `--fingerprint` takes.
+pub fn format_fingerprint(fingerprint: &[u8; 32]) -> String {
+    let hex: Vec<String> = fingerprint.iter().map(|b| format!("{b:02X}")).collect();
+    format!("sha256:{}", hex.join(":"))
+}
+
+/// Parses `sha256:AB:CD:…` (colons optional, any case).
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+    let hex = text
+        .strip_prefix("sha256:")
+        .or_else(|| text.strip_prefix("SHA256:"))
+        .unwrap_or(text);
+    let digits: String = hex.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "fingerprint {text:?} is not sha256: followed by 32 hex bytes"
+        ));
+    }
+    let mut fingerprint = [0u8; 32];
+    for (i, byte) in fingerprint.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(fingerprint)
 }
 
 /// Builds the shared base configuration; each control connection then clones it.
@@ -61,7 +97,15 @@ pub fn base_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, FtpError> 
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| FtpError::TlsConfig(e.to_string()))?;
-    let config = if options.insecure {
+    let config = if let Some(fingerprint) = options.fingerprint {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                fingerprint,
+                provider,
+            }))
+            .with_no_client_auth()
+    } else if options.insecure {
         tracing::warn!("certificate verification is DISABLED (--insecure): anyone on the path can impersonate the server");
         builder
             .dangerous()
@@ -331,6 +375,65 @@ impl ClientSessionStore for SessionStore {
     }
 }
 
+/// The `--fingerprint` verifier: accepts exactly one certificate, and checks signatures.
+#[derive(Debug)]
+struct PinnedCertificate {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let actual = certificate_fingerprint(end_entity);
+        if actual == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "server certificate {} does not match the pinned {}",
+                format_fingerprint(&actual),
+                format_fingerprint(&self.fingerprint)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        AcceptAnyCertificate {
+            provider: self.provider.clone(),
+        }
+        .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        AcceptAnyCertificate {
+            provider: self.provider.clone(),
+        }
+        .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// The `--insecure` verifier: skips the certificate check but still checks handshake signatures.
 #[derive(Debug)]
 struct AcceptAnyCertificate {
@@ -381,5 +484,29 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_round_trip() {
+        let fingerprint = certificate_fingerprint(b"not really a certificate");
+        let text = format_fingerprint(&fingerprint);
+        assert!(text.starts_with("sha256:"));
+        assert_eq!(parse_fingerprint(&text), Ok(fingerprint));
+        assert_eq!(
+            parse_fingerprint(
+                &text
+                    .replace(':', "")
+                    .replace("sha256", "sha256:")
+                    .to_lowercase()
+            ),
+            Ok(fingerprint)
+        );
+        assert!(parse_fingerprint("sha256:AB:CD").is_err());
+        assert!(parse_fingerprint(&"G".repeat(64)).is_err());
     }
 }
