@@ -156,6 +156,7 @@ pub fn options(port: u16, security: Security, tls: Tls) -> ConnectOptions {
     let tls_options = TlsOptions {
         ca_file: Some(env.ca.clone()),
         insecure: false,
+        fingerprint: None,
         versions: match tls {
             Tls::V12 => TlsVersions::Tls12Only,
             Tls::V13 => TlsVersions::Tls13Only,
