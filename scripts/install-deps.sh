@@ -16,7 +16,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 need_apt=0
-for bin in /usr/sbin/proftpd /usr/bin/fusermount3 /usr/bin/openssl /usr/bin/pkg-config; do
+for bin in /usr/sbin/proftpd /usr/bin/fusermount3 /usr/bin/openssl /usr/bin/pkg-config /usr/bin/rsync; do
     [[ -x $bin ]] || need_apt=1
 done
 [[ -f /usr/lib/proftpd/mod_tls.so ]] || need_apt=1
@@ -41,7 +41,7 @@ trap cleanup EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     proftpd-core proftpd-mod-crypto \
-    fuse3 openssl libssl-dev pkg-config ca-certificates curl iproute2 procps \
+    fuse3 openssl libssl-dev pkg-config ca-certificates curl iproute2 procps rsync \
     libcap2 libpam0g libwrap0 libsodium23 libssl3 libpam-modules >/dev/null
 
 mkdir -p "$PKG_DIR"

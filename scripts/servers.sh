@@ -179,10 +179,10 @@ setup_user() {
     chmod 0600 "$STATE/password"
 }
 
-SAMPLE_FILES=(SHA256SUMS large.bin medium.bin small.txt empty.txt 'with space.txt'
+SAMPLE_FILES=(SHA256SUMS huge.bin large.bin medium.bin small.txt empty.txt 'with space.txt'
     'ünïcödé-名前.txt' .hidden link-to-small dir1/dir2/dir3/deep.txt many/f0000.txt many/f2999.txt)
 
-# Sample tree. Generating 68 MiB of random data and 3000 files takes a few
+# Sample tree. Generating 324 MiB of random data and 3000 files takes a few
 # seconds, so it is only redone when something is missing (a test may have
 # deleted a file); SHA256SUMS is written last, so an interrupted run is
 # completed next time. Random files of the right size are kept.
@@ -196,6 +196,10 @@ setup_data() {
     log "creating sample data in $DATA"
     (
         cd "$DATA"
+        # huge.bin is for the mount tests' big reads (sequential, random offsets,
+        # concurrent readers): as big as the mount's whole default block cache.
+        [[ -f huge.bin && $(stat -c %s huge.bin) -eq $((256 << 20)) ]] ||
+            head -c $((256 << 20)) /dev/urandom >huge.bin
         [[ -f large.bin && $(stat -c %s large.bin) -eq $((64 << 20)) ]] ||
             head -c $((64 << 20)) /dev/urandom >large.bin
         [[ -f medium.bin && $(stat -c %s medium.bin) -eq $((4 << 20)) ]] ||
@@ -219,7 +223,9 @@ setup_data() {
         # and lets tests assert an exact mtime (MLSD modify=20200102030405).
         touch -h -d '2020-01-02 03:04:05 UTC' small.txt
         # The temp file lives outside the tree so it does not list itself.
-        find . -type f ! -name SHA256SUMS -printf "%P\0" | LC_ALL=C sort -z |
+        # .ftpsfs-scratch-* are the mount tests' short-lived files (tests/mount.rs),
+        # not sample data.
+        find . -path './.ftpsfs-scratch-*' -prune -o -type f ! -name SHA256SUMS -printf "%P\0" | LC_ALL=C sort -z |
             xargs -0 sha256sum >"$STATE/SHA256SUMS.tmp"
         mv "$STATE/SHA256SUMS.tmp" SHA256SUMS
     )

@@ -1,5 +1,6 @@
 //! The `ftpsfs` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -151,7 +152,10 @@ fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<(), String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log_file {
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -268,11 +272,14 @@ fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
     ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            // A detached child already sent its message through the pipe to the parent.
+            // A detached child already sent its message through the pipe to the parent;
+            // the log file, if any, keeps it for later.
             if !detached {
                 eprintln!("ftpsfs: {message}");
             }
-            tracing::error!("{message}");
+            if settings.log_file.is_some() {
+                tracing::error!("{message}");
+            }
             ExitCode::FAILURE
         }
     }

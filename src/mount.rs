@@ -196,12 +196,9 @@ impl MountSettings {
             "log_file" => self.log_file = Some(PathBuf::from(need(value)?)),
             "debug" => self.debug = true,
             "foreground" => self.foreground = true,
-            "rw" => {
-                return Err(bad(
-                    "ftpsfs mounts are read-only for now; use ro (the default)",
-                ));
-            }
-            // mount.fuse3 may pass these through; the URL and mountpoint already say it.
+            // mount(8) adds rw when an fstab line does not say ro; the mount stays
+            // read-only and every write fails with EROFS.
+            "rw" => tracing::warn!("ftpsfs mounts are read-only for now; ignoring rw"), // mount.fuse3 may pass these through; the URL and mountpoint already say it.
             "fsname" | "subtype" | "comment" => {}
             _ if key.starts_with("x-") || IGNORED_OPTIONS.contains(&key) => {}
             _ => return Err(ConfigError::Option(format!("unknown mount option {key:?}"))),
@@ -405,15 +402,8 @@ pub fn serve(
             )
         }
     };
-    let mut unmounter = session.unmount_callable();
-    let mountpoint_text = mountpoint.display().to_string();
-    runtime.spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received; unmounting {mountpoint_text}");
-        if let Err(e) = unmounter.unmount() {
-            tracing::warn!("unmount failed: {e}");
-        }
-    });
+    let unmounter = session.unmount_callable();
+    runtime.spawn(unmount_on_signals(unmounter, mountpoint.to_path_buf()));
     tracing::info!("mounted {source} on {}", mountpoint.display());
     if let Some(pipe) = ready.take() {
         pipe.ready();
@@ -425,7 +415,9 @@ pub fn serve(
     result.map_err(|e| format!("FUSE session ended with an error: {e}"))
 }
 
-async fn wait_for_signal() {
+/// Unmounts on SIGINT, SIGTERM or SIGHUP; a busy mount is detached lazily (as
+/// `fusermount3 -u -z` does), and the process ends once its last user lets go.
+async fn unmount_on_signals(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
         signal(SignalKind::interrupt()),
@@ -433,12 +425,46 @@ async fn wait_for_signal() {
         signal(SignalKind::hangup()),
     ) else {
         tracing::warn!("cannot install signal handlers; unmount with fusermount3 -u");
-        return std::future::pending().await;
+        return;
     };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-        _ = hangup.recv() => {}
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            _ = hangup.recv() => {}
+        }
+        tracing::info!("signal received; unmounting {}", mountpoint.display());
+        if let Err(e) = unmounter.unmount() {
+            tracing::info!("unmount: {e}; detaching the busy mount lazily");
+            if let Err(e) = lazy_unmount(&mountpoint) {
+                tracing::warn!("lazy unmount of {} failed: {e}", mountpoint.display());
+            }
+        }
+    }
+}
+
+fn lazy_unmount(mountpoint: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+            .map_err(|_| "mountpoint contains a NUL byte".to_string())?;
+        // SAFETY: path is a valid C string for the duration of the call.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status()
+        .map_err(|e| format!("fusermount3: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("fusermount3 -u -z exited with {status}"))
     }
 }
 
@@ -483,7 +509,6 @@ mod tests {
             ("cache_size=lots", "cache_size"),
             ("umask=999", "umask"),
             ("tls=1.1", "tls"),
-            ("rw", "read-only"),
             ("ca_file", "needs a value"),
             ("connections=0", "connections"),
         ] {
