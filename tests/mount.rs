@@ -1340,7 +1340,12 @@ fn vsftpd_sigterm_while_busy_still_ends_the_mount() {
                 m.log()
             )
         });
-        assert_eq!(status.code(), Some(0), "exit status {status}; log:\n{}", m.log());
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit status {status}; log:\n{}",
+            m.log()
+        );
         return;
     }
     drop(open);
