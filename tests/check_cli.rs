@@ -141,13 +141,19 @@ fn pinned_fingerprint_replaces_the_ca() {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no fingerprint printed: {stdout}"))
         .to_string();
-    let out = check(&["--fingerprint", &fingerprint, &vsftpd_url()], Some(&env().password));
+    let out = check(
+        &["--fingerprint", &fingerprint, &vsftpd_url()],
+        Some(&env().password),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let mut wrong = fingerprint.clone();
     let last = wrong.pop().unwrap();
     wrong.push(if last == '0' { '1' } else { '0' });
-    let out = check(&["--fingerprint", &wrong, &vsftpd_url()], Some(&env().password));
+    let out = check(
+        &["--fingerprint", &wrong, &vsftpd_url()],
+        Some(&env().password),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("does not match the pinned"), "{stderr}");
