@@ -16,7 +16,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 need_apt=0
-for bin in /usr/sbin/proftpd /usr/bin/fusermount3 /usr/bin/openssl /usr/bin/pkg-config /usr/bin/rsync; do
+# iptables, ip, unshare/nsenter and setpriv: the fault tests (tests/faults.rs) cut the
+# network inside a private namespace; tests/security.rs runs `ls` as another user.
+for bin in /usr/sbin/proftpd /usr/bin/fusermount3 /usr/bin/openssl /usr/bin/pkg-config /usr/bin/rsync \
+    /usr/sbin/iptables /usr/sbin/ip /usr/bin/unshare /usr/bin/nsenter /usr/bin/setpriv /usr/bin/script; do
     [[ -x $bin ]] || need_apt=1
 done
 [[ -f /usr/lib/proftpd/mod_tls.so ]] || need_apt=1
@@ -42,6 +45,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     proftpd-core proftpd-mod-crypto \
     fuse3 openssl libssl-dev pkg-config ca-certificates curl iproute2 procps rsync \
+    iptables util-linux bsdutils \
     libcap2 libpam0g libwrap0 libsodium23 libssl3 libpam-modules >/dev/null
 
 mkdir -p "$PKG_DIR"

@@ -29,11 +29,22 @@ impl DirListing {
             .filter(|e| {
                 // Devices, pipes and sockets cannot be downloaded; showing them would only
                 // produce read errors.
-                let keep = e.kind != EntryKind::Other;
-                if !keep {
-                    tracing::debug!(name = %String::from_utf8_lossy(&e.name), "skipping special file");
+                if e.kind == EntryKind::Other {
+                    tracing::debug!(name = %e.name.escape_ascii(), "skipping special file");
+                    return false;
                 }
-                keep
+                // The listing parser allows longer names than Linux: such a name could be
+                // listed but never looked up (ENAMETOOLONG), which confuses ls and rsync.
+                if e.name.len() > super::NAME_MAX {
+                    tracing::debug!(
+                        name = %e.name[..64].escape_ascii(),
+                        bytes = e.name.len(),
+                        "skipping a name longer than {} bytes",
+                        super::NAME_MAX
+                    );
+                    return false;
+                }
+                true
             })
             .collect();
         let index = entries
@@ -55,7 +66,30 @@ impl DirListing {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<DirListing>>>>;
+#[derive(Default)]
+struct SlotState {
+    listing: Option<Arc<DirListing>>,
+    /// The last timeout and when it happened; see [`super::FAILURE_MEMORY`].
+    failure: Option<(Instant, FsError)>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
+
+/// A listing in progress: if it is dropped unfinished (the operation's deadline passed),
+/// the slot remembers that as a failure, so the callers queued behind it fail at once.
+struct Fetching<'a> {
+    state: tokio::sync::MutexGuard<'a, SlotState>,
+    started: Instant,
+    finished: bool,
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.failure = Some((Instant::now(), FsError::TimedOut(self.started.elapsed())));
+        }
+    }
+}
 
 /// Directory listings with a time to live; concurrent requests for one directory share
 /// one listing command.
@@ -94,24 +128,48 @@ impl DirCache {
         let slot = self.slot(path);
         // Holding the slot's lock while listing makes concurrent callers wait for this
         // one listing instead of sending their own.
-        let mut cached = slot.lock().await;
-        if let Some(listing) = cached.as_ref() {
+        let cached = slot.lock().await;
+        if let Some(listing) = cached.listing.as_ref() {
             if listing.fetched.elapsed() < self.ttl {
                 return Ok(listing.clone());
             }
         }
-        let listing = crate::with_connection!(pool, |conn| conn.list(path).await).await?;
-        self.listings.fetch_add(1, Ordering::Relaxed);
-        let listing = Arc::new(DirListing::new(listing.entries));
-        *cached = Some(listing.clone());
-        Ok(listing)
+        if let Some((when, error)) = &cached.failure {
+            if when.elapsed() < super::FAILURE_MEMORY {
+                tracing::trace!("listing failed {:?} ago: {error}", when.elapsed());
+                return Err(error.clone());
+            }
+        }
+        let mut fetching = Fetching {
+            state: cached,
+            started: Instant::now(),
+            finished: false,
+        };
+        let result = crate::with_connection!(pool, |conn| conn.list(path).await).await;
+        fetching.finished = true;
+        match result {
+            Ok(listing) => {
+                self.listings.fetch_add(1, Ordering::Relaxed);
+                let listing = Arc::new(DirListing::new(listing.entries));
+                fetching.state.listing = Some(listing.clone());
+                fetching.state.failure = None;
+                Ok(listing)
+            }
+            Err(e) => {
+                let error = FsError::from(e);
+                if error.is_timeout() {
+                    fetching.state.failure = Some((Instant::now(), error.clone()));
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Forgets the listing of `path`, so the next request asks the server.
     pub fn invalidate(&self, path: &[u8]) {
         let slot = self.slot(path);
         if let Ok(mut cached) = slot.try_lock() {
-            *cached = None;
+            *cached = SlotState::default();
         };
     }
 

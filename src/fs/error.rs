@@ -22,6 +22,9 @@ pub enum FsError {
     /// The server refused access.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A name longer than the kernel's NAME_MAX (255 bytes).
+    #[error("file name too long")]
+    NameTooLong,
     /// The inode or handle is unknown (forgotten, or never handed out).
     #[error("unknown inode or file handle")]
     BadHandle,
@@ -47,6 +50,7 @@ impl Clone for FsError {
             FsError::IsADirectory => FsError::IsADirectory,
             FsError::ReadOnly => FsError::ReadOnly,
             FsError::PermissionDenied(text) => FsError::PermissionDenied(text.clone()),
+            FsError::NameTooLong => FsError::NameTooLong,
             FsError::BadHandle => FsError::BadHandle,
             FsError::NoLinkTarget => FsError::NoLinkTarget,
             FsError::Changed => FsError::Changed,
@@ -55,7 +59,14 @@ impl Clone for FsError {
             FsError::Remote(e) => match remote_errno(e) {
                 libc::ENOENT => FsError::NotFound,
                 libc::EACCES => FsError::PermissionDenied(e.to_string()),
-                _ => FsError::Remote(FtpError::Pool(e.to_string())),
+                _ => match e {
+                    FtpError::Pool(text) => FsError::Remote(FtpError::Pool(text.clone())),
+                    FtpError::Timeout { step, after } => FsError::Remote(FtpError::Timeout {
+                        step: step.clone(),
+                        after: *after,
+                    }),
+                    _ => FsError::Remote(FtpError::Pool(e.to_string())),
+                },
             },
         }
     }
@@ -70,6 +81,7 @@ impl FsError {
             FsError::IsADirectory => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::PermissionDenied(_) => libc::EACCES,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::BadHandle => libc::EBADF,
             FsError::NoLinkTarget => libc::EIO,
             // mountpoint-s3 and NFS use ESTALE for "it changed under you".
@@ -77,6 +89,16 @@ impl FsError {
             FsError::TimedOut(_) => libc::EIO,
             FsError::Remote(e) => remote_errno(e),
         }
+    }
+
+    /// True when the operation failed by running out of time (no reply, no connection, no
+    /// data): the failures worth remembering for a moment, since trying again right away
+    /// would most likely wait just as long. Fast failures are cheap to retry.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            FsError::TimedOut(_) | FsError::Remote(FtpError::Timeout { .. })
+        )
     }
 }
 

@@ -27,6 +27,14 @@ use reader::{OpenFile, ReadConfig, Reader};
 /// Longest name a listing entry may have and still be shown (Linux NAME_MAX).
 const NAME_MAX: usize = 255;
 
+/// How long a listing or a read that timed out (server or network unreachable, a stalled
+/// transfer) is answered from memory, with the same EIO, instead of being tried again. The
+/// kernel follows a failed revalidation with a fresh lookup and a failed read-ahead with a
+/// synchronous read of the same pages, and file browsers stat many names at once: without
+/// this, each of those would wait for its own timeout against a dead server. Fast failures
+/// (refused connections, protocol errors) are not remembered: trying again costs nothing.
+const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+
 /// Settings of the filesystem logic.
 #[derive(Debug, Clone, Copy)]
 pub struct FsConfig {
@@ -284,12 +292,10 @@ impl FtpFs {
 
     /// Looks `name` up in the directory `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
-        if name.is_empty()
-            || name == b"."
-            || name == b".."
-            || name.contains(&b'/')
-            || name.len() > NAME_MAX
-        {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
             return Err(FsError::NotFound);
         }
         self.within(async {

@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::ftp::pool::worth_retrying;
 use crate::ftp::{DataConnection, FtpError, Pool, PooledConnection};
 
 use super::blockcache::{BlockCache, BlockKey, FileVersion, Segment};
@@ -22,10 +23,11 @@ use super::error::FsError;
 
 /// Alignment and minimum size of a ranged (non-streaming) fetch.
 ///
-/// 128 KiB is the kernel's default FUSE read size, so one fetch serves at least one
-/// kernel read; aligning to 64 KiB lets neighbouring random reads share fetches.
-const RANGE_ALIGN: u64 = 64 * 1024;
-const MIN_RANGE_FETCH: u64 = 128 * 1024;
+/// Small, because every ranged fetch opens a new data connection whose TCP congestion
+/// window starts at about 14 KiB: at 20 ms RTT a 128 KiB fetch costs three more round
+/// trips than a 16 KiB one. Larger kernel reads still fetch what they ask for.
+const RANGE_ALIGN: u64 = 16 * 1024;
+const MIN_RANGE_FETCH: u64 = 16 * 1024;
 
 /// Connections a stream must leave free, so listings and small reads never starve.
 const CONNECTIONS_RESERVED_FOR_OTHERS: usize = 1;
@@ -68,6 +70,32 @@ struct ReadState {
     /// Where the previous read ended: a read starting here is sequential.
     last_end: Option<u64>,
     stream: Option<Stream>,
+    /// The last read of this open file that timed out; see [`super::FAILURE_MEMORY`].
+    failure: Option<ReadFailure>,
+}
+
+struct ReadFailure {
+    when: Instant,
+    error: FsError,
+}
+
+/// One read holding the file's state: a read dropped unfinished (the operation's deadline
+/// passed) is remembered as a failure too.
+struct ReadAttempt<'a> {
+    state: tokio::sync::MutexGuard<'a, ReadState>,
+    started: Instant,
+    finished: bool,
+}
+
+impl Drop for ReadAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.failure = Some(ReadFailure {
+                when: Instant::now(),
+                error: FsError::TimedOut(self.started.elapsed()),
+            });
+        }
+    }
 }
 
 impl OpenFile {
@@ -123,9 +151,56 @@ impl Reader {
             return Ok(Vec::new());
         }
         let end = file_size.min(offset + u64::from(size));
+        let state = file.state.lock().await;
+        // The kernel queues read-ahead requests behind this lock and retries a failed
+        // page synchronously: after a failure, they all get the same answer at once.
+        if let Some(failure) = &state.failure {
+            if failure.when.elapsed() < super::FAILURE_MEMORY {
+                tracing::trace!(
+                    ino = file.ino,
+                    "read failed {:?} ago: {}",
+                    failure.when.elapsed(),
+                    failure.error
+                );
+                return Err(failure.error.clone());
+            }
+        }
+        let mut attempt = ReadAttempt {
+            state,
+            started: Instant::now(),
+            finished: false,
+        };
+        let result = self
+            .read_locked(file, &mut attempt.state, offset, end)
+            .await;
+        attempt.finished = true;
+        match &result {
+            Ok(_) => attempt.state.failure = None,
+            Err(error) if error.is_timeout() => {
+                attempt.state.failure = Some(ReadFailure {
+                    when: Instant::now(),
+                    error: error.clone(),
+                })
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// [`Self::read`] of `offset..end` (within the file), with the file's state locked.
+    async fn read_locked(
+        &self,
+        file: &OpenFile,
+        state: &mut ReadState,
+        offset: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, FsError> {
+        let file_size = file.version.size;
         let block_size = self.config.block_size;
-        let mut state = file.state.lock().await;
         let sequential = offset > 0 && state.last_end == Some(offset);
+        // A stream that ended during this read is not replaced within it: the rest is
+        // fetched by range, which retries on a fresh connection.
+        let mut stream_ended = false;
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
@@ -157,7 +232,10 @@ impl Reader {
                             state.stream = None;
                             return Err(e);
                         }
-                        Err(StreamGone::Ended) => state.stream = None,
+                        Err(StreamGone::Ended) => {
+                            state.stream = None;
+                            stream_ended = true;
+                        }
                     }
                 } else {
                     tracing::debug!(
@@ -168,7 +246,7 @@ impl Reader {
                     state.stream = None;
                 }
             }
-            if state.stream.is_none() && (sequential || pos > offset) {
+            if state.stream.is_none() && !stream_ended && (sequential || pos > offset) {
                 if let Some(stream) = self.start_stream(file, index).await? {
                     state.stream = Some(stream);
                     continue;
@@ -221,6 +299,7 @@ impl Reader {
         Ok(Some(Stream::start(
             conn,
             StreamJob {
+                pool: self.pool.clone(),
                 cache: self.cache.clone(),
                 stats: self.stats.clone(),
                 version: file.version.clone(),
@@ -246,6 +325,12 @@ impl Reader {
             .or_default()
             .clone();
         let guard = lock.lock().await;
+        // Whatever happens below, the lock entry goes (even on an error or a timeout
+        // that drops this future), so failed fetches leave nothing behind.
+        let _forget = ForgetFetch {
+            fetching: &self.fetching,
+            key,
+        };
         // Another reader may have fetched it while we waited.
         if let Some(segment) = self.cache.get(key, from, to) {
             return Ok(segment);
@@ -270,10 +355,6 @@ impl Reader {
         })
         .await?;
         drop(guard);
-        self.fetching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
         if !complete {
             return Err(FsError::Changed);
         }
@@ -286,6 +367,21 @@ impl Reader {
         };
         self.cache.insert(key.clone(), segment.clone());
         Ok(segment)
+    }
+}
+
+/// Removes a block's fetch lock from the map when the fetch ends, however it ends.
+struct ForgetFetch<'a> {
+    fetching: &'a Mutex<HashMap<BlockKey, Arc<tokio::sync::Mutex<()>>>>,
+    key: &'a BlockKey,
+}
+
+impl Drop for ForgetFetch<'_> {
+    fn drop(&mut self) {
+        self.fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.key);
     }
 }
 
@@ -310,6 +406,7 @@ enum StreamGone {
 }
 
 struct StreamJob {
+    pool: Pool,
     cache: Arc<BlockCache>,
     stats: Arc<ReadStats>,
     version: Arc<FileVersion>,
@@ -356,9 +453,19 @@ impl Stream {
         });
         let task_shared = shared.clone();
         tokio::spawn(async move {
-            let outcome = run_stream(conn, &job, &task_shared, start_block).await;
+            let mut outcome = run_stream(conn, &job, &task_shared, start_block).await;
             if let Err(e) = &outcome {
                 tracing::debug!(path = %String::from_utf8_lossy(&job.version.path), "stream ended: {e}");
+                if matches!(e, FsError::Remote(e) if worth_retrying(e)) {
+                    // The connection broke (a stale idle connection, a server restart, a
+                    // stream cut off): the reader fetches the block by range instead,
+                    // which retries once on a fresh connection. A dead server still
+                    // fails there, within the operation's timeout.
+                    if matches!(e, FsError::Remote(e) if e.connection_lost()) {
+                        job.pool.discard_idle();
+                    }
+                    outcome = Ok(());
+                }
             }
             task_shared.lock().outcome = Some(outcome);
             task_shared.progress.notify_waiters();
@@ -476,7 +583,10 @@ async fn run_stream(
         let mut buf = vec![0u8; len];
         let n = data.read_full(&mut buf).await?;
         if n < len {
-            // Shorter than listed: the file changed on the server.
+            // Shorter than listed. The final reply tells a file that changed on the server
+            // (a complete transfer: 226 after close_notify) from a transfer that was cut
+            // off (no close_notify, or a 426), which is an error, never a short file.
+            conn.finish_data(data).await?;
             return Err(FsError::Changed);
         }
         job.stats

@@ -310,7 +310,7 @@ impl ControlConnection {
         })
     }
 
-    async fn read_line(&mut self) -> Result<Vec<u8>, FtpError> {
+    async fn read_line(&mut self, step: &str) -> Result<Vec<u8>, FtpError> {
         loop {
             if let Some(end) = self.read_buffer.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.read_buffer.drain(..=end).collect();
@@ -322,7 +322,7 @@ impl ControlConnection {
             }
             if self.read_buffer.len() > MAX_LINE_BYTES {
                 return Err(FtpError::Protocol {
-                    step: "reading a reply".into(),
+                    step: step.to_string(),
                     detail: format!("reply line longer than {MAX_LINE_BYTES} bytes"),
                 });
             }
@@ -331,10 +331,10 @@ impl ControlConnection {
                 .transport()?
                 .read(&mut chunk)
                 .await
-                .map_err(|e| io_error("reading a reply", e))?;
+                .map_err(|e| io_error(step, e))?;
             if n == 0 {
                 return Err(FtpError::Closed {
-                    step: "reading a reply".into(),
+                    step: step.to_string(),
                 });
             }
             self.read_buffer.extend_from_slice(&chunk[..n]);
@@ -347,7 +347,7 @@ impl ControlConnection {
         let result = within(limit, || format!("waiting for the reply ({step})"), async {
             let mut parser = ReplyParser::default();
             loop {
-                let line = self.read_line().await?;
+                let line = self.read_line(step).await?;
                 match parser.push_line(&line) {
                     Ok(Some(reply)) => return Ok(reply),
                     Ok(None) => {}

@@ -100,6 +100,17 @@ impl FtpError {
         }
     }
 
+    /// True when the control connection itself was lost (closed, reset, or 421), which
+    /// usually means every idle connection to the server was lost with it (server restart,
+    /// network cut, idle timeout).
+    pub fn connection_lost(&self) -> bool {
+        match self {
+            FtpError::Closed { .. } | FtpError::Io { .. } => true,
+            FtpError::Rejected { reply, .. } => reply.code == 421,
+            _ => false,
+        }
+    }
+
     /// True when the server said the file or directory does not exist (550 and kin).
     pub fn is_not_found(&self) -> bool {
         matches!(self, FtpError::Rejected { reply, .. } if reply.code == 550 || reply.code == 450)

@@ -106,7 +106,7 @@ pub struct Listing {
 /// Parses a whole listing body (lines separated by CRLF or LF).
 ///
 /// Never fails: bad lines land in `skipped`. Names that could not be a single path component
-/// (empty, `.`, `..`, with `/` or NUL, over [`MAX_NAME_BYTES`]) are skipped so that the
+/// (empty, `.`, `..`, with `/`, NUL or CR, over [`MAX_NAME_BYTES`]) are skipped so that the
 /// filesystem above never sees them, and a repeated name keeps only its first entry, since
 /// one directory cannot hold two objects of the same name.
 pub fn parse_listing(body: &[u8], format: ListingFormat, now_unix: i64) -> Listing {
@@ -271,6 +271,9 @@ fn check_name(name: &[u8]) -> Result<(), &'static str> {
         Err("name contains /")
     } else if name.contains(&0) {
         Err("name contains NUL")
+    } else if name.contains(&b'\r') {
+        // A command cannot carry a CR, so such a file could be listed but never read.
+        Err("name contains CR")
     } else {
         Ok(())
     }

@@ -119,19 +119,49 @@ impl Pool {
                 Ok(conn) => return Ok(PooledConnection::new(conn, inner.clone(), permit)),
                 Err(e) => {
                     let others = inner.live.fetch_sub(1, Ordering::Relaxed) - 1;
-                    if e.reply_code() == Some(421) && others > 0 {
+                    if e.reply_code() == Some(421) && others > 0 && self.lower_limit(&e) {
                         // Too many connections: make do with the ones we have.
                         permit.forget();
-                        let limit = inner.limit.fetch_sub(1, Ordering::Relaxed) - 1;
-                        tracing::info!(
-                            limit,
-                            "server refused another connection ({e}); pool limit lowered"
-                        );
                         continue;
                     }
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// After a 421 at login: one connection fewer from now on, never below one.
+    fn lower_limit(&self, error: &FtpError) -> bool {
+        let lowered =
+            self.inner
+                .limit
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |limit| {
+                    (limit > 1).then(|| limit - 1)
+                });
+        match lowered {
+            Ok(old) => {
+                tracing::info!(
+                    limit = old - 1,
+                    "server refused another connection ({error}); pool limit lowered"
+                );
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Drops every idle connection: after one connection was lost (server restart,
+    /// network cut, idle timeout), the idle ones most likely were too, and reusing them
+    /// one by one would fail one operation each.
+    pub fn discard_idle(&self) {
+        let idle: Vec<ControlConnection> =
+            std::mem::take(&mut *self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        if !idle.is_empty() {
+            tracing::debug!(count = idle.len(), "discarding idle connections");
+        }
+        for conn in idle {
+            self.inner.live.fetch_sub(1, Ordering::Relaxed);
+            drop(conn);
         }
     }
 
@@ -156,8 +186,12 @@ impl Pool {
         match ControlConnection::connect(inner.connect.clone(), inner.stats.clone()).await {
             Ok(conn) => Ok(Some(PooledConnection::new(conn, inner.clone(), permit))),
             Err(e) => {
-                inner.live.fetch_sub(1, Ordering::Relaxed);
+                let others = inner.live.fetch_sub(1, Ordering::Relaxed) - 1;
                 if e.reply_code() == Some(421) {
+                    // Do not ask again for every stream: one connection fewer from now on.
+                    if others > 0 && self.lower_limit(&e) {
+                        permit.forget();
+                    }
                     return Ok(None);
                 }
                 Err(e)
@@ -190,14 +224,17 @@ impl Pool {
         }
     }
 
-    /// Closes every idle connection politely (QUIT).
+    /// Closes every idle connection politely (QUIT), all at once, so an unreachable
+    /// server delays the exit by one QUIT timeout, not one per connection.
     pub async fn close(&self) {
         let idle: Vec<ControlConnection> =
             std::mem::take(&mut *self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut quits = tokio::task::JoinSet::new();
         for conn in idle {
             self.inner.live.fetch_sub(1, Ordering::Relaxed);
-            conn.quit().await;
+            quits.spawn(conn.quit());
         }
+        while quits.join_next().await.is_some() {}
     }
 }
 
@@ -235,6 +272,11 @@ macro_rules! with_connection {
                         "connection broke ({error}); retrying on a fresh one"
                     );
                     drop(pooled);
+                    if error.connection_lost() {
+                        // The idle ones are most likely gone too: the retry must not
+                        // pick up another dead connection.
+                        pool.discard_idle();
+                    }
                     let mut pooled = pool.get().await?;
                     let $conn: &mut $crate::ftp::ControlConnection = &mut pooled;
                     $body

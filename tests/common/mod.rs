@@ -84,6 +84,9 @@ pub enum Server {
     PureFtpd,
     /// The FileZilla Server 1.x imitation in tests/support.
     Strict,
+    /// A server the test starts itself and mounts with `MountConfig::port` (a strict
+    /// server with fault knobs, or the hostile fake server).
+    External,
 }
 
 /// The TLS version a test runs on.
@@ -143,6 +146,7 @@ pub fn target(server: Server, tls: Tls) -> Target {
             .expect("start the strict test server");
             (strict.port(), Security::ExplicitTls, Some(strict))
         }
+        Server::External => panic!("Server::External: give the port with MountConfig::port"),
     };
     Target {
         server,

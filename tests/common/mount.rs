@@ -4,6 +4,7 @@
 //! Every mount gets a fresh directory under /tmp holding the mountpoint (`mnt`) and the
 //! process's stderr (`ftpsfs.log`). The password goes through `FTPSFS_PASSWORD`, never argv.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -216,6 +217,17 @@ pub struct MountConfig {
     pub options: Vec<String>,
     /// The password to give in `FTPSFS_PASSWORD` (default: the real one).
     pub password: Option<String>,
+    /// Leave `FTPSFS_PASSWORD` unset (the password then comes from elsewhere).
+    pub no_password_env: bool,
+    /// Mount a server the test runs itself on 127.0.0.1:PORT (explicit TLS) instead of
+    /// starting `server`.
+    pub port: Option<u16>,
+    /// Mount here instead of on a fresh directory (which is then left in place).
+    pub mountpoint: Option<PathBuf>,
+    /// A command (and its arguments) that runs ftpsfs, e.g. `nsenter --net=...`.
+    pub wrapper: Vec<OsString>,
+    /// More environment variables for ftpsfs (`RUST_LOG`, `HOME` ...).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl MountConfig {
@@ -226,6 +238,46 @@ impl MountConfig {
             dir_cache: None,
             options: Vec::new(),
             password: None,
+            no_password_env: false,
+            port: None,
+            mountpoint: None,
+            wrapper: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Mounts the server the test started on 127.0.0.1:`port` (explicit TLS).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// Runs ftpsfs through `wrapper` (`nsenter`, `setpriv` ...).
+    pub fn wrapper<S: Into<OsString>>(mut self, wrapper: impl IntoIterator<Item = S>) -> Self {
+        self.wrapper = wrapper.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn mountpoint(mut self, path: impl Into<PathBuf>) -> Self {
+        self.mountpoint = Some(path.into());
+        self
+    }
+
+    /// The target this config mounts: the test's own server when `port` is set.
+    pub fn target(&self) -> Target {
+        match self.port {
+            Some(port) => Target {
+                server: self.server,
+                tls: self.tls,
+                options: super::options(port, Security::ExplicitTls, self.tls),
+                strict: None,
+            },
+            None => target(self.server, self.tls),
         }
     }
 
@@ -241,6 +293,10 @@ impl MountConfig {
 
     /// The `-o` list: CA, TLS version, dir cache, extras.
     pub fn option_list(&self) -> String {
+        self.options_with(std::env::var_os("FTPSFS_MOUNT_TEST_DEBUG").is_some())
+    }
+
+    fn options_with(&self, debug: bool) -> String {
         let mut options = vec![
             format!("ca_file={}", env().ca.display()),
             tls_option(self.tls).to_string(),
@@ -251,7 +307,7 @@ impl MountConfig {
         options.extend(self.options.iter().cloned());
         // FTPSFS_MOUNT_TEST_DEBUG=1 logs every FTP command into the mount's log, which a
         // failing test prints.
-        if std::env::var_os("FTPSFS_MOUNT_TEST_DEBUG").is_some() {
+        if debug && !self.options.iter().any(|o| o == "debug") {
             options.push("debug".into());
         }
         options.join(",")
@@ -260,20 +316,114 @@ impl MountConfig {
     /// `ftpsfs URL MOUNTPOINT [-f] -o ...` with the password in the environment, nothing
     /// else from the test's environment that changes ftpsfs's behaviour.
     pub fn command(&self, target: &Target, mountpoint: &Path, foreground: bool) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ftpsfs"));
+        self.command_with(target, mountpoint, foreground, self.option_list())
+    }
+
+    fn command_with(
+        &self,
+        target: &Target,
+        mountpoint: &Path,
+        foreground: bool,
+        options: String,
+    ) -> Command {
+        let binary = env!("CARGO_BIN_EXE_ftpsfs");
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command.arg(url(target)).arg(mountpoint);
         if foreground {
             command.arg("-f");
         }
-        command.arg("-o").arg(self.option_list());
-        command
-            .env(
+        command.arg("-o").arg(options);
+        command.env_remove("RUST_LOG").env_remove("FTPSFS_PASSWORD");
+        if !self.no_password_env {
+            command.env(
                 "FTPSFS_PASSWORD",
                 self.password.as_deref().unwrap_or(&env().password),
-            )
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
+            );
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command.stdin(Stdio::null());
         command
+    }
+
+    /// Runs `ftpsfs -f` expecting it to fail: waits for its exit (at most `timeout`), and
+    /// checks that nothing stayed mounted.
+    pub fn mount_failure(&self, timeout: Duration) -> FailedMount {
+        let target = self.target();
+        let dir = scratch_dir("fail");
+        let mountpoint = dir.join("mnt");
+        fs::create_dir(&mountpoint).unwrap();
+        let started = Instant::now();
+        // Never FTPSFS_MOUNT_TEST_DEBUG's `debug` here: the test asserts stderr line by line.
+        let mut command = self.command_with(&target, &mountpoint, true, self.options_with(false));
+        let out = run(&mut command, timeout);
+        let elapsed = started.elapsed();
+        let mounted = mounted_fstype(&mountpoint);
+        if mounted.is_some() {
+            force_unmount(&mountpoint);
+        }
+        let _ = fs::remove_dir_all(&dir);
+        assert!(
+            mounted.is_none(),
+            "ftpsfs mounted ({mounted:?}) although it should have failed; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        FailedMount {
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed,
+        }
+    }
+}
+
+/// What a mount that failed left behind.
+#[derive(Debug)]
+pub struct FailedMount {
+    pub status: ExitStatus,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl FailedMount {
+    /// The non-empty lines ftpsfs wrote to stderr.
+    pub fn lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+
+    /// Asserts exit status 1 and exactly one line on stderr containing every one of `words`.
+    pub fn assert_one_line(&self, words: &[&str]) {
+        let lines = self.lines();
+        assert_eq!(
+            self.status.code(),
+            Some(1),
+            "exit status {}; stderr:\n{}",
+            self.status,
+            self.stderr
+        );
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got:\n{}",
+            self.stderr
+        );
+        for word in words {
+            assert!(
+                lines[0].contains(word),
+                "{word:?} missing from the error line: {}",
+                lines[0]
+            );
+        }
     }
 }
 
@@ -283,6 +433,8 @@ pub struct Mounted {
     child: Option<Child>,
     status: Option<ExitStatus>,
     dir: PathBuf,
+    /// Whether `dir` is ours to remove (not when the test chose the mountpoint).
+    owns_dir: bool,
     mountpoint: PathBuf,
     log: PathBuf,
     /// Keeps the in-process strict server alive while mounted.
@@ -298,10 +450,16 @@ impl Mounted {
     /// Mounts and waits until the mount is in /proc/self/mountinfo; panics with the log
     /// if the process exits first or the mount does not appear within 15 s.
     pub fn with(config: MountConfig) -> Self {
-        let target = target(config.server, config.tls);
+        let target = config.target();
         let dir = scratch_dir("mount");
-        let mountpoint = dir.join("mnt");
-        fs::create_dir(&mountpoint).unwrap();
+        let (mountpoint, owns_dir) = match &config.mountpoint {
+            Some(path) => (path.clone(), false),
+            None => {
+                let mountpoint = dir.join("mnt");
+                fs::create_dir(&mountpoint).unwrap();
+                (mountpoint, true)
+            }
+        };
         let log = dir.join("ftpsfs.log");
         let log_file = File::create(&log).unwrap();
         let child = config
@@ -314,6 +472,7 @@ impl Mounted {
             child: Some(child),
             status: None,
             dir,
+            owns_dir,
             mountpoint,
             log,
             target,
@@ -431,6 +590,38 @@ impl Drop for Mounted {
         if thread::panicking() {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
+            // With `debug`, the errors the kernel got (and the retries before them) may be
+            // far from the end of a busy log: show them first.
+            let failures: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| {
+                    l.contains("ftpsfs::fuse:")
+                        || l.contains("retrying")
+                        || l.contains("stream ended")
+                        || l.contains(" WARN ")
+                        || l.contains(" ERROR ")
+                })
+                .collect();
+            if !failures.is_empty() {
+                eprintln!(
+                    "---- ftpsfs log ({}): errors and retries ({} lines, at most 60 shown) ----\n{}",
+                    self.mountpoint.display(),
+                    failures.len(),
+                    failures[..failures.len().min(60)].join("\n")
+                );
+            }
+            // FTPSFS_MOUNT_TEST_KEEP_LOGS=DIR keeps the whole log of a failed test there.
+            if let Some(keep) = std::env::var_os("FTPSFS_MOUNT_TEST_KEEP_LOGS") {
+                let name = self.dir.file_name().unwrap_or_default();
+                let kept = Path::new(&keep).join(name).with_extension("log");
+                if fs::create_dir_all(&keep)
+                    .and_then(|()| fs::copy(&self.log, &kept))
+                    .is_ok()
+                {
+                    eprintln!("---- whole ftpsfs log kept in {} ----", kept.display());
+                }
+            }
             let tail = &lines[lines.len().saturating_sub(60)..];
             eprintln!(
                 "---- ftpsfs log ({}), last {} lines ----\n{}\n---- end of ftpsfs log ----",
@@ -452,7 +643,10 @@ impl Drop for Mounted {
                 let _ = child.wait();
             }
         }
-        if mounted_fstype(&self.mountpoint).is_none() {
+        if !self.owns_dir {
+            // Only the log lives in `dir`; the test owns the mountpoint.
+            let _ = fs::remove_dir_all(&self.dir);
+        } else if mounted_fstype(&self.mountpoint).is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }

@@ -24,6 +24,14 @@
 //! - passive mode only; each data connection is TLS-accepted with the control
 //!   connection's context and closed with a 425 if it did not resume.
 //!
+//! Fault knobs for the fault-injection tests (tests/faults.rs): a network
+//! namespace to live in (`netns`), vsftpd's `421 Timeout.` on idle sessions
+//! (`idle_reply_421`), a per-server session limit answered with vsftpd's
+//! `max_per_ip` 421 ([`StrictServer::set_max_sessions`]), and data
+//! connections that stall after a number of bytes
+//! ([`StrictServer::set_stall_data_after`]). The server can be stopped and
+//! started again on the same port (`port`).
+//!
 //! Blocking std threads: one accept thread, one thread per control
 //! connection and one per transfer (so that `ABOR` can be read on the control
 //! connection while data is being written). Every socket has timeouts and
@@ -96,6 +104,12 @@ pub struct StrictServerOptions {
     /// them (None: one at every PASV/EPSV). Models a server whose supply runs dry, as
     /// ProFTPD's does on uploads.
     pub tickets_per_connection: Option<u64>,
+    /// Like vsftpd: on the idle timeout, send `421 Timeout.` before closing
+    /// (otherwise the connection is closed without a word).
+    pub idle_reply_421: bool,
+    /// The network namespace (e.g. `/proc/PID/ns/net`) whose 127.0.0.1 the
+    /// server listens on; None: this process's own.
+    pub netns: Option<PathBuf>,
 }
 
 impl StrictServerOptions {
@@ -120,6 +134,8 @@ impl StrictServerOptions {
             io_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             tickets_per_connection: None,
+            idle_reply_421: false,
+            netns: None,
         }
     }
 }
@@ -128,7 +144,17 @@ impl StrictServerOptions {
 pub struct StrictServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// A duplicate of the listening socket, for stop() to wake accept().
+    listener: Option<TcpListener>,
     accept_thread: Option<JoinHandle<()>>,
+}
+
+/// Faults switched on and off while the server runs.
+struct Faults {
+    /// Bytes a file transfer sends before it stalls (u64::MAX: never).
+    stall_data_after: AtomicU64,
+    /// Control connections served at once; more get vsftpd's 421 (0: no limit).
+    max_sessions: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -138,6 +164,7 @@ struct Counters {
     data_rejected: AtomicU64,
     data_tls_failures: AtomicU64,
     tickets_sent: AtomicU64,
+    refused_421: AtomicU64,
 }
 
 struct Shared {
@@ -151,6 +178,7 @@ struct Shared {
     // Clones of the live control sockets, so stop() can unblock their threads.
     controls: Mutex<HashMap<u64, TcpStream>>,
     live_sessions: AtomicUsize,
+    faults: Faults,
 }
 
 impl StrictServer {
@@ -186,20 +214,55 @@ impl StrictServer {
             stopping: AtomicBool::new(false),
             controls: Mutex::new(HashMap::new()),
             live_sessions: AtomicUsize::new(0),
+            faults: Faults {
+                stall_data_after: AtomicU64::new(u64::MAX),
+                max_sessions: AtomicUsize::new(0),
+            },
         });
         // Fail now rather than on the first connection if cert and key
         // do not fit together.
         new_acceptor(&shared).map_err(ssl_setup_error)?;
 
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, shared.opts.port))?;
-        let addr = listener.local_addr()?;
+        // The accept thread enters the namespace before binding; every
+        // thread it starts (control connections, their passive listeners and
+        // transfers) inherits it.
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
             .name("strict-ftps-accept".into())
-            .spawn(move || accept_loop(listener, accept_shared))?;
+            .spawn(move || {
+                let bound = enter_netns(accept_shared.opts.netns.as_deref())
+                    .and_then(|()| {
+                        TcpListener::bind((Ipv4Addr::LOCALHOST, accept_shared.opts.port))
+                    })
+                    .and_then(|listener| {
+                        Ok((listener.local_addr()?, listener.try_clone()?, listener))
+                    });
+                match bound {
+                    Ok((addr, handle, listener)) => {
+                        let _ = bound_tx.send(Ok((addr, handle)));
+                        accept_loop(listener, accept_shared);
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                    }
+                }
+            })?;
+        let (addr, listener) = match bound_rx.recv() {
+            Ok(Ok(bound)) => bound,
+            Ok(Err(e)) => {
+                let _ = accept_thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = accept_thread.join();
+                return Err(io::Error::other("the accept thread died"));
+            }
+        };
         Ok(StrictServer {
             shared,
             addr,
+            listener: Some(listener),
             accept_thread: Some(accept_thread),
         })
     }
@@ -245,6 +308,36 @@ impl StrictServer {
         self.shared.counters.tickets_sent.load(Ordering::SeqCst)
     }
 
+    /// Control connections turned away with 421 (see [`Self::set_max_sessions`]).
+    pub fn refused_421(&self) -> u64 {
+        self.shared.counters.refused_421.load(Ordering::SeqCst)
+    }
+
+    /// Control connections open now.
+    pub fn live_sessions(&self) -> usize {
+        self.shared.live_sessions.load(Ordering::SeqCst)
+    }
+
+    /// Serve at most `limit` control connections at once, like vsftpd's
+    /// `max_per_ip`: one more gets `421 There are too many connections from
+    /// your internet address.` and is closed. None: no limit.
+    pub fn set_max_sessions(&self, limit: Option<usize>) {
+        self.shared
+            .faults
+            .max_sessions
+            .store(limit.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// File transfers started from now on send `bytes` bytes and then stall
+    /// (the connection stays open, silent) until the client gives up or
+    /// aborts. None: transfers run normally.
+    pub fn set_stall_data_after(&self, bytes: Option<u64>) {
+        self.shared
+            .faults
+            .stall_data_after
+            .store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
     /// Stops accepting, closes every control connection (which aborts any
     /// transfer) and waits up to 5 s for the connection threads to end.
     /// Idempotent.
@@ -253,8 +346,13 @@ impl StrictServer {
             return;
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // accept() has no timeout; a connection of our own wakes it up.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // accept() has no timeout; shutting the listening socket down wakes it
+        // (EINVAL), whatever namespace or firewall rule the socket is behind.
+        if let Some(listener) = self.listener.take() {
+            use std::os::fd::AsRawFd;
+            // SAFETY: shutdown on a listening socket we own a duplicate of.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         let _ = accept_thread.join();
         if let Ok(controls) = self.shared.controls.lock() {
             for sock in controls.values() {
@@ -272,6 +370,20 @@ impl Drop for StrictServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Moves the calling thread into the network namespace at `path` (none: stays).
+fn enter_netns(path: Option<&Path>) -> io::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    use std::os::fd::AsRawFd;
+    let ns = fs::File::open(path)?;
+    // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn ssl_setup_error(e: ErrorStack) -> io::Error {
@@ -435,6 +547,17 @@ fn run_control(mut sock: TcpStream, shared: &Arc<Shared>) {
     let Ok(peer) = sock.peer_addr() else {
         return;
     };
+    let max_sessions = shared.faults.max_sessions.load(Ordering::SeqCst);
+    if max_sessions > 0 && shared.live_sessions.load(Ordering::SeqCst) > max_sessions {
+        // vsftpd's words for max_per_ip (max_clients says "too many users").
+        shared.counters.refused_421.fetch_add(1, Ordering::SeqCst);
+        let _ = write_reply(
+            &mut sock,
+            421,
+            "There are too many connections from your internet address.",
+        );
+        return;
+    }
     if write_reply(
         &mut sock,
         220,
@@ -577,6 +700,18 @@ impl Session {
                 Some(line) => line,
                 None => match self.reader.read_line(&mut self.ctrl) {
                     Ok(Some(line)) => line,
+                    Err(e)
+                        if self.shared.opts.idle_reply_421
+                            && matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) =>
+                    {
+                        // vsftpd's idle_session_timeout.
+                        let _ = self.reply(421, "Timeout.");
+                        let _ = self.ctrl.shutdown();
+                        break;
+                    }
                     // EOF, idle timeout, stop() or a TLS error.
                     _ => break,
                 },
@@ -1120,7 +1255,10 @@ impl DataJob {
 
         let sent = match &mut self.payload {
             Payload::Bytes(bytes) => tls.write_all(bytes),
-            Payload::File(file) => copy_chunks(file, tls, &self.abort),
+            Payload::File(file) => {
+                let stall_after = self.shared.faults.stall_data_after.load(Ordering::SeqCst);
+                copy_chunks(file, tls, &self.abort, stall_after, &self.shared)
+            }
         };
         if sent.is_err() || self.aborted() {
             return if self.aborted() {
@@ -1161,17 +1299,42 @@ impl DataJob {
     }
 }
 
-fn copy_chunks<W: Write>(file: &mut fs::File, out: &mut W, abort: &AtomicBool) -> io::Result<()> {
+fn copy_chunks<W: Write>(
+    file: &mut fs::File,
+    out: &mut W,
+    abort: &AtomicBool,
+    stall_after: u64,
+    shared: &Shared,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
     loop {
         if abort.load(Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "aborted"));
         }
-        let n = file.read(&mut buf)?;
+        if sent >= stall_after {
+            // A stalled transfer: the connection stays open and silent until
+            // the client gives up (ABOR or closing the control connection),
+            // the server stops, or io_timeout passes.
+            out.flush()?;
+            let deadline = Instant::now() + shared.opts.io_timeout;
+            while !abort.load(Ordering::SeqCst)
+                && !shared.stopping.load(Ordering::SeqCst)
+                && Instant::now() < deadline
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "stalled"));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(stall_after - sent).unwrap_or(usize::MAX));
+        let n = file.read(&mut buf[..want])?;
         if n == 0 {
             return out.flush();
         }
         out.write_all(&buf[..n])?;
+        sent += n as u64;
     }
 }
 
