@@ -80,6 +80,12 @@ impl Filesystem for FuseAdapter {
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::debug!("kernel lacks {missing:?}");
         }
+        // Let the kernel read ahead up to one cache block, so a sequential reader keeps
+        // several requests in flight instead of one 128 KiB read at a time.
+        let readahead = self.fs.config().block_size.min(u64::from(u32::MAX)) as u32;
+        if let Err(nearest) = config.set_max_readahead(readahead) {
+            let _ = config.set_max_readahead(nearest);
+        }
         Ok(())
     }
 
