@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Turns the raw results of scripts/bench.sh into Markdown tables of medians and ratios.
+
+    report.py RESULTS_DIR [--doc docs/BENCHMARKS.md]
+
+RESULTS_DIR holds results.tsv (latency, system, run, metric, value) and meta.env
+(KEY=value: machine, versions, measured RTTs). The report goes to stdout; with --doc it
+also replaces the part of that file between the bench:results markers (or creates the
+file with them).
+"""
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+BEGIN = "<!-- bench:results:begin -->"
+END = "<!-- bench:results:end -->"
+
+SYSTEMS = [
+    ("ftpsfs", "ftpsfs"),
+    ("rclone-off", "rclone<br>cache off"),
+    ("rclone-full", "rclone<br>cache full"),
+    ("raw", "raw limit<br>(curl / ftp-raw.py)"),
+]
+RATIOS = [("rclone-off", "ftpsfs ÷<br>rclone off"), ("rclone-full", "ftpsfs ÷<br>rclone full"), ("raw", "ftpsfs ÷<br>raw")]
+
+# metric, label, unit, better ("high", "low" or None for counts, which get no ratio)
+ROWS = [
+    ("seq_mbps", "1. Sequential read: `cp` {seq} to /dev/null", "MB/s", "high"),
+    ("seq_cmds", "&emsp;FTP commands sent", "count", None),
+    ("seq_sent_mib", "&emsp;MiB sent by the server", "MiB", "low"),
+    ("seq_cpu_s", "&emsp;CPU time of the mount process", "s", "low"),
+    ("warm_mbps", "2. Warm re-read of the same file, same mount", "MB/s", "high"),
+    ("warm_cmds", "&emsp;FTP commands sent", "count", None),
+    ("dropped_mbps", "2b. Re-read of a {cached} file after `drop_caches`", "MB/s", "high"),
+    ("dropped_cmds", "&emsp;FTP commands sent", "count", None),
+    ("find_cold_s", "3. `find` over {tree}, cold", "s", "low"),
+    ("find_cold_lists", "&emsp;listing commands", "count", None),
+    ("find_warm_s", "3. `find`, warm (same mount)", "s", "low"),
+    ("find_warm_lists", "&emsp;listing commands", "count", None),
+    ("lslr_cold_s", "3. `ls -lR`, cold", "s", "low"),
+    ("lslr_cold_lists", "&emsp;listing commands", "count", None),
+    ("lslr_cold_cmds", "&emsp;FTP commands (all)", "count", None),
+    ("lslr_warm_s", "3. `ls -lR`, warm (same mount)", "s", "low"),
+    ("lslr_warm_lists", "&emsp;listing commands", "count", None),
+    ("dir5000_s", "3. `find` over one 5,000-file directory", "s", "low"),
+    ("dir5000_lists", "&emsp;listing commands", "count", None),
+    ("small_s", "4. `rsync -a` of {small} files of 4–64 KiB to local disk", "s", "low"),
+    ("small_cmds", "&emsp;FTP commands sent", "count", None),
+    ("rand_iops", "5. Random 4 KiB reads (O_DIRECT): {rand} reads or {rand_s} s", "reads/s", "high"),
+    ("rand_done", "&emsp;reads done", "count", None),
+    ("rand_cmds", "&emsp;FTP commands sent", "count", None),
+    ("rand_sent_mib", "&emsp;MiB sent by the server", "MiB", "low"),
+    ("par_mbps", "6. 4 concurrent `cp` of different {par} files", "MB/s", "high"),
+    ("par_sent_mib", "&emsp;MiB sent by the server", "MiB", "low"),
+    ("par_cpu_s", "&emsp;CPU time of the mount process", "s", "low"),
+    ("seq_rss_mib", "7. Peak RSS (VmHWM) of the mount process during 1", "MiB", "low"),
+    ("par_rss_mib", "7. Peak RSS (VmHWM) of the mount process during 6", "MiB", "low"),
+]
+
+
+def size_text(mib):
+    mib = int(mib)
+    return f"{mib >> 10} GiB" if mib >= 1024 and mib % 1024 == 0 else f"{mib} MiB"
+
+
+def tree_text(value):
+    """`tree/a00 21 1000` -> `tree/a00 (1,000 files, 21 dirs)`."""
+    parts = value.split()
+    if len(parts) != 3:
+        return "the tree"
+    return f"`{parts[0]}/` ({int(parts[2]):,} files, {int(parts[1]):,} dirs)"
+
+
+def load(results_dir):
+    meta = {}
+    with open(os.path.join(results_dir, "meta.env")) as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.rstrip("\n").split("=", 1)
+                meta[k] = v
+    # (latency, system, metric) -> run -> value; values of one run are summed. A figure
+    # whose step failed is recorded as ERR and counted in ERRORS instead.
+    runs = defaultdict(lambda: defaultdict(float))
+    with open(os.path.join(results_dir, "results.tsv")) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 5 or not parts[4]:
+                continue
+            lat, system, run, metric, value = parts
+            if value == "ERR":
+                ERRORS[(lat, system, metric)] += 1
+                continue
+            runs[(lat, system, metric)][run] += float(value)
+    return meta, runs
+
+
+ERRORS = defaultdict(int)
+
+
+def median(runs, key):
+    values = list(runs.get(key, {}).values())
+    return statistics.median(values) if values else None
+
+
+def fmt(value, unit):
+    if value is None:
+        return "—"
+    if unit == "count":
+        return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def table(meta, runs, lat):
+    names = {
+        "seq": size_text(meta["seq_mib"]),
+        "cached": size_text(meta["cached_mib"]),
+        "par": size_text(meta["par_mib"]),
+        "rand": f"{int(meta.get(f'rand_n_{lat}', '0')):,}",
+        "small": f"{int(meta.get(f'small_n_{lat}', '0')):,}",
+        "rand_s": meta.get("rand_max_s", "?"),
+        "tree": tree_text(meta.get(f"tree_{lat}", "")),
+    }
+    systems = [(s, h) for s, h in SYSTEMS if any(k[1] == s and k[0] == lat for k in list(runs) + list(ERRORS))]
+    ratios = [(s, h) for s, h in RATIOS if any(s == t for t, _ in systems)]
+    head = ["Workload", "unit", "better"] + [h for _, h in systems]
+    if any(s == "ftpsfs" for s, _ in systems):
+        head += [h for _, h in ratios]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
+    for metric, label, unit, better in ROWS:
+        values = {s: median(runs, (lat, s, metric)) for s, _ in systems}
+        if all(v is None for v in values.values()) and not any(ERRORS.get((lat, s, metric)) for s, _ in systems):
+            continue
+        cells = [label.format(**names), unit, {"high": "higher", "low": "lower", None: ""}[better]]
+        for s, _ in systems:
+            failed = ERRORS.get((lat, s, metric), 0)
+            if failed and values[s] is None:
+                cells.append(f"failed ({failed}×)")
+            elif failed:
+                cells.append(f"{fmt(values[s], unit)} ({failed}× failed)")
+            else:
+                cells.append(fmt(values[s], unit))
+        if any(s == "ftpsfs" for s, _ in systems):
+            for s, _ in ratios:
+                cells.append(ratio(values.get("ftpsfs"), values.get(s)) if better else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def checks(meta, runs, lat):
+    """The mount issue's acceptance criteria, on this latency's medians."""
+    m = lambda s, k: median(runs, (lat, s, k))  # noqa: E731
+    out = []
+
+    def check(ok, text):
+        if ok is None:
+            out.append(f"- n/a: {text}")
+        else:
+            out.append(f"- {'PASS' if ok else '**FAIL**'}: {text}")
+
+    f, c = m("ftpsfs", "seq_mbps"), m("raw", "seq_mbps")
+    if f is not None and c:
+        check(f >= 0.8 * c, f"sequential `cp` at {f:.0f} MB/s is {f / c:.0%} of curl's {c:.0f} MB/s (needs ≥ 80%)")
+    v = m("ftpsfs", "warm_cmds")
+    if v is not None:
+        check(v == 0, f"warm re-read (kernel page cache) sent {v:.0f} FTP commands (needs 0)")
+    v = m("ftpsfs", "dropped_cmds")
+    if v is not None:
+        check(v == 0, f"re-read after drop_caches of a file smaller than cache_size sent {v:.0f} FTP commands (needs 0)")
+    v = m("ftpsfs", "dir5000_lists")
+    if v is not None:
+        check(v == 1, f"`find` over the 5,000-file directory sent {v:.0f} listing command(s) (needs exactly 1)")
+    limit = int(meta["ftpsfs_cache_mib"]) + 64
+    for key, what in (("seq_rss_mib", f"the {size_text(meta['seq_mib'])} sequential read"),
+                      ("par_rss_mib", "the 4 concurrent reads")):
+        v = m("ftpsfs", key)
+        if v is not None:
+            bigger = key == "par_rss_mib" or int(meta["seq_mib"]) > int(meta["ftpsfs_cache_mib"])
+            note = "" if bigger else " (file not larger than the cache: --quick sizes)"
+            check(v < limit, f"peak RSS during {what} is {v:.0f} MiB (needs < cache_size {meta['ftpsfs_cache_mib']} MiB + 64 MiB = {limit} MiB){note}")
+    res, full = m("ftpsfs", "tls_resumed"), m("ftpsfs", "tls_full")
+    if res is not None:
+        check(full == 0, f"TLS on ftpsfs's data connections: {res:.0f} resumed, {full:.0f} full handshakes per run (median)")
+    return "\n".join(out)
+
+
+def report(meta, runs):
+    lats = sorted({k[0] for k in runs}, key=int)
+    parts = []
+    parts.append(f"Measured {meta['date']} with `scripts/bench.sh"
+                 + (" --quick" if meta.get("quick") == "1" else "")
+                 + f"`: every figure is the median of {meta['runs']} run(s)"
+                 + (f"; the whole run took {int(meta['duration_s']) // 60} min {int(meta['duration_s']) % 60} s" if "duration_s" in meta else "")
+                 + ".")
+    parts.append("")
+    parts.append("| machine | |\n|---|---|")
+    for key, label in (("cpu", "CPU"), ("nproc", "nproc"), ("memory", "memory"), ("kernel", "kernel"),
+                       ("os", "OS"), ("ftpsfs", "ftpsfs"), ("rustc", "rustc"), ("rclone", "rclone"),
+                       ("curl", "curl"), ("vsftpd", "server"), ("openssl", "OpenSSL"), ("fio", "fio"),
+                       ("rsync", "rsync")):
+        if key in meta:
+            parts.append(f"| {label} | {meta[key]} |")
+    parts.append("")
+    loads = [float(v) for k, v in meta.items() if k.startswith("load_")]
+    if loads:
+        busy = [k[5:].replace("_", " / ") for k, v in meta.items() if k.startswith("load_") and float(v) >= 1.5]
+        parts.append(f"Load average (1 min) when each system's turn began: median {statistics.median(loads):.2f}, "
+                     f"highest {max(loads):.2f}"
+                     + (f"; 1.5 or more at {len(busy)} of {len(loads)} turns (RTT / run / system: {', '.join(busy[:6])}"
+                        + (", ..." if len(busy) > 6 else "") + "), so other work shared the 2 cores there."
+                        if busy else "."))
+        parts.append("")
+    for lat in lats:
+        rtt = meta.get(f"rtt_{lat}", "")
+        measured = re.search(r"rtt_ms=([0-9.]+)", rtt)
+        where = "plain loopback, MTU 65536" if lat == "0" else f"{lat} ms added (NFQUEUE delay {int(lat) / 2:g} ms each way), MTU 1500"
+        parts.append(f"### RTT {lat} ms: {where}")
+        parts.append("")
+        if measured:
+            parts.append(f"Round trip measured with FTP NOOPs on the control connection: median {measured.group(1)} ms ({rtt}).")
+            parts.append("")
+        parts.append(table(meta, runs, lat))
+        parts.append("")
+        c = checks(meta, runs, lat)
+        if c:
+            parts.append(f"Criteria of the mount issue at RTT {lat} ms:")
+            parts.append("")
+            parts.append(c)
+            parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+TEMPLATE = """# Benchmarks
+
+Produced by `sudo scripts/bench.sh` (see the comment at its top); the part between the
+markers below is rewritten by each full run.
+
+{begin}
+{body}{end}
+"""
+
+
+def write_doc(path, body):
+    if os.path.exists(path):
+        text = open(path).read()
+        if BEGIN in text and END in text:
+            before = text.split(BEGIN, 1)[0]
+            after = text.split(END, 1)[1]
+            text = before + BEGIN + "\n" + body + END + after
+        else:
+            text = text.rstrip("\n") + "\n\n" + BEGIN + "\n" + body + END + "\n"
+    else:
+        text = TEMPLATE.format(begin=BEGIN, end=END, body=body)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main():
+    args = sys.argv[1:]
+    doc = None
+    if "--doc" in args:
+        i = args.index("--doc")
+        doc = args[i + 1]
+        del args[i:i + 2]
+    meta, runs = load(args[0])
+    body = report(meta, runs)
+    sys.stdout.write(body)
+    if doc:
+        write_doc(doc, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,594 @@
+#!/usr/bin/env bash
+# The measuring half of scripts/bench.sh. It runs inside the benchmark's own network
+# namespace (`ip netns exec ftpsfs-bench bash run-netns.sh`), so the FTPS server, the
+# mounts and the added latency are all private to it; a FUSE mount made here lives in this
+# command's mount namespace, which is why everything happens in this one process tree.
+#
+# Not meant to be run by hand: bench.sh exports the variables below.
+#
+#   BENCH DATA CA PASSWORD_FILE BENCH_USER    state dir, data dir, CA, password, FTP user
+#   FTPSFS_BIN RCLONE_BIN VSFTPD_BIN NFQ_DELAY_BIN
+#   RESULTS            TSV file to append to (latency system run metric value)
+#   META               KEY=value file to append to (RTT measurements, checks)
+#   RUNS LATENCIES SYSTEMS WORKLOADS
+#   SEQ_FILE PAR_FILES CACHED_FILE SEQ_BYTES PAR_BYTES CACHED_BYTES
+#   RAND_N RAND_N_LATENCY SMALL_N SMALL_N_LATENCY   counts at 0 ms and with added latency
+#   META_TREE META_TREE_LATENCY   the tree walked by find / ls -lR
+#   RAND_MAX_S         time limit of one random-read job
+#   FTPSFS_CACHE       ftpsfs cache_size= (bytes)
+set -euo pipefail
+
+HOST=127.0.0.1
+PORT=21021
+PASV_MIN=20000
+PASV_MAX=20999
+QUEUE=7
+LOGS=$BENCH/logs
+CONF=$BENCH/conf
+PRIV=$BENCH/private # 0700: curl configs that hold the password
+MNT=$BENCH/mnt
+VLOG=$LOGS/vsftpd.log
+
+VSFTPD_PID=
+DELAY_PID=
+MOUNT_PID=
+MOUNT_DIR=
+LAT=0
+SYS=
+RUN=0
+MOUNT_SEQ=0
+TLS_RESUMED=0
+TLS_FULL=0
+
+say() { echo "bench: $*" >&2; }
+die() {
+    say "error: $*"
+    exit 1
+}
+
+# ---------------------------------------------------------------- cleanup
+
+descendants() {
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
+is_mounted() {
+    awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
+stop_delay() {
+    iptables-legacy -D INPUT -i lo -j NFQUEUE --queue-num "$QUEUE" 2>/dev/null || true
+    if [[ -n $DELAY_PID ]]; then
+        kill -TERM "$DELAY_PID" 2>/dev/null || true
+        wait "$DELAY_PID" 2>/dev/null || true
+        DELAY_PID=
+    fi
+}
+
+cleanup() {
+    local rc=$? p
+    if [[ -n $MOUNT_DIR ]] && is_mounted "$MOUNT_DIR"; then
+        fusermount3 -u "$MOUNT_DIR" 2>/dev/null || umount -l "$MOUNT_DIR" 2>/dev/null || true
+    fi
+    if [[ -n $MOUNT_PID ]]; then
+        kill -TERM "$MOUNT_PID" 2>/dev/null || true
+        wait "$MOUNT_PID" 2>/dev/null || true
+    fi
+    stop_delay
+    if [[ -n $VSFTPD_PID ]]; then
+        # The listener and the session processes it forked: all started here.
+        for p in $(descendants "$VSFTPD_PID") "$VSFTPD_PID"; do kill -TERM "$p" 2>/dev/null || true; done
+        wait "$VSFTPD_PID" 2>/dev/null || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- helpers
+
+rec() { printf '%s\t%s\t%s\t%s\t%s\n' "$LAT" "$SYS" "$RUN" "$1" "$2" >>"$RESULTS"; }
+meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
+
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
+mbps() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.1f", n / (b - a) / 1e6 }'; }
+
+# vsftpd logs every command (log_ftp_protocol=YES): counting lines between two marks
+# counts what a workload sent. Trailing commands (the ABOR of an unneeded read-ahead
+# stream, a pool's QUIT) land after the workload, so counts are taken a little later.
+log_mark() { wc -l <"$VLOG"; }
+count_since() {
+    local from=$1 pattern=$2
+    tail -n +"$((from + 1))" "$VLOG" | grep -cE "$pattern" || true
+}
+cmds_since() { count_since "$1" 'FTP command: '; }
+# What the server wrote to data connections (its transfer log), in MiB: more than the
+# client needed when transfers are cut short (ABOR) or read twice.
+sent_mib_since() {
+    tail -n +"$(($1 + 1))" "$VLOG" | grep -E '(OK|FAIL) DOWNLOAD: ' |
+        awk -F'", ' '{ split($3, a, " "); sum += a[1] } END { printf "%.1f", sum / 1048576 }'
+}
+lists_since() { count_since "$1" 'FTP command: Client "[^"]*", "(LIST|NLST|MLSD|STAT)'; }
+# Pause so that what the previous step left in flight is counted before the next mark.
+settle() { sleep "${1:-1}"; }
+
+# User + system CPU seconds a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"; }
+cpu_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+hwm_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+drop_caches() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+}
+
+# Reads the server side of the files once, so that no workload waits for the disk.
+warm_server() { cat "$@" >/dev/null; }
+
+# ---------------------------------------------------------------- server
+
+write_vsftpd_conf() {
+    mkdir -p "$CONF" "$BENCH/vsftpd-empty"
+    chmod 0755 "$BENCH/vsftpd-empty"
+    # The same settings as the test vsftpd of scripts/servers.sh (require_ssl_reuse,
+    # TLS only, chroot, log_ftp_protocol), on this namespace's loopback, with room for
+    # rclone's unlimited concurrency.
+    cat >"$CONF/vsftpd.conf" <<EOF
+# Generated by scripts/bench/run-netns.sh; edits are overwritten.
+listen=YES
+listen_ipv6=NO
+listen_address=$HOST
+listen_port=$PORT
+background=NO
+anonymous_enable=NO
+local_enable=YES
+write_enable=NO
+local_umask=022
+chroot_local_user=YES
+allow_writeable_chroot=YES
+secure_chroot_dir=$BENCH/vsftpd-empty
+pam_service_name=ftpsfs-vsftpd
+port_enable=NO
+pasv_enable=YES
+pasv_address=$HOST
+pasv_min_port=$PASV_MIN
+pasv_max_port=$PASV_MAX
+max_clients=400
+max_per_ip=400
+idle_session_timeout=600
+data_connection_timeout=300
+seccomp_sandbox=NO
+ssl_enable=YES
+implicit_ssl=NO
+rsa_cert_file=$BENCH/certs/server.pem
+rsa_private_key_file=$BENCH/certs/server.key
+ssl_ciphers=HIGH
+require_ssl_reuse=YES
+force_local_logins_ssl=YES
+force_local_data_ssl=YES
+allow_anon_ssl=NO
+vsftpd_log_file=$VLOG
+xferlog_enable=YES
+xferlog_std_format=NO
+log_ftp_protocol=YES
+EOF
+}
+
+start_vsftpd() {
+    write_vsftpd_conf
+    : >"$VLOG"
+    : >"$LOGS/vsftpd.oops"
+    # vsftpd writes fatal startup errors to fd 0, hence the log file as stdin.
+    setsid "$VSFTPD_BIN" "$CONF/vsftpd.conf" 0<>"$LOGS/vsftpd.oops" >>"$LOGS/vsftpd.stderr" 2>&1 &
+    VSFTPD_PID=$!
+    local i
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$VSFTPD_PID" 2>/dev/null || die "vsftpd exited: $(cat "$LOGS/vsftpd.oops")"
+        ss -Htln "sport = :$PORT" | grep -q "$HOST:$PORT" && break
+        sleep 0.1
+    done
+    curl_base --list-only "ftp://$HOST:$PORT/" -o /dev/null ||
+        die "vsftpd: TLS login and listing failed (see $LOGS)"
+    say "vsftpd listening on $HOST:$PORT inside the namespace (pid $VSFTPD_PID)"
+}
+
+curl_base() {
+    curl -sS --ssl-reqd --cacert "$CA" --max-time 600 -K "$PRIV/curl-user.conf" "$@"
+}
+
+# ---------------------------------------------------------------- latency
+
+set_latency() {
+    local rtt=$1
+    stop_delay
+    if [[ $rtt == 0 ]]; then
+        # Plain loopback, as the mount issue's comparison asks.
+        ip link set lo mtu 65536
+    else
+        # An Ethernet-sized MTU, and each packet held rtt/2 on its way in: once per
+        # direction, because both ends are local and every packet enters through lo.
+        ip link set lo mtu 1500
+        "$NFQ_DELAY_BIN" "$QUEUE" "$(awk -v r="$rtt" 'BEGIN { print r / 2 }')" 2>>"$LOGS/nfq-delay.log" &
+        DELAY_PID=$!
+        sleep 0.3
+        kill -0 "$DELAY_PID" 2>/dev/null || die "nfq-delay did not start (see $LOGS/nfq-delay.log)"
+        iptables-legacy -A INPUT -i lo -j NFQUEUE --queue-num "$QUEUE"
+    fi
+    local out
+    out=$(python3 "$BENCH_SCRIPTS/ftp-rtt.py" "$HOST" "$PORT" "$BENCH_USER" "$PASSWORD_FILE" "$CA" 20)
+    say "added RTT $rtt ms: measured with FTP NOOPs: $out"
+    meta "rtt_$rtt" "$out"
+}
+
+# ---------------------------------------------------------------- mounts
+
+mount_fs() {
+    local dir=$MNT/$SYS i
+    mkdir -p "$dir"
+    MOUNT_SEQ=$((MOUNT_SEQ + 1))
+    MOUNT_LOG=$LOGS/$SYS-rtt$LAT-run$RUN-$MOUNT_SEQ.log
+    case $SYS in
+    ftpsfs)
+        "$FTPSFS_BIN" "ftp://$BENCH_USER@$HOST:$PORT/" "$dir" -f \
+            -o "ca_file=$CA,password_file=$PASSWORD_FILE,cache_size=$FTPSFS_CACHE,log_file=$MOUNT_LOG" \
+            </dev/null >>"$LOGS/ftpsfs.stderr" 2>&1 &
+        ;;
+    rclone-off | rclone-full)
+        rm -rf "$BENCH/rclone-cache"
+        RCLONE_FTP_HOST=$HOST RCLONE_FTP_PORT=$PORT RCLONE_FTP_USER=$BENCH_USER \
+            RCLONE_FTP_PASS=$RCLONE_PASS \
+            "$RCLONE_BIN" mount :ftp: "$dir" --config "$BENCH/rclone.conf" \
+            --ftp-explicit-tls --ca-cert "$CA" --read-only \
+            --vfs-cache-mode "${SYS#rclone-}" --cache-dir "$BENCH/rclone-cache" \
+            --log-file "$MOUNT_LOG" --log-level NOTICE \
+            </dev/null >>"$LOGS/rclone.stderr" 2>&1 &
+        ;;
+    *) die "unknown system $SYS" ;;
+    esac
+    MOUNT_PID=$!
+    MOUNT_DIR=$dir
+    for ((i = 0; i < 300; i++)); do
+        is_mounted "$dir" && return 0
+        kill -0 "$MOUNT_PID" 2>/dev/null || die "$SYS exited before mounting (see $MOUNT_LOG)"
+        sleep 0.1
+    done
+    die "$SYS did not mount within 30 s"
+}
+
+unmount_fs() {
+    local i line
+    fusermount3 -u "$MOUNT_DIR" || umount -l "$MOUNT_DIR" || say "warning: cannot unmount $MOUNT_DIR"
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$MOUNT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$MOUNT_PID" 2>/dev/null; then
+        say "$SYS (pid $MOUNT_PID) still running 30 s after unmount; terminating it"
+        kill -TERM "$MOUNT_PID" 2>/dev/null || true
+    fi
+    wait "$MOUNT_PID" 2>/dev/null || true
+    MOUNT_PID=
+    MOUNT_DIR=
+    if [[ $SYS == ftpsfs ]]; then
+        # The last line ftpsfs logs: `unmounted stats=FsStats {..} tls=data connections
+        # resumed N, full handshakes M; ...`.
+        line=$(grep -o 'resumed [0-9]*, full handshakes [0-9]*' "$MOUNT_LOG" | tail -n 1 || true)
+        if [[ $line =~ resumed\ ([0-9]+),\ full\ handshakes\ ([0-9]+) ]]; then
+            TLS_RESUMED=$((TLS_RESUMED + BASH_REMATCH[1]))
+            TLS_FULL=$((TLS_FULL + BASH_REMATCH[2]))
+        else
+            say "warning: no stats line in $MOUNT_LOG"
+        fi
+    fi
+    if grep -qE ' (WARN|ERROR) ' "$MOUNT_LOG" 2>/dev/null; then
+        say "warning: $SYS logged warnings/errors: $(grep -cE ' (WARN|ERROR) ' "$MOUNT_LOG") in $MOUNT_LOG"
+        rec log_problems "$(grep -cE ' (WARN|ERROR) ' "$MOUNT_LOG")"
+    fi
+}
+
+# ---------------------------------------------------------------- workloads on a mount
+
+# Runs CMD... and sets ELAPSED to its wall time in seconds. A failure (an I/O error from
+# the mount, say) is reported and returns 1; the caller then records ERR for the figure
+# and the run goes on.
+timed() {
+    local t0=$EPOCHREALTIME rc=0
+    "$@" || rc=$?
+    ELAPSED=$(elapsed "$t0" "$EPOCHREALTIME")
+    if [[ $rc -ne 0 ]]; then
+        say "warning: $SYS, RTT $LAT ms, run $RUN: '$*' failed (exit $rc; see ${MOUNT_LOG:-the logs})"
+    fi
+    return $rc
+}
+
+# Records BYTES / ELAPSED in MB/s under METRIC if the last step worked, else ERR.
+rec_rate() { if [[ $3 -eq 0 ]]; then rec "$1" "$(awk -v n="$2" -v s="$ELAPSED" 'BEGIN { printf "%.1f", n / s / 1e6 }')"; else rec "$1" ERR; fi; }
+rec_time() { if [[ $2 -eq 0 ]]; then rec "$1" "$ELAPSED"; else rec "$1" ERR; fi; }
+
+# 1, 2, 7: sequential read, warm re-read, re-read after drop_caches, peak RSS.
+m_seq() {
+    local m=$MNT/$SYS mark c0 rc
+    mount_fs
+    settle 0.5
+    mark=$(log_mark)
+    c0=$(cpu_s "$MOUNT_PID")
+    rc=0 && timed cp "$m/$SEQ_FILE" /dev/null || rc=1
+    rec_rate seq_mbps "$SEQ_BYTES" $rc
+    rec seq_cpu_s "$(cpu_delta "$c0" "$(cpu_s "$MOUNT_PID")")"
+    rec seq_rss_mib "$(hwm_mib "$MOUNT_PID")"
+    settle
+    rec seq_cmds "$(cmds_since "$mark")"
+    rec seq_sent_mib "$(sent_mib_since "$mark")"
+
+    # 2: the same file again, on the same mount: the kernel page cache may serve it.
+    mark=$(log_mark)
+    rc=0 && timed cp "$m/$SEQ_FILE" /dev/null || rc=1
+    rec_rate warm_mbps "$SEQ_BYTES" $rc
+    settle
+    rec warm_cmds "$(cmds_since "$mark")"
+
+    # 2b: a file smaller than ftpsfs's cache, read once, then the kernel's caches are
+    # dropped: only the mount's own cache can serve the second read.
+    timed cp "$m/$CACHED_FILE" /dev/null || true
+    settle
+    drop_caches
+    warm_server "$DATA/$CACHED_FILE"
+    mark=$(log_mark)
+    rc=0 && timed cp "$m/$CACHED_FILE" /dev/null || rc=1
+    rec_rate dropped_mbps "$CACHED_BYTES" $rc
+    settle
+    rec dropped_cmds "$(cmds_since "$mark")"
+    rec seq_rss_after_mib "$(hwm_mib "$MOUNT_PID")"
+    unmount_fs
+}
+
+par_cp() {
+    local f pids=() p rc=0
+    for f in $PAR_FILES; do
+        cp "$1/$f" /dev/null &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    return $rc
+}
+
+# 6, 7: four concurrent cp of different files.
+m_par() {
+    local m=$MNT/$SYS c0 mark rc
+    mount_fs
+    settle 0.5
+    mark=$(log_mark)
+    c0=$(cpu_s "$MOUNT_PID")
+    rc=0 && timed par_cp "$m" || rc=1
+    rec_rate par_mbps $((4 * PAR_BYTES)) $rc
+    rec par_cpu_s "$(cpu_delta "$c0" "$(cpu_s "$MOUNT_PID")")"
+    rec par_rss_mib "$(hwm_mib "$MOUNT_PID")"
+    settle
+    rec par_sent_mib "$(sent_mib_since "$mark")"
+    unmount_fs
+}
+
+# 5: random 4 KiB reads with O_DIRECT, so that the kernel page cache serves none of them.
+fio_rand() {
+    fio --name=randread --filename="$1" --readonly --rw=randread --bs=4k \
+        --direct=1 --ioengine=psync --iodepth=1 --numjobs=1 --size="$SEQ_BYTES" \
+        --number_ios="$2" --runtime="$RAND_MAX_S" --randrepeat=1 --invalidate=0 \
+        --output-format=json >"$LOGS/fio.json" 2>>"$LOGS/fio.stderr"
+}
+
+m_rand() {
+    local m=$MNT/$SYS mark iops n=$1
+    mount_fs
+    settle 0.5
+    mark=$(log_mark)
+    if timed fio_rand "$m/$SEQ_FILE" "$n"; then
+        iops=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["jobs"][0]["read"]; print("%.1f %d" % (r["iops"], r["total_ios"]))' "$LOGS/fio.json")
+        rec rand_iops "${iops% *}"
+        rec rand_done "${iops#* }"
+    else
+        rec rand_iops ERR
+    fi
+    settle
+    rec rand_cmds "$(cmds_since "$mark")"
+    rec rand_sent_mib "$(sent_mib_since "$mark")"
+    unmount_fs
+}
+
+find_to() { find "$1" >"$2"; }
+
+# 3: metadata walk, cold and warm; and the 5,000-file directory.
+m_meta() {
+    local tree=$1 m=$MNT/$SYS mark rc out=$PRIV/find.out
+    mount_fs
+    settle 0.5
+    mark=$(log_mark)
+    rc=0 && timed find_to "$m/$tree" "$out" || rc=1
+    rec_time find_cold_s $rc
+    rec find_entries "$(wc -l <"$out")"
+    rec find_cold_lists "$(lists_since "$mark")"
+    mark=$(log_mark)
+    rc=0 && timed find_to "$m/$tree" "$out" || rc=1
+    rec_time find_warm_s $rc
+    rec find_warm_lists "$(lists_since "$mark")"
+    mark=$(log_mark)
+    rc=0 && timed find_to "$m/dir5000" "$out" || rc=1
+    rec_time dir5000_s $rc
+    rec dir5000_entries "$(wc -l <"$out")"
+    rec dir5000_lists "$(lists_since "$mark")"
+    unmount_fs
+
+    mount_fs
+    settle 0.5
+    mark=$(log_mark)
+    rc=0 && timed ls -lR "$m/$tree" >/dev/null || rc=1
+    rec_time lslr_cold_s $rc
+    rec lslr_cold_lists "$(lists_since "$mark")"
+    rec lslr_cold_cmds "$(cmds_since "$mark")"
+    mark=$(log_mark)
+    rc=0 && timed ls -lR "$m/$tree" >/dev/null || rc=1
+    rec_time lslr_warm_s $rc
+    rec lslr_warm_lists "$(lists_since "$mark")"
+    unmount_fs
+}
+
+# The first N of the 2,000 small files (100 per directory, sorted), as paths under DATA.
+small_dirs() { (cd "$DATA" && find small -mindepth 1 -maxdepth 1 -type d | LC_ALL=C sort | head -n $(($1 / 100))); }
+small_paths() { (cd "$DATA" && find $(small_dirs "$1") -type f | LC_ALL=C sort); }
+
+# 4: many small files copied to local disk.
+m_small() {
+    local n=$1 m=$MNT/$SYS mark dest=$BENCH/copy d rc srcs=()
+    for d in $(small_dirs "$n"); do srcs+=("$m/$d"); done
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    mount_fs
+    settle 0.5
+    mark=$(log_mark)
+    rc=0 && timed rsync -a "${srcs[@]}" "$dest/" || rc=1
+    rec_time small_s $rc
+    settle
+    rec small_cmds "$(cmds_since "$mark")"
+    unmount_fs
+    [[ $(find "$dest" -type f | wc -l) -eq $n ]] || say "warning: rsync from $SYS copied $(find "$dest" -type f | wc -l) files, not $n"
+    rm -rf "$dest"
+}
+
+# ---------------------------------------------------------------- the raw limit: curl
+
+url() { echo "ftp://$HOST:$PORT/$1"; }
+
+# curl's own timings: from "about to transfer" (after login, EPSV, SIZE, RETR) to the
+# end, so the raw limit leaves out the login that the mounts did before the workload.
+CURL_TIMES='%{time_pretransfer} %{time_total}\n'
+
+r_seq() {
+    local mark times
+    mark=$(log_mark)
+    times=$(curl_base "$(url "$SEQ_FILE")" -o /dev/null -w "$CURL_TIMES")
+    rec seq_mbps "$(awk -v n="$SEQ_BYTES" -v t="$times" 'BEGIN { split(t, a, " "); printf "%.1f", n / (a[2] - a[1]) / 1e6 }')"
+    settle 0.3
+    rec seq_cmds "$(cmds_since "$mark")"
+    rec seq_sent_mib "$(sent_mib_since "$mark")"
+}
+
+r_par() {
+    local f i=0 pids=() times
+    for f in $PAR_FILES; do
+        i=$((i + 1))
+        curl_base "$(url "$f")" -o /dev/null -w "$CURL_TIMES" >"$PRIV/par-$i.times" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    # All four start together: the transfers span from the first one's start to the
+    # last one's end.
+    times=$(cat "$PRIV"/par-[1-4].times)
+    rec par_mbps "$(echo "$times" | awk -v n=$((4 * PAR_BYTES)) '
+        NR == 1 || $1 < s { s = $1 } $2 > e { e = $2 } END { printf "%.1f", n / (e - s) / 1e6 }')"
+}
+
+# One LIST per directory on one connection (ftp-raw.py; curl stalls between listings).
+r_meta() {
+    local tree=$1 mark out list=$PRIV/dirs-${1//\//_}.list
+    (cd "$DATA" && find "$tree" -type d | LC_ALL=C sort) >"$list"
+    mark=$(log_mark)
+    out=$(raw_client list "$list")
+    rec find_cold_s "$(seconds_of "$out")"
+    settle 0.3
+    rec find_cold_lists "$(lists_since "$mark")"
+    echo dir5000 >"$PRIV/dirs-dir5000.list"
+    mark=$(log_mark)
+    out=$(raw_client list "$PRIV/dirs-dir5000.list")
+    rec dir5000_s "$(seconds_of "$out")"
+    settle 0.3
+    rec dir5000_lists "$(lists_since "$mark")"
+}
+
+# A minimal client (ftp-raw.py) where curl cannot show the limit: see its docstring.
+raw_client() {
+    python3 "$BENCH_SCRIPTS/ftp-raw.py" "$1" "$HOST" "$PORT" "$BENCH_USER" "$PASSWORD_FILE" "$CA" "${@:2}"
+}
+
+r_small() {
+    local n=$1 mark out list=$PRIV/small-$1.list dest=$BENCH/copy
+    small_paths "$n" >"$list"
+    rm -rf "$dest"
+    mark=$(log_mark)
+    out=$(raw_client files "$list" "$dest")
+    rec small_s "$(seconds_of "$out")"
+    settle 0.3
+    rec small_cmds "$(cmds_since "$mark")"
+    rm -rf "$dest"
+}
+
+r_rand() {
+    local n=$1 mark out ops
+    mark=$(log_mark)
+    out=$(raw_client rand "$SEQ_FILE" "$SEQ_BYTES" "$n" "$RAND_MAX_S")
+    ops=$(ops_of "$out")
+    rec rand_iops "$(awk -v n="$ops" -v s="$(seconds_of "$out")" 'BEGIN { printf "%.1f", n / s }')"
+    rec rand_done "$ops"
+    settle 0.3
+    rec rand_cmds "$(cmds_since "$mark")"
+    rec rand_sent_mib "$(sent_mib_since "$mark")"
+}
+
+seconds_of() { [[ $1 =~ seconds=([0-9.]+) ]] && echo "${BASH_REMATCH[1]}"; }
+ops_of() { [[ $1 =~ ops=([0-9]+) ]] && echo "${BASH_REMATCH[1]}"; }
+
+# ---------------------------------------------------------------- main
+
+mkdir -p "$LOGS" "$MNT"
+install -d -m 0700 "$PRIV"
+(umask 077 && printf 'user = "%s:%s"\n' "$BENCH_USER" "$(head -n 1 "$PASSWORD_FILE")" >"$PRIV/curl-user.conf")
+RCLONE_PASS=$("$RCLONE_BIN" obscure - <"$PASSWORD_FILE")
+: >"$BENCH/rclone.conf"
+
+ip link set lo up
+start_vsftpd
+
+wants() { [[ " $WORKLOADS " == *" $1 "* ]]; }
+
+for LAT in $LATENCIES; do
+    set_latency "$LAT"
+    n_rand=$RAND_N n_small=$SMALL_N tree=$META_TREE
+    [[ $LAT == 0 ]] || n_rand=$RAND_N_LATENCY n_small=$SMALL_N_LATENCY tree=$META_TREE_LATENCY
+    meta "rand_n_$LAT" "$n_rand"
+    meta "small_n_$LAT" "$n_small"
+    meta "tree_$LAT" "$tree $(find "$DATA/$tree" -type d | wc -l) $(find "$DATA/$tree" -type f | wc -l)"
+    for ((RUN = 1; RUN <= RUNS; RUN++)); do
+        # The server reads from its page cache, never from disk.
+        warm_server "$DATA/$SEQ_FILE" $(for f in $PAR_FILES; do echo "$DATA/$f"; done) "$DATA/$CACHED_FILE"
+        for SYS in $SYSTEMS; do
+            say "RTT $LAT ms, run $RUN/$RUNS: $SYS"
+            # Other work on the machine (a build, a test suite) skews the figures: note
+            # the load when each system's turn starts.
+            meta "load_${LAT}_${RUN}_$SYS" "$(cut -d' ' -f1 /proc/loadavg)"
+            TLS_RESUMED=0
+            TLS_FULL=0
+            if [[ $SYS == raw ]]; then
+                wants seq && r_seq
+                wants par && r_par
+                wants rand && r_rand "$n_rand"
+                wants meta && r_meta "$tree"
+                wants small && r_small "$n_small"
+            else
+                wants seq && m_seq
+                wants par && m_par
+                wants rand && m_rand "$n_rand"
+                wants meta && m_meta "$tree"
+                wants small && m_small "$n_small"
+            fi
+            if [[ $SYS == ftpsfs ]]; then
+                rec tls_resumed "$TLS_RESUMED"
+                rec tls_full "$TLS_FULL"
+            fi
+        done
+    done
+done
+stop_delay
+say "done"
