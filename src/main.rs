@@ -171,7 +171,21 @@ fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// Makes glibc serve cache-block-sized allocations with mmap, always.
+///
+/// Otherwise glibc raises its mmap threshold after the first freed 1 MiB block and then
+/// keeps freed blocks in per-thread heaps: measured, a 256 MiB cache peaked at 366 MiB
+/// of RSS while reading a 1 GiB file. With a fixed threshold a freed block goes back to
+/// the kernel at once.
+fn return_freed_blocks_to_the_kernel() {
+    // SAFETY: mallopt only changes allocator tuning; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
+    return_freed_blocks_to_the_kernel();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check {
