@@ -33,6 +33,7 @@ ROWS = [
     ("seq_cpu_s", "&emsp;CPU time of the mount process", "s", "low"),
     ("warm_mbps", "2. Warm re-read of the same file, same mount", "MB/s", "high"),
     ("warm_cmds", "&emsp;FTP commands sent", "count", None),
+    ("warm_sent_mib", "&emsp;MiB sent by the server", "MiB", "low"),
     ("dropped_mbps", "2b. Re-read of a {cached} file after `drop_caches`", "MB/s", "high"),
     ("dropped_cmds", "&emsp;FTP commands sent", "count", None),
     ("find_cold_s", "3. `find` over {tree}, cold", "s", "low"),
@@ -214,6 +215,11 @@ def report(meta, runs):
         if key in meta:
             parts.append(f"| {label} | {meta[key]} |")
     parts.append("")
+    if meta.get("damon", "off") != "off":
+        parts.append(f"The kernel runs DAMON proactive reclaim ({meta['damon']}): it pages out page cache "
+                     "that was read once, even with memory free, so part of a file read a few seconds "
+                     "earlier may be gone from the kernel's cache at the warm re-read (2).")
+        parts.append("")
     loads = [float(v) for k, v in meta.items() if k.startswith("load_")]
     if loads:
         busy = [k[5:].replace("_", " / ") for k, v in meta.items() if k.startswith("load_") and float(v) >= 1.5]

@@ -40,7 +40,7 @@ MOUNT_SEQ=0
 TLS_RESUMED=0
 TLS_FULL=0
 
-say() { echo "bench: $*" >&2; }
+say() { echo "bench: $(date +%H:%M:%S) $*" >&2; }
 die() {
     say "error: $*"
     exit 1
@@ -331,6 +331,7 @@ m_seq() {
     rec_rate warm_mbps "$SEQ_BYTES" $rc
     settle
     rec warm_cmds "$(cmds_since "$mark")"
+    rec warm_sent_mib "$(sent_mib_since "$mark")"
 
     # 2b: a file smaller than ftpsfs's cache, read once, then the kernel's caches are
     # dropped: only the mount's own cache can serve the second read.
