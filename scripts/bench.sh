@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks ftpsfs against rclone mount (FTP backend) and against the raw limit (curl),
+# Benchmarks ftpsfs against rclone mount (FTP backend) and against the raw limit,
 # side by side in one run, on loopback and with 20 ms of added round-trip time.
 #
 #   sudo scripts/bench.sh [--quick] [--runs N] [--rtt "0 20"] [--systems "..."]
@@ -10,9 +10,9 @@
 #   --runs N       runs per figure (default 3); every figure is the median of the runs.
 #   --rtt LIST     added round-trip times in ms (default "0 20").
 #   --systems LIST any of: ftpsfs rclone-off rclone-full raw (default: all four). raw is
-#                  the limit of the protocol: curl for whole files and listings, and a
-#                  minimal client (scripts/bench/ftp-raw.py) for small files and random
-#                  reads, where curl is far off the limit.
+#                  the limit of the protocol: curl for whole files, and a minimal client
+#                  (scripts/bench/ftp-raw.py) for listings, small files and random reads,
+#                  where curl is far off the limit.
 #   --workloads L  any of: seq par rand meta small (default: all).
 #   --no-doc       do not write docs/BENCHMARKS.md (the report is still printed and kept
 #                  under the state dir).
