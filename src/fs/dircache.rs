@@ -9,6 +9,7 @@ use crate::ftp::listing::{Entry, EntryKind, ListingFormat};
 use crate::ftp::Pool;
 
 use super::error::FsError;
+use super::failure::{Attempt, RecentFailure, RemembersFailure};
 
 /// One directory's entries as of one listing.
 #[derive(Debug)]
@@ -69,27 +70,17 @@ impl DirListing {
 #[derive(Default)]
 struct SlotState {
     listing: Option<Arc<DirListing>>,
-    /// The last timeout and when it happened; see [`super::FAILURE_MEMORY`].
-    failure: Option<(Instant, FsError)>,
+    /// The last timeout; see [`FAILURE_MEMORY`](super::failure::FAILURE_MEMORY).
+    failure: RecentFailure,
+}
+
+impl RemembersFailure for SlotState {
+    fn recent_failure(&mut self) -> &mut RecentFailure {
+        &mut self.failure
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<SlotState>>;
-
-/// A listing in progress: if it is dropped unfinished (the operation's deadline passed),
-/// the slot remembers that as a failure, so the callers queued behind it fail at once.
-struct Fetching<'a> {
-    state: tokio::sync::MutexGuard<'a, SlotState>,
-    started: Instant,
-    finished: bool,
-}
-
-impl Drop for Fetching<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.state.failure = Some((Instant::now(), FsError::TimedOut(self.started.elapsed())));
-        }
-    }
-}
 
 /// Directory listings with a time to live; concurrent requests for one directory share
 /// one listing command.
@@ -134,35 +125,19 @@ impl DirCache {
                 return Ok(listing.clone());
             }
         }
-        if let Some((when, error)) = &cached.failure {
-            if when.elapsed() < super::FAILURE_MEMORY {
-                tracing::trace!("listing failed {:?} ago: {error}", when.elapsed());
-                return Err(error.clone());
-            }
+        if let Some(error) = cached.failure.replay("listing") {
+            return Err(error);
         }
-        let mut fetching = Fetching {
-            state: cached,
-            started: Instant::now(),
-            finished: false,
-        };
-        let result = crate::with_connection!(pool, |conn| conn.list(path).await).await;
-        fetching.finished = true;
-        match result {
-            Ok(listing) => {
-                self.listings.fetch_add(1, Ordering::Relaxed);
-                let listing = Arc::new(DirListing::new(listing.entries));
-                fetching.state.listing = Some(listing.clone());
-                fetching.state.failure = None;
-                Ok(listing)
-            }
-            Err(e) => {
-                let error = FsError::from(e);
-                if error.is_timeout() {
-                    fetching.state.failure = Some((Instant::now(), error.clone()));
-                }
-                Err(error)
-            }
-        }
+        let mut attempt = Attempt::new(cached);
+        let result = crate::with_connection!(pool, |conn| conn.list(path).await)
+            .await
+            .map(|listing| Arc::new(DirListing::new(listing.entries)))
+            .map_err(FsError::from);
+        attempt.finish(&result);
+        let listing = result?;
+        self.listings.fetch_add(1, Ordering::Relaxed);
+        attempt.state.listing = Some(listing.clone());
+        Ok(listing)
     }
 
     /// Forgets the listing of `path`, so the next request asks the server.

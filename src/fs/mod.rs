@@ -6,6 +6,7 @@
 pub mod blockcache;
 pub mod dircache;
 pub mod error;
+pub mod failure;
 pub mod inode;
 pub mod reader;
 
@@ -26,14 +27,6 @@ use reader::{OpenFile, ReadConfig, Reader};
 
 /// Longest name a listing entry may have and still be shown (Linux NAME_MAX).
 const NAME_MAX: usize = 255;
-
-/// How long a listing or a read that timed out (server or network unreachable, a stalled
-/// transfer) is answered from memory, with the same EIO, instead of being tried again. The
-/// kernel follows a failed revalidation with a fresh lookup and a failed read-ahead with a
-/// synchronous read of the same pages, and file browsers stat many names at once: without
-/// this, each of those would wait for its own timeout against a dead server. Fast failures
-/// (refused connections, protocol errors) are not remembered: trying again costs nothing.
-const FAILURE_MEMORY: Duration = Duration::from_secs(1);
 
 /// Settings of the filesystem logic.
 #[derive(Debug, Clone, Copy)]
@@ -409,11 +402,11 @@ impl FtpFs {
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         self.within(async {
             let (node, entry) = self.entry(ino).await?;
-            if entry.is_some_and(|e| e.kind != EntryKind::Dir) {
+            if entry.as_ref().is_some_and(|e| e.kind != EntryKind::Dir) {
                 return Err(FsError::NotADirectory);
             }
             let listing = self.dirs.get(&self.pool, &node.path).await?;
-            let self_attr = self.getattr(ino).await?;
+            let self_attr = self.attr(ino, entry.as_ref());
             let parent_attr = Attr {
                 ino: node.parent,
                 ..self_attr

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -20,6 +20,7 @@ use crate::ftp::{DataConnection, FtpError, Pool, PooledConnection};
 
 use super::blockcache::{BlockCache, BlockKey, FileVersion, Segment};
 use super::error::FsError;
+use super::failure::{Attempt, RecentFailure, RemembersFailure};
 
 /// Alignment and minimum size of a ranged (non-streaming) fetch.
 ///
@@ -70,31 +71,14 @@ struct ReadState {
     /// Where the previous read ended: a read starting here is sequential.
     last_end: Option<u64>,
     stream: Option<Stream>,
-    /// The last read of this open file that timed out; see [`super::FAILURE_MEMORY`].
-    failure: Option<ReadFailure>,
+    /// The last read of this open file that timed out; see
+    /// [`FAILURE_MEMORY`](super::failure::FAILURE_MEMORY).
+    failure: RecentFailure,
 }
 
-struct ReadFailure {
-    when: Instant,
-    error: FsError,
-}
-
-/// One read holding the file's state: a read dropped unfinished (the operation's deadline
-/// passed) is remembered as a failure too.
-struct ReadAttempt<'a> {
-    state: tokio::sync::MutexGuard<'a, ReadState>,
-    started: Instant,
-    finished: bool,
-}
-
-impl Drop for ReadAttempt<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.state.failure = Some(ReadFailure {
-                when: Instant::now(),
-                error: FsError::TimedOut(self.started.elapsed()),
-            });
-        }
+impl RemembersFailure for ReadState {
+    fn recent_failure(&mut self) -> &mut RecentFailure {
+        &mut self.failure
     }
 }
 
@@ -154,36 +138,14 @@ impl Reader {
         let state = file.state.lock().await;
         // The kernel queues read-ahead requests behind this lock and retries a failed
         // page synchronously: after a failure, they all get the same answer at once.
-        if let Some(failure) = &state.failure {
-            if failure.when.elapsed() < super::FAILURE_MEMORY {
-                tracing::trace!(
-                    ino = file.ino,
-                    "read failed {:?} ago: {}",
-                    failure.when.elapsed(),
-                    failure.error
-                );
-                return Err(failure.error.clone());
-            }
+        if let Some(error) = state.failure.replay("read") {
+            return Err(error);
         }
-        let mut attempt = ReadAttempt {
-            state,
-            started: Instant::now(),
-            finished: false,
-        };
+        let mut attempt = Attempt::new(state);
         let result = self
             .read_locked(file, &mut attempt.state, offset, end)
             .await;
-        attempt.finished = true;
-        match &result {
-            Ok(_) => attempt.state.failure = None,
-            Err(error) if error.is_timeout() => {
-                attempt.state.failure = Some(ReadFailure {
-                    when: Instant::now(),
-                    error: error.clone(),
-                })
-            }
-            Err(_) => {}
-        }
+        attempt.finish(&result);
         result
     }
 

@@ -154,15 +154,18 @@ impl Pool {
     /// network cut, idle timeout), the idle ones most likely were too, and reusing them
     /// one by one would fail one operation each.
     pub fn discard_idle(&self) {
-        let idle: Vec<ControlConnection> =
-            std::mem::take(&mut *self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        let idle = self.take_all_idle();
         if !idle.is_empty() {
             tracing::debug!(count = idle.len(), "discarding idle connections");
         }
-        for conn in idle {
-            self.inner.live.fetch_sub(1, Ordering::Relaxed);
-            drop(conn);
-        }
+    }
+
+    /// Removes every idle connection from the pool, for the caller to close or drop.
+    fn take_all_idle(&self) -> Vec<ControlConnection> {
+        let idle: Vec<ControlConnection> =
+            std::mem::take(&mut *self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        self.inner.live.fetch_sub(idle.len(), Ordering::Relaxed);
+        idle
     }
 
     /// Takes a connection only if one is free now and `reserve` more stay free for others.
@@ -227,11 +230,8 @@ impl Pool {
     /// Closes every idle connection politely (QUIT), all at once, so an unreachable
     /// server delays the exit by one QUIT timeout, not one per connection.
     pub async fn close(&self) {
-        let idle: Vec<ControlConnection> =
-            std::mem::take(&mut *self.inner.idle.lock().unwrap_or_else(|e| e.into_inner()));
         let mut quits = tokio::task::JoinSet::new();
-        for conn in idle {
-            self.inner.live.fetch_sub(1, Ordering::Relaxed);
+        for conn in self.take_all_idle() {
             quits.spawn(conn.quit());
         }
         while quits.join_next().await.is_some() {}

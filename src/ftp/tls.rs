@@ -97,25 +97,23 @@ pub fn base_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, FtpError> 
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| FtpError::TlsConfig(e.to_string()))?;
-    let config = if let Some(fingerprint) = options.fingerprint {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                fingerprint,
-                provider,
-            }))
-            .with_no_client_auth()
-    } else if options.insecure {
-        tracing::warn!("certificate verification is DISABLED (--insecure): anyone on the path can impersonate the server");
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
-            .with_no_client_auth()
-    } else {
-        builder
+    if options.fingerprint.is_none() && !options.insecure {
+        let config = builder
             .with_root_certificates(root_store(options)?)
-            .with_no_client_auth()
+            .with_no_client_auth();
+        return Ok(Arc::new(config));
+    }
+    if options.fingerprint.is_none() {
+        tracing::warn!("certificate verification is DISABLED (--insecure): anyone on the path can impersonate the server");
+    }
+    let verifier = WithoutCaVerifier {
+        pinned: options.fingerprint,
+        provider,
     };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -375,14 +373,17 @@ impl ClientSessionStore for SessionStore {
     }
 }
 
-/// The `--fingerprint` verifier: accepts exactly one certificate, and checks signatures.
+/// The verifier for `--fingerprint` (exactly one certificate, whoever signed it) and for
+/// `--insecure` (any certificate). Either way the handshake signatures are still checked,
+/// so the server must hold the certificate's private key.
 #[derive(Debug)]
-struct PinnedCertificate {
-    fingerprint: [u8; 32],
+struct WithoutCaVerifier {
+    /// The only certificate accepted; None accepts any (`--insecure`).
+    pinned: Option<[u8; 32]>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCertificate {
+impl ServerCertVerifier for WithoutCaVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -391,65 +392,19 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pinned) = &self.pinned else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let actual = certificate_fingerprint(end_entity);
-        if actual == self.fingerprint {
+        if actual == *pinned {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
                 "server certificate {} does not match the pinned {}",
                 format_fingerprint(&actual),
-                format_fingerprint(&self.fingerprint)
+                format_fingerprint(pinned)
             )))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        AcceptAnyCertificate {
-            provider: self.provider.clone(),
-        }
-        .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        AcceptAnyCertificate {
-            provider: self.provider.clone(),
-        }
-        .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// The `--insecure` verifier: skips the certificate check but still checks handshake signatures.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
