@@ -127,6 +127,19 @@ drop_caches() {
     echo 3 >/proc/sys/vm/drop_caches
 }
 
+# Evicts COUNT ranges of LEN bytes, evenly spread over FILE, from the kernel's page cache.
+evict_ranges() {
+    python3 - "$@" <<'PY'
+import os, sys
+path, count, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(path, os.O_RDONLY)
+step = os.fstat(fd).st_size // count
+for i in range(count):
+    os.posix_fadvise(fd, i * step + step // 2, length, os.POSIX_FADV_DONTNEED)
+os.close(fd)
+PY
+}
+
 # Reads the server side of the files once, so that no workload waits for the disk.
 warm_server() { cat "$@" >/dev/null; }
 
@@ -332,6 +345,18 @@ m_seq() {
     settle
     rec warm_cmds "$(cmds_since "$mark")"
     rec warm_sent_mib "$(sent_mib_since "$mark")"
+
+    # 2a: the same again after evicting ten 2 MiB ranges, evenly spread, from the page
+    # cache: what a warm re-read costs when the kernel has reclaimed part of the file
+    # (as this kernel's DAMON reclaim does), made repeatable.
+    cp "$m/$SEQ_FILE" /dev/null || true
+    evict_ranges "$m/$SEQ_FILE" 10 $((2 << 20))
+    mark=$(log_mark)
+    rc=0 && timed cp "$m/$SEQ_FILE" /dev/null || rc=1
+    rec_rate holes_mbps "$SEQ_BYTES" $rc
+    settle
+    rec holes_cmds "$(cmds_since "$mark")"
+    rec holes_sent_mib "$(sent_mib_since "$mark")"
 
     # 2b: a file smaller than ftpsfs's cache, read once, then the kernel's caches are
     # dropped: only the mount's own cache can serve the second read.

@@ -160,6 +160,18 @@ impl Reader {
         let file_size = file.version.size;
         let block_size = self.config.block_size;
         let sequential = offset > 0 && state.last_end == Some(offset);
+        // A read that skips more than a block past the previous one means the kernel
+        // served the gap from its page cache (a warm re-read with a few pages reclaimed):
+        // what the stream reads ahead there is wasted, so it starts again from a small
+        // window. A smaller skip is the kernel's own read-ahead arriving out of order.
+        let skipped_ahead = state
+            .last_end
+            .is_some_and(|last| offset > last + block_size);
+        if skipped_ahead {
+            if let Some(stream) = &state.stream {
+                stream.shrink_window();
+            }
+        }
         // A stream that ended during this read is not replaced within it: the rest is
         // fetched by range, which retries on a fresh connection.
         let mut stream_ended = false;
@@ -448,13 +460,21 @@ impl Stream {
             && block <= state.next_block + state.window
     }
 
+    /// Lets the stream run up to `window` blocks past `block`, if it can reach `block`.
+    /// A block beyond reach moves nothing: the reader drops the stream or was served by
+    /// the cache, and either way the blocks in between are not wanted.
     fn note_reader_at(&self, block: u64) {
         let mut state = self.shared.lock();
-        if block > state.wanted {
+        if block > state.wanted && block <= state.next_block + state.window {
             state.wanted = block;
             drop(state);
             self.shared.demand.notify_one();
         }
+    }
+
+    /// Back to the smallest read-ahead window: the reader stopped needing every block.
+    fn shrink_window(&self) {
+        self.shared.lock().window = 1;
     }
 
     async fn wait_for(&self, block: u64, config: ReadConfig) -> Result<(), StreamGone> {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::error::{FtpError, Redacted};
 use super::features::Features;
 use super::listing::{self, Entry, Listing, ListingFormat, Timestamp};
-use super::options::{ConnectOptions, Security};
+use super::options::{ConnectOptions, Security, Timeouts};
 use super::passive;
 use super::reply::{Reply, ReplyParser, MAX_LINE_BYTES};
 use super::tls::{
@@ -80,6 +80,9 @@ pub struct ControlConnection {
     transfer_open: bool,
     /// A final transfer reply that arrived before the data was read (226 without 150).
     early_final_reply: Option<Reply>,
+    /// An ABOR + NOOP was sent and their replies are still to be read (see
+    /// [`Self::abort_data`]).
+    abort_replies_pending: bool,
     broken: bool,
     last_used: Instant,
 }
@@ -136,6 +139,7 @@ impl ControlConnection {
             data_connections: 0,
             transfer_open: false,
             early_final_reply: None,
+            abort_replies_pending: false,
             broken: false,
             last_used: Instant::now(),
         };
@@ -376,15 +380,26 @@ impl ControlConnection {
     }
 
     async fn send(&mut self, command: &[u8]) -> Result<(), FtpError> {
-        let text = String::from_utf8_lossy(command);
-        tracing::debug!(conn = self.id, "-> {}", Redacted(&text));
-        let mut line = Vec::with_capacity(command.len() + 2);
-        line.extend_from_slice(command);
-        line.extend_from_slice(b"\r\n");
+        self.send_all(&[command]).await
+    }
+
+    /// Sends `commands` in one write (pipelined): the server answers them in order.
+    async fn send_all(&mut self, commands: &[&[u8]]) -> Result<(), FtpError> {
+        if self.abort_replies_pending {
+            self.read_abort_replies().await?;
+        }
+        let mut line = Vec::new();
+        for command in commands {
+            let text = String::from_utf8_lossy(command);
+            tracing::debug!(conn = self.id, "-> {}", Redacted(&text));
+            line.extend_from_slice(command);
+            line.extend_from_slice(b"\r\n");
+        }
+        let first = commands.first().copied().unwrap_or_default();
         let limit = self.options.timeouts.reply;
         let result = within(
             limit,
-            || format!("sending {}", command_verb(command)),
+            || format!("sending {}", command_verb(first)),
             async {
                 let transport = self.transport()?;
                 transport
@@ -410,20 +425,7 @@ impl ControlConnection {
     }
 
     async fn command_bytes(&mut self, command: &[u8]) -> Result<Reply, FtpError> {
-        if self.transfer_open {
-            return Err(FtpError::Protocol {
-                step: command_verb(command),
-                detail: "a transfer is still open on this connection".into(),
-            });
-        }
-        self.send(command).await?;
-        let reply = self.read_reply(&command_verb(command)).await?;
-        if reply.code == 421 {
-            return Err(FtpError::Rejected {
-                command: Redacted(&String::from_utf8_lossy(command)).to_string(),
-                reply,
-            });
-        }
+        let [reply] = self.pipeline([command]).await?;
         Ok(reply)
     }
 
@@ -594,49 +596,30 @@ impl ControlConnection {
                 step: "opening a data connection on a broken connection".into(),
             });
         }
-        let target = self.passive_address().await?;
-        if offset > 0 {
-            let reply = self.command(&format!("REST {offset}")).await?;
-            if reply.code != 350 {
-                return Err(FtpError::Rejected {
-                    command: format!("REST {offset}"),
-                    reply,
-                });
-            }
-        }
+        let target = self.passive_address_and_offset(offset).await?;
         self.check_ticket_supply()?;
         let data_config = self.data_tls_config();
         let number = self.data_connections + 1;
-        let step = format!("data connection {number}");
-        let tcp = match connect_tcp(
-            &target.ip().to_string(),
-            target.port(),
-            self.options.timeouts.connect,
-        )
-        .await
-        {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                // The server waits for a connection that will not come; its state is unknown.
-                self.broken = true;
-                return Err(e);
-            }
-        };
         self.data_connections = number;
-        let handshake = match data_config {
-            None => PendingData::Plain(tcp),
-            Some(config) => {
-                let server_name = self.server_name.clone();
-                let limit = self.options.timeouts.handshake;
-                let step = step.clone();
-                PendingData::Handshake(tokio::spawn(async move {
-                    tls_handshake(tcp, config, server_name, limit, &step).await
-                }))
-            }
-        };
+        let step = format!("data connection {number}");
+        // The command goes out while the data connection is being made: servers wait for
+        // the connection after the command, and the round trips overlap.
+        let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        let handshake = PendingData(tokio::spawn(connect_data(
+            target,
+            self.options.timeouts,
+            data_config.map(|config| (config, self.server_name.clone())),
+            step.clone(),
+            connected_tx,
+        )));
         if let Err(e) = self.send(command).await {
             handshake.abandon();
             return Err(e);
+        }
+        if connected.await != Ok(true) {
+            // The server waits for a connection that will not come; its state is unknown.
+            self.broken = true;
+            return Err(handshake.connect_error(&step).await);
         }
         let reply = match self.read_reply(&command_verb(command)).await {
             Ok(reply) => reply,
@@ -648,33 +631,30 @@ impl ControlConnection {
         if !(reply.is_preliminary() || reply.is_success()) {
             return Err(self.refused_data(command, number, reply, handshake).await);
         }
-        let transport = match handshake {
-            PendingData::Plain(tcp) => Transport::Plain(tcp),
-            PendingData::Handshake(task) => match task.await {
-                Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
-                Ok(Err(handshake_error)) => {
-                    // A server that refuses the session aborts the handshake and says why
-                    // on the control connection; its words are the useful diagnosis.
-                    self.broken = true;
-                    return Err(
-                        match self.read_reply("after a failed data handshake").await {
-                            Ok(reply) if !reply.is_success() => FtpError::DataRejected {
-                                number,
-                                reply,
-                                resumed: None,
-                            },
-                            _ => handshake_error,
+        let transport = match handshake.0.await {
+            Ok(Ok(transport)) => transport,
+            Ok(Err(handshake_error)) => {
+                // A server that refuses the session aborts the handshake and says why
+                // on the control connection; its words are the useful diagnosis.
+                self.broken = true;
+                return Err(
+                    match self.read_reply("after a failed data handshake").await {
+                        Ok(reply) if !reply.is_success() => FtpError::DataRejected {
+                            number,
+                            reply,
+                            resumed: None,
                         },
-                    );
-                }
-                Err(join_error) => {
-                    self.broken = true;
-                    return Err(FtpError::Protocol {
-                        step,
-                        detail: format!("TLS handshake task failed: {join_error}"),
-                    });
-                }
-            },
+                        _ => handshake_error,
+                    },
+                );
+            }
+            Err(join_error) => {
+                self.broken = true;
+                return Err(FtpError::Protocol {
+                    step,
+                    detail: format!("TLS handshake task failed: {join_error}"),
+                });
+            }
         };
         let resumed = transport
             .tls()
@@ -761,16 +741,11 @@ impl ControlConnection {
                 reply,
             };
         }
-        let resumed = match handshake {
-            PendingData::Plain(_) => None,
-            PendingData::Handshake(task) => {
-                match tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, task).await {
-                    Ok(Ok(Ok(stream))) => {
-                        Some(stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed))
-                    }
-                    _ => None,
-                }
-            }
+        let resumed = match tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, handshake.0).await {
+            Ok(Ok(Ok(transport))) => transport
+                .tls()
+                .map(|tls| tls.handshake_kind() == Some(HandshakeKind::Resumed)),
+            _ => None,
         };
         if resumed == Some(false) {
             self.stats.data_full.fetch_add(1, Ordering::Relaxed);
@@ -783,27 +758,96 @@ impl ControlConnection {
         }
     }
 
-    async fn passive_address(&mut self) -> Result<SocketAddr, FtpError> {
-        if !self.epsv_refused {
-            let reply = self.command("EPSV").await?;
-            if reply.code == 229 {
-                let port = passive::parse_epsv(&reply.text()).map_err(|detail| {
-                    self.broken = true;
-                    FtpError::Protocol {
-                        step: "EPSV".into(),
-                        detail,
-                    }
-                })?;
-                return Ok(SocketAddr::new(self.peer.ip(), port));
+    /// The data connection's address, with the server told to start at `offset`.
+    ///
+    /// EPSV and REST go out together (one round trip instead of two) once EPSV is known to
+    /// work; after a refused EPSV, REST follows PASV on its own so that it comes right
+    /// before the transfer command, as RFC 959 asks.
+    async fn passive_address_and_offset(&mut self, offset: u64) -> Result<SocketAddr, FtpError> {
+        let rest = format!("REST {offset}");
+        let check_rest = |reply: Reply| {
+            if reply.code == 350 {
+                Ok(())
+            } else {
+                Err(FtpError::Rejected {
+                    command: rest.clone(),
+                    reply,
+                })
             }
-            if !(500..=504).contains(&reply.code) {
+        };
+        if offset > 0 && !self.epsv_refused {
+            let [epsv, rest_reply] = self.pipeline([b"EPSV".as_slice(), rest.as_bytes()]).await?;
+            let rest_result = check_rest(rest_reply);
+            if let Some(target) = self.epsv_target(epsv)? {
+                rest_result?;
+                return Ok(target);
+            }
+        }
+        let target = self.passive_address().await?;
+        if offset > 0 {
+            let reply = self.command(&rest).await?;
+            check_rest(reply)?;
+        }
+        Ok(target)
+    }
+
+    /// Sends `commands` together and reads their replies, failing on the first 421.
+    async fn pipeline<const N: usize>(
+        &mut self,
+        commands: [&[u8]; N],
+    ) -> Result<[Reply; N], FtpError> {
+        if self.transfer_open {
+            return Err(FtpError::Protocol {
+                step: command_verb(commands[0]),
+                detail: "a transfer is still open on this connection".into(),
+            });
+        }
+        self.send_all(&commands).await?;
+        let mut replies = Vec::with_capacity(N);
+        for command in commands {
+            let reply = self.read_reply(&command_verb(command)).await?;
+            if reply.code == 421 {
                 return Err(FtpError::Rejected {
-                    command: "EPSV".into(),
+                    command: Redacted(&String::from_utf8_lossy(command)).to_string(),
                     reply,
                 });
             }
-            tracing::debug!(conn = self.id, %reply, "EPSV refused; using PASV from now on");
-            self.epsv_refused = true;
+            replies.push(reply);
+        }
+        Ok(replies
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one reply per command")))
+    }
+
+    /// The address in a reply to EPSV, or None when the server does not do EPSV.
+    fn epsv_target(&mut self, reply: Reply) -> Result<Option<SocketAddr>, FtpError> {
+        if reply.code == 229 {
+            let port = passive::parse_epsv(&reply.text()).map_err(|detail| {
+                self.broken = true;
+                FtpError::Protocol {
+                    step: "EPSV".into(),
+                    detail,
+                }
+            })?;
+            return Ok(Some(SocketAddr::new(self.peer.ip(), port)));
+        }
+        if !(500..=504).contains(&reply.code) {
+            return Err(FtpError::Rejected {
+                command: "EPSV".into(),
+                reply,
+            });
+        }
+        tracing::debug!(conn = self.id, %reply, "EPSV refused; using PASV from now on");
+        self.epsv_refused = true;
+        Ok(None)
+    }
+
+    async fn passive_address(&mut self) -> Result<SocketAddr, FtpError> {
+        if !self.epsv_refused {
+            let reply = self.command("EPSV").await?;
+            if let Some(target) = self.epsv_target(reply)? {
+                return Ok(target);
+            }
         }
         if self.peer.is_ipv6() {
             return Err(FtpError::Protocol {
@@ -897,25 +941,36 @@ impl ControlConnection {
         Err(FtpError::Rejected { command, reply })
     }
 
-    /// Abandons a transfer: closes the data connection, sends ABOR and resynchronises.
+    /// Abandons a transfer: closes the data connection and sends ABOR.
     ///
     /// Servers answer ABOR with 426 then 226, or 226/225 alone, and some answer nothing
     /// until the failed write is noticed; a NOOP after ABOR marks the end of that noise.
+    /// Those replies are read before the next command, not here: the caller has its data
+    /// a round trip sooner, and by the next command they have usually arrived.
     pub async fn abort_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
         let number = data.number;
         drop(data);
         self.transfer_open = false;
         self.early_final_reply = None;
-        self.send(b"ABOR").await?;
-        self.send(b"NOOP").await?;
+        self.send_all(&[b"ABOR", b"NOOP"]).await?;
+        tracing::debug!(conn = self.id, data = number, "transfer aborted");
+        self.abort_replies_pending = true;
+        Ok(())
+    }
+
+    /// Reads the replies to an earlier ABOR + NOOP, up to the NOOP's 200.
+    async fn read_abort_replies(&mut self) -> Result<(), FtpError> {
+        self.abort_replies_pending = false;
         for _ in 0..MAX_REPLIES_AFTER_ABORT {
-            let reply = self.read_reply("ABOR").await?;
+            let reply = match self.read_reply("ABOR").await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            };
             if reply.code == 200 {
-                tracing::debug!(
-                    conn = self.id,
-                    data = number,
-                    "transfer aborted; connection in sync"
-                );
+                tracing::debug!(conn = self.id, "connection in sync after ABOR");
                 return Ok(());
             }
         }
@@ -942,20 +997,48 @@ impl ControlConnection {
     }
 }
 
-/// The data side of a connection between its TLS handshake and the command's reply.
-enum PendingData {
-    Plain(tokio::net::TcpStream),
-    Handshake(
-        tokio::task::JoinHandle<
-            Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, FtpError>,
-        >,
-    ),
-}
+/// The data connection being made (TCP connect, then the TLS handshake) while the
+/// command goes out on the control connection.
+struct PendingData(tokio::task::JoinHandle<Result<Transport, FtpError>>);
 
 impl PendingData {
     fn abandon(self) {
-        if let PendingData::Handshake(task) = self {
-            task.abort();
+        self.0.abort();
+    }
+
+    /// The error of a data connection whose TCP connect failed.
+    async fn connect_error(self, step: &str) -> FtpError {
+        match self.0.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => FtpError::Protocol {
+                step: step.to_string(),
+                detail: "connected without saying so".into(),
+            },
+            Err(join_error) => FtpError::Protocol {
+                step: step.to_string(),
+                detail: format!("connect task failed: {join_error}"),
+            },
+        }
+    }
+}
+
+/// Connects a data connection to `target` and, with `tls`, runs its TLS handshake.
+/// `connected` says whether the TCP connect worked, before the handshake starts.
+async fn connect_data(
+    target: SocketAddr,
+    timeouts: Timeouts,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    step: String,
+    connected: tokio::sync::oneshot::Sender<bool>,
+) -> Result<Transport, FtpError> {
+    let tcp = connect_tcp(&target.ip().to_string(), target.port(), timeouts.connect).await;
+    let _ = connected.send(tcp.is_ok());
+    let tcp = tcp?;
+    match tls {
+        None => Ok(Transport::Plain(tcp)),
+        Some((config, server_name)) => {
+            let stream = tls_handshake(tcp, config, server_name, timeouts.handshake, &step).await?;
+            Ok(Transport::Tls(Box::new(stream)))
         }
     }
 }
