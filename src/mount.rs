@@ -34,6 +34,8 @@ pub struct MountSettings {
     pub max_readahead: u64,
     /// `connections=`: control connections in the pool.
     pub connections: usize,
+    /// `dir_prefetch=`: subdirectories listed ahead when a directory is opened.
+    pub dir_prefetch: usize,
     /// `uid=`: owner of every file.
     pub uid: u32,
     /// `gid=`: group of every file.
@@ -71,6 +73,9 @@ impl Default for MountSettings {
             // the default cache size.
             max_readahead: 64 << 20,
             connections: PoolOptions::default().max_connections,
+            // A walk opens the subdirectories next; 64 covers most directories without
+            // ever listing thousands of directories nobody asked for.
+            dir_prefetch: 64,
             uid,
             gid,
             umask: 0o022,
@@ -182,6 +187,11 @@ impl MountSettings {
                     .filter(|n| (1..=64).contains(n))
                     .ok_or_else(|| bad("expected 1 to 64"))?
             }
+            "dir_prefetch" => {
+                self.dir_prefetch = need(value)?
+                    .parse()
+                    .map_err(|_| bad("expected a number (0 turns listing ahead off)"))?
+            }
             "uid" => self.uid = need(value)?.parse().map_err(|_| bad("expected a number"))?,
             "gid" => self.gid = need(value)?.parse().map_err(|_| bad("expected a number"))?,
             "umask" => {
@@ -224,6 +234,7 @@ impl MountSettings {
                 .max_readahead
                 .min(self.cache_size / 2)
                 .max(self.block_size),
+            dir_prefetch: self.dir_prefetch,
         }
     }
 }

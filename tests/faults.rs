@@ -628,3 +628,50 @@ fn kill_9_then_fusermount_u_then_a_new_mount_works() {
         to_recover,
     );
 }
+
+/// Waits (up to 10 s) until the server has accepted no new data connection for 300 ms:
+/// whatever the mount fetches in the background is done.
+fn wait_until_no_new_data_connections(server: &StrictServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = server.data_connections_accepted();
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(300));
+        let now = server.data_connections_accepted();
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// Opening a directory lists its subdirectories ahead: once that is done, a walk into a
+/// subdirectory needs no server at all. With `dir_prefetch=0` the same walk goes to the
+/// (stopped) server and fails, so the test sees the difference.
+#[test]
+fn opened_directory_has_its_subdirectories_listed_ahead() {
+    for prefetch in [true, false] {
+        let mut server = StrictServer::start(strict_options()).unwrap();
+        let mut config = MountConfig::new(Server::External, Tls::V13)
+            .port(server.port())
+            .dir_cache(60)
+            .option(&format!("timeout={TIMEOUT}"));
+        if !prefetch {
+            config = config.option("dir_prefetch=0");
+        }
+        let m = Mounted::with(config);
+        let names: Vec<_> = fs::read_dir(m.join("dir1")).unwrap().collect();
+        assert_eq!(names.len(), 1, "dir1 holds dir2 only");
+        wait_until_no_new_data_connections(&server);
+        let listings = server.data_connections_accepted();
+        server.stop();
+        if prefetch {
+            assert_ls_works(&m.join("dir1/dir2"), "dir3");
+        } else {
+            assert_ls_fails_with_eio(&m.join("dir1/dir2"));
+        }
+        println!(
+            "dir_prefetch {}: {listings} data connections before the server stopped",
+            if prefetch { "on" } else { "off" }
+        );
+    }
+}

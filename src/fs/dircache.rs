@@ -1,7 +1,8 @@
 //! The metadata cache: one listing per directory serves every lookup and getattr in it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use crate::ftp::Pool;
 
 use super::error::FsError;
 use super::failure::{Attempt, RecentFailure, RemembersFailure};
+use super::inode::join_path;
 
 /// One directory's entries as of one listing.
 #[derive(Debug)]
@@ -21,6 +23,8 @@ pub struct DirListing {
     index: HashMap<Vec<u8>, usize>,
     /// Symlink targets learnt from `LIST -a` when the listing itself (MLSD) lacks them.
     link_targets: Mutex<Option<HashMap<Vec<u8>, Vec<u8>>>>,
+    /// Whether the subdirectories' listings were already fetched ahead once.
+    children_prefetched: AtomicBool,
 }
 
 impl DirListing {
@@ -58,6 +62,7 @@ impl DirListing {
             entries,
             index,
             link_targets: Mutex::new(None),
+            children_prefetched: AtomicBool::new(false),
         }
     }
 
@@ -82,21 +87,29 @@ impl RemembersFailure for SlotState {
 
 type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
+/// Connections that listing ahead leaves free, so that what the user asks for now never
+/// waits behind a guess.
+const CONNECTIONS_RESERVED_FROM_PREFETCH: usize = 1;
+
 /// Directory listings with a time to live; concurrent requests for one directory share
 /// one listing command.
 pub struct DirCache {
     ttl: Duration,
     slots: Mutex<HashMap<Vec<u8>, Slot>>,
     listings: AtomicU64,
+    /// Subdirectories listed ahead per opened directory (0: none).
+    prefetch_children: usize,
 }
 
 impl DirCache {
-    /// A cache whose listings are trusted for `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    /// A cache whose listings are trusted for `ttl`; opening a directory lists up to
+    /// `prefetch_children` of its subdirectories ahead, on spare connections.
+    pub fn new(ttl: Duration, prefetch_children: usize) -> Self {
         Self {
             ttl,
             slots: Mutex::new(HashMap::new()),
             listings: AtomicU64::new(0),
+            prefetch_children,
         }
     }
 
@@ -138,6 +151,82 @@ impl DirCache {
         self.listings.fetch_add(1, Ordering::Relaxed);
         attempt.state.listing = Some(listing.clone());
         Ok(listing)
+    }
+
+    /// Lists the subdirectories of `path` ahead, in the background, on connections that
+    /// are free now: a walk (`find`, `ls -R`, `du`, a file browser) opens them next, and
+    /// listing them in parallel instead of one after another saves round trips.
+    ///
+    /// Once per listing, only for directories the user opened (never for those listed
+    /// ahead, so nothing crawls the server on its own), at most `prefetch_children` of
+    /// them, and never on the last free connection.
+    pub fn prefetch_children(self: &Arc<Self>, pool: &Pool, path: &[u8], listing: &DirListing) {
+        if self.prefetch_children == 0 || listing.children_prefetched.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let queue: VecDeque<Vec<u8>> = listing
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Dir)
+            .take(self.prefetch_children)
+            .map(|e| join_path(path, &e.name))
+            .collect();
+        if queue.is_empty() {
+            return;
+        }
+        let workers = queue.len().min(
+            pool.limit()
+                .saturating_sub(CONNECTIONS_RESERVED_FROM_PREFETCH),
+        );
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..workers {
+            let cache = self.clone();
+            let pool = pool.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    let Some(path) = next else { break };
+                    if !cache.prefetch(&pool, &path).await {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Lists `path` ahead unless it is fresh or being listed; false when no connection is
+    /// spare (the worker stops).
+    async fn prefetch(&self, pool: &Pool, path: &[u8]) -> bool {
+        let slot = self.slot(path);
+        // A busy slot is being listed by someone else: nothing to do.
+        let Ok(mut cached) = slot.try_lock() else {
+            return true;
+        };
+        if cached
+            .listing
+            .as_ref()
+            .is_some_and(|l| l.fetched.elapsed() < self.ttl)
+        {
+            return true;
+        }
+        let mut conn = match pool.try_get_spare(CONNECTIONS_RESERVED_FROM_PREFETCH).await {
+            Ok(Some(conn)) => conn,
+            _ => return false,
+        };
+        match conn.list(path).await {
+            Ok(listing) => {
+                self.listings.fetch_add(1, Ordering::Relaxed);
+                cached.listing = Some(Arc::new(DirListing::new(listing.entries)));
+                true
+            }
+            Err(e) => {
+                // Not the user's request: stay quiet and let a real one ask again.
+                tracing::debug!(path = %path.escape_ascii(), "listing ahead failed: {e}");
+                true
+            }
+        }
     }
 
     /// Forgets the listing of `path`, so the next request asks the server.

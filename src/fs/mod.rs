@@ -49,6 +49,8 @@ pub struct FsConfig {
     pub data_timeout: Duration,
     /// Largest read-ahead window in bytes.
     pub max_readahead: u64,
+    /// Subdirectories listed ahead when a directory is opened (0: none).
+    pub dir_prefetch: usize,
 }
 
 /// What kind of node an inode is.
@@ -127,7 +129,7 @@ pub struct FtpFs {
     pool: Pool,
     config: FsConfig,
     inodes: Mutex<InodeTable>,
-    dirs: DirCache,
+    dirs: Arc<DirCache>,
     cache: Arc<BlockCache>,
     reader: Reader,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -158,7 +160,7 @@ impl FtpFs {
             pool,
             config,
             inodes: Mutex::new(InodeTable::new(root_path)),
-            dirs: DirCache::new(config.dir_ttl),
+            dirs: Arc::new(DirCache::new(config.dir_ttl, config.dir_prefetch)),
             cache,
             reader,
             files: Mutex::new(HashMap::new()),
@@ -406,6 +408,8 @@ impl FtpFs {
                 return Err(FsError::NotADirectory);
             }
             let listing = self.dirs.get(&self.pool, &node.path).await?;
+            self.dirs
+                .prefetch_children(&self.pool, &node.path, &listing);
             let self_attr = self.attr(ino, entry.as_ref());
             let parent_attr = Attr {
                 ino: node.parent,
