@@ -952,7 +952,10 @@ impl ControlConnection {
         drop(data);
         self.transfer_open = false;
         self.early_final_reply = None;
-        self.send_all(&[b"ABOR", b"NOOP"]).await?;
+        // Two writes, not one: Pure-FTPd, reading ABOR in the middle of a transfer,
+        // sometimes loses a NOOP that arrived in the same segment.
+        self.send(b"ABOR").await?;
+        self.send(b"NOOP").await?;
         tracing::debug!(conn = self.id, data = number, "transfer aborted");
         self.abort_replies_pending = true;
         Ok(())
