@@ -23,6 +23,7 @@ use blockcache::{BlockCache, FileVersion};
 use dircache::DirCache;
 pub use error::FsError;
 use inode::{InodeTable, Node, ROOT_INODE};
+pub use reader::ReadData;
 use reader::{OpenFile, ReadConfig, Reader};
 
 /// Longest name a listing entry may have and still be shown (Linux NAME_MAX).
@@ -368,7 +369,7 @@ impl FtpFs {
     }
 
     /// Reads up to `size` bytes at `offset` from an open file.
-    pub async fn read(&self, handle: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    pub async fn read(&self, handle: u64, offset: u64, size: u32) -> Result<ReadData, FsError> {
         let file = self
             .files
             .lock()

@@ -8,8 +8,9 @@
 //! (file browsers, thumbnailers, `file`) or a random read fetches only a small range.
 
 use std::collections::HashMap;
+use std::ops::{Deref, Range};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -102,6 +103,8 @@ pub struct Reader {
     /// One lock per block being fetched by a ranged fetch, so concurrent readers of a
     /// block share one fetch.
     fetching: Mutex<HashMap<BlockKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Streams running now.
+    streams_running: Arc<AtomicUsize>,
 }
 
 impl Reader {
@@ -113,6 +116,7 @@ impl Reader {
             config,
             stats: Arc::new(ReadStats::default()),
             fetching: Mutex::new(HashMap::new()),
+            streams_running: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -129,10 +133,10 @@ impl Reader {
     }
 
     /// Reads up to `size` bytes at `offset` (fewer only at the end of the file).
-    pub async fn read(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    pub async fn read(&self, file: &OpenFile, offset: u64, size: u32) -> Result<ReadData, FsError> {
         let file_size = file.version.size;
         if offset >= file_size || size == 0 {
-            return Ok(Vec::new());
+            return Ok(ReadData::Owned(Vec::new()));
         }
         let end = file_size.min(offset + u64::from(size));
         let state = file.state.lock().await;
@@ -156,7 +160,7 @@ impl Reader {
         state: &mut ReadState,
         offset: u64,
         end: u64,
-    ) -> Result<Vec<u8>, FsError> {
+    ) -> Result<ReadData, FsError> {
         let file_size = file.version.size;
         let block_size = self.config.block_size;
         let sequential = offset > 0 && state.last_end == Some(offset);
@@ -175,7 +179,7 @@ impl Reader {
         // A stream that ended during this read is not replaced within it: the rest is
         // fetched by range, which retries on a fresh connection.
         let mut stream_ended = false;
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut out = ReadParts::default();
         let mut pos = offset;
         while pos < end {
             let index = pos / block_size;
@@ -188,7 +192,7 @@ impl Reader {
                 stream.note_reader_at(index);
             }
             if let Some(segment) = self.cache.get(&key, from, to) {
-                copy_out(&mut out, &segment, from, to);
+                out.push(&segment, from, to);
                 pos = block_start + to;
                 continue;
             }
@@ -197,7 +201,7 @@ impl Reader {
                     match stream.wait_for(index, self.config).await {
                         Ok(()) => {
                             if let Some(segment) = self.cache.get(&key, from, to) {
-                                copy_out(&mut out, &segment, from, to);
+                                out.push(&segment, from, to);
                                 pos = block_start + to;
                                 continue;
                             }
@@ -240,11 +244,11 @@ impl Reader {
             let segment = self
                 .fetch_range(&key, block_start, fetch_from, fetch_to)
                 .await?;
-            copy_out(&mut out, &segment, from, to);
+            out.push(&segment, from, to);
             pos = block_start + to;
         }
         state.last_end = Some(end);
-        Ok(out)
+        Ok(out.into_data())
     }
 
     /// Stops the file's stream, if any (the file was closed).
@@ -252,18 +256,28 @@ impl Reader {
         file.state.lock().await.stream = None;
     }
 
+    /// Starts a stream at block `index`, unless as many streams run as the pool can give
+    /// while keeping a connection for others.
+    ///
+    /// Below that limit the stream waits for a connection rather than falling back to
+    /// block-by-block fetches: several readers starting at once keep every connection
+    /// busy with those fetches, and a stream that only takes a connection nobody uses
+    /// would never start.
     async fn start_stream(&self, file: &OpenFile, index: u64) -> Result<Option<Stream>, FsError> {
-        let Some(conn) = self
+        let max_streams = self
             .pool
-            .try_get_spare(CONNECTIONS_RESERVED_FOR_OTHERS)
-            .await?
-        else {
+            .limit()
+            .saturating_sub(CONNECTIONS_RESERVED_FOR_OTHERS);
+        let slot = StreamSlot::take(&self.streams_running, max_streams);
+        let Some(slot) = slot else {
             tracing::debug!(
                 ino = file.ino,
-                "no spare connection for a stream; fetching block by block"
+                max_streams,
+                "as many streams as connections allow; fetching block by block"
             );
             return Ok(None);
         };
+        let conn = self.pool.get().await?;
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             ino = file.ino,
@@ -278,6 +292,7 @@ impl Reader {
                 stats: self.stats.clone(),
                 version: file.version.clone(),
                 config: self.config,
+                _slot: slot,
             },
             index,
         )))
@@ -317,7 +332,7 @@ impl Reader {
         let pool = &self.pool;
         let (data, complete) = crate::with_connection!(pool, |conn| {
             let mut data = conn.retrieve(&version.path, offset).await?;
-            let mut buf = vec![0u8; len];
+            let mut buf = self.cache.buffer(len);
             let n = data.read_full(&mut buf).await?;
             let complete = n == len && (!reaches_end || expect_end(&mut data).await?);
             if data.at_end() {
@@ -365,10 +380,52 @@ async fn expect_end(data: &mut DataConnection) -> Result<bool, FtpError> {
     Ok(data.read(&mut probe).await? == 0)
 }
 
-fn copy_out(out: &mut Vec<u8>, segment: &Segment, from: u64, to: u64) {
-    let start = (from - segment.start) as usize;
-    let end = (to - segment.start) as usize;
-    out.extend_from_slice(&segment.data[start..end]);
+/// The bytes answering one read.
+///
+/// A read within one block (almost all of them) is a view of the cached block, not a
+/// copy: a fresh buffer per read costs page faults and a copy of every byte.
+pub enum ReadData {
+    /// Part of one cached segment.
+    Shared(Arc<Vec<u8>>, Range<usize>),
+    /// Bytes gathered from several blocks.
+    Owned(Vec<u8>),
+}
+
+impl Deref for ReadData {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadData::Shared(data, range) => &data[range.clone()],
+            ReadData::Owned(data) => data,
+        }
+    }
+}
+
+/// The pieces of cached segments that make up one read, in order.
+#[derive(Default)]
+struct ReadParts(Vec<(Arc<Vec<u8>>, Range<usize>)>);
+
+impl ReadParts {
+    /// Adds the block-relative range `from..to` of `segment`.
+    fn push(&mut self, segment: &Segment, from: u64, to: u64) {
+        let start = (from - segment.start) as usize;
+        let end = (to - segment.start) as usize;
+        self.0.push((segment.data.clone(), start..end));
+    }
+
+    fn into_data(mut self) -> ReadData {
+        if self.0.len() == 1 {
+            let (data, range) = self.0.pop().expect("one part");
+            return ReadData::Shared(data, range);
+        }
+        let len = self.0.iter().map(|(_, range)| range.len()).sum();
+        let mut out = Vec::with_capacity(len);
+        for (data, range) in &self.0 {
+            out.extend_from_slice(&data[range.clone()]);
+        }
+        ReadData::Owned(out)
+    }
 }
 
 /// Why a stream cannot deliver a block.
@@ -379,7 +436,29 @@ enum StreamGone {
     Ended,
 }
 
+/// One of the limited number of streams that may run at once; freed on drop.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(running: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(running.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct StreamJob {
+    /// Held until the stream's task ends.
+    _slot: StreamSlot,
     pool: Pool,
     cache: Arc<BlockCache>,
     stats: Arc<ReadStats>,
@@ -562,7 +641,7 @@ async fn run_stream(
         }
         let block_start = block * block_size;
         let len = block_size.min(size - block_start) as usize;
-        let mut buf = vec![0u8; len];
+        let mut buf = job.cache.buffer(len);
         let n = data.read_full(&mut buf).await?;
         if n < len {
             // Shorter than listed. The final reply tells a file that changed on the server
