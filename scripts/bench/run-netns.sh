@@ -127,6 +127,9 @@ drop_caches() {
     echo 3 >/proc/sys/vm/drop_caches
 }
 
+# MiB of FILE in the kernel's page cache (mincore through fincore; reads nothing).
+resident_mib() { fincore --bytes --noheadings --output RES "$1" | awk '{ printf "%.1f", $1 / 1048576 }'; }
+
 # Evicts COUNT ranges of LEN bytes, evenly spread over FILE, from the kernel's page cache.
 evict_ranges() {
     python3 - "$@" <<'PY'
@@ -339,6 +342,8 @@ m_seq() {
     rec seq_sent_mib "$(sent_mib_since "$mark")"
 
     # 2: the same file again, on the same mount: the kernel page cache may serve it.
+    # How much of it the kernel still holds tells what the mount had to fetch.
+    rec warm_resident_mib "$(resident_mib "$m/$SEQ_FILE")"
     mark=$(log_mark)
     rc=0 && timed cp "$m/$SEQ_FILE" /dev/null || rc=1
     rec_rate warm_mbps "$SEQ_BYTES" $rc
