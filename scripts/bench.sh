@@ -17,6 +17,9 @@
 #   --no-doc       do not write docs/BENCHMARKS.md (the report is still printed and kept
 #                  under the state dir).
 #
+# FTPSFS_OPTIONS=connections=8,... adds mount options to ftpsfs's mounts, for experiments
+# (reports made with it are not comparable with the defaults in docs/BENCHMARKS.md).
+#
 # On a fresh Debian machine, as root, it:
 #   1. installs what it needs: the test suite's dependencies (scripts/install-deps.sh:
 #      vsftpd, fuse3, curl), fio, rsync, iptables, gcc + libnetfilter-queue, and the

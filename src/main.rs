@@ -45,7 +45,7 @@ struct MountArgs {
     #[arg(required = true)]
     mountpoint: Option<PathBuf>,
     /// Mount options, comma-separated: cache_size=256M, dir_cache=60, block_size=1M,
-    /// readahead=64M, connections=4, dir_prefetch=64, timeout=20, uid=N, gid=N, umask=022, allow_other,
+    /// readahead=64M, connections=5, dir_prefetch=64, timeout=20, uid=N, gid=N, umask=022, allow_other,
     /// allow_root, default_permissions, password_file=F, ca_file=PEM, insecure,
     /// tls=1.2|1.3|auto, log_file=F, debug; fstab options such as _netdev are ignored.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]

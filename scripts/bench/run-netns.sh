@@ -251,7 +251,7 @@ mount_fs() {
     case $SYS in
     ftpsfs)
         "$FTPSFS_BIN" "ftp://$BENCH_USER@$HOST:$PORT/" "$dir" -f \
-            -o "ca_file=$CA,password_file=$PASSWORD_FILE,cache_size=$FTPSFS_CACHE,log_file=$MOUNT_LOG" \
+            -o "ca_file=$CA,password_file=$PASSWORD_FILE,cache_size=$FTPSFS_CACHE,log_file=$MOUNT_LOG${FTPSFS_OPTIONS:+,$FTPSFS_OPTIONS}" \
             </dev/null >>"$LOGS/ftpsfs.stderr" 2>&1 &
         ;;
     rclone-off | rclone-full)
