@@ -205,6 +205,21 @@ async fn abort_then_continue(server: Server, tls: Tls) {
             body,
             fs::read(common::env().data.join("small.txt")).unwrap()
         );
+        // A transfer known complete leaves its 226 for the next command to read: the
+        // reply to SIZE must still be SIZE's, not the 226.
+        let mut data = conn.retrieve(b"small.txt", 0).await.expect("RETR");
+        let mut whole = vec![0u8; 13];
+        assert_eq!(data.read_full(&mut whole).await.expect("read"), 13);
+        assert_eq!(data.read(&mut [0u8; 1]).await.expect("read the end"), 0);
+        conn.finish_complete_data(data)
+            .await
+            .expect("finish without waiting");
+        assert_eq!(whole, body);
+        let size = conn
+            .size(b"small.txt")
+            .await
+            .expect("SIZE after a deferred 226");
+        assert_eq!(size, 13, "round {round}");
     }
 }
 

@@ -335,7 +335,9 @@ impl Reader {
             let mut buf = self.cache.buffer(len);
             let n = data.read_full(&mut buf).await?;
             let complete = n == len && (!reaches_end || expect_end(&mut data).await?);
-            if data.at_end() {
+            if complete && data.at_end() {
+                conn.finish_complete_data(data).await?;
+            } else if data.at_end() {
                 conn.finish_data(data).await?;
             } else {
                 conn.abort_data(data).await?;
@@ -669,7 +671,7 @@ async fn run_stream(
             if !expect_end(&mut data).await? {
                 return Err(FsError::Changed);
             }
-            conn.finish_data(data).await?;
+            conn.finish_complete_data(data).await?;
             return Ok(());
         }
         block += 1;

@@ -80,9 +80,9 @@ pub struct ControlConnection {
     transfer_open: bool,
     /// A final transfer reply that arrived before the data was read (226 without 150).
     early_final_reply: Option<Reply>,
-    /// An ABOR + NOOP was sent and their replies are still to be read (see
-    /// [`Self::abort_data`]).
-    abort_replies_pending: bool,
+    /// Replies still to be read before the next command (see [`Self::abort_data`] and
+    /// [`Self::finish_complete_data`]).
+    pending: PendingReplies,
     broken: bool,
     last_used: Instant,
 }
@@ -139,7 +139,7 @@ impl ControlConnection {
             data_connections: 0,
             transfer_open: false,
             early_final_reply: None,
-            abort_replies_pending: false,
+            pending: PendingReplies::None,
             broken: false,
             last_used: Instant::now(),
         };
@@ -383,11 +383,27 @@ impl ControlConnection {
         self.send_all(&[command]).await
     }
 
+    /// Whether replies to an earlier transfer's end are still to be read.
+    pub fn owes_replies(&self) -> bool {
+        !matches!(self.pending, PendingReplies::None)
+    }
+
+    /// Reads the replies owed (see [`Self::owes_replies`]); every command does this first.
+    pub async fn settle(&mut self) -> Result<(), FtpError> {
+        match std::mem::replace(&mut self.pending, PendingReplies::None) {
+            PendingReplies::None => Ok(()),
+            PendingReplies::Abort => self.read_abort_replies().await,
+            PendingReplies::FinalReply { number, command } => {
+                let reply = self.read_reply(&format!("end of {command}")).await?;
+                self.check_final_reply_of_complete_data(number, reply);
+                Ok(())
+            }
+        }
+    }
+
     /// Sends `commands` in one write (pipelined): the server answers them in order.
     async fn send_all(&mut self, commands: &[&[u8]]) -> Result<(), FtpError> {
-        if self.abort_replies_pending {
-            self.read_abort_replies().await?;
-        }
+        self.settle().await?;
         let mut line = Vec::new();
         for command in commands {
             let text = String::from_utf8_lossy(command);
@@ -957,13 +973,55 @@ impl ControlConnection {
         self.send(b"ABOR").await?;
         self.send(b"NOOP").await?;
         tracing::debug!(conn = self.id, data = number, "transfer aborted");
-        self.abort_replies_pending = true;
+        self.pending = PendingReplies::Abort;
         Ok(())
+    }
+
+    /// Ends a transfer whose data is known complete: every byte expected arrived, then
+    /// the end of the stream with TLS close_notify. The server's final reply is read
+    /// before the next command rather than waited for, which saves the caller a round
+    /// trip; whatever it says, the data stands (as in [`Self::finish_data`]).
+    ///
+    /// Without close_notify (or at plain FTP's bare end of stream) this is
+    /// [`Self::finish_data`], whose checks need the reply.
+    pub async fn finish_complete_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
+        if !(data.eof && data.close_notify) {
+            return self.finish_data(data).await;
+        }
+        let DataConnection {
+            mut transport,
+            number,
+            command,
+            received,
+            ..
+        } = data;
+        // vsftpd sends its 226 only after the client's close_notify.
+        let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
+        drop(transport);
+        self.transfer_open = false;
+        tracing::debug!(conn = self.id, data = number, received, "transfer complete");
+        match self.early_final_reply.take() {
+            Some(reply) => self.check_final_reply_of_complete_data(number, reply),
+            None => self.pending = PendingReplies::FinalReply { number, command },
+        }
+        Ok(())
+    }
+
+    /// Logs the final reply of a transfer whose data arrived complete.
+    fn check_final_reply_of_complete_data(&self, number: u64, reply: Reply) {
+        if reply.is_success() {
+            tracing::debug!(conn = self.id, data = number, "transfer finished: {reply}");
+        } else {
+            tracing::warn!(
+                conn = self.id,
+                data = number,
+                "server reported {reply} after the data arrived complete; keeping the data"
+            );
+        }
     }
 
     /// Reads the replies to an earlier ABOR + NOOP, up to the NOOP's 200.
     async fn read_abort_replies(&mut self) -> Result<(), FtpError> {
-        self.abort_replies_pending = false;
         for _ in 0..MAX_REPLIES_AFTER_ABORT {
             let reply = match self.read_reply("ABOR").await {
                 Ok(reply) => reply,
@@ -998,6 +1056,18 @@ impl ControlConnection {
             let _ = tokio::time::timeout(Duration::from_secs(1), transport.shutdown()).await;
         }
     }
+}
+
+/// Replies a connection owes before its next command.
+enum PendingReplies {
+    None,
+    /// Those to ABOR, then NOOP's 200.
+    Abort,
+    /// The final reply of a transfer whose data arrived complete.
+    FinalReply {
+        number: u64,
+        command: String,
+    },
 }
 
 /// The data connection being made (TCP connect, then the TLS handshake) while the

@@ -293,7 +293,7 @@ macro_rules! with_connection {
 pub struct PooledConnection {
     conn: Option<ControlConnection>,
     pool: Arc<PoolInner>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PooledConnection {
@@ -301,7 +301,7 @@ impl PooledConnection {
         Self {
             conn: Some(conn),
             pool,
-            _permit: permit,
+            permit: Some(permit),
         }
     }
 }
@@ -322,16 +322,43 @@ impl DerefMut for PooledConnection {
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         if conn.is_broken() || conn.transfer_open() {
             tracing::debug!(conn = conn.id(), "dropping a broken connection");
             self.pool.live.fetch_sub(1, Ordering::Relaxed);
-        } else {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
+            return;
         }
+        if conn.owes_replies() {
+            // The replies to the last transfer's end (226, or ABOR's) are a round trip
+            // away: read them in the background, still counting against the limit, so
+            // the next operation takes another connection instead of waiting.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let pool = self.pool.clone();
+                let permit = self.permit.take();
+                runtime.spawn(async move {
+                    match conn.settle().await {
+                        Ok(()) => pool.return_idle(conn),
+                        Err(e) => {
+                            tracing::debug!(conn = conn.id(), "dropping a connection: {e}");
+                            pool.live.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                    drop(permit);
+                });
+                return;
+            }
+        }
+        self.pool.return_idle(conn);
+    }
+}
+
+impl PoolInner {
+    fn return_idle(&self, conn: ControlConnection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
     }
 }
