@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -414,7 +415,12 @@ pub fn serve(
         }
     };
     let unmounter = session.unmount_callable();
-    runtime.spawn(unmount_on_signals(unmounter, mountpoint.to_path_buf()));
+    let unmount_requested = Arc::new(AtomicBool::new(false));
+    runtime.spawn(unmount_on_signals(
+        unmounter,
+        mountpoint.to_path_buf(),
+        unmount_requested.clone(),
+    ));
     tracing::info!("mounted {source} on {}", mountpoint.display());
     if let Some(pipe) = ready.take() {
         pipe.ready();
@@ -423,12 +429,27 @@ pub fn serve(
     runtime.block_on(pool.close());
     let stats = fs.stats();
     tracing::info!(?stats, tls = %pool.stats(), "unmounted");
-    result.map_err(|e| format!("FUSE session ended with an error: {e}"))
+    match result {
+        // fuser drops its mount handle when an unmount fails as busy, which may abort the
+        // FUSE connection before the lazy detach takes over: after a signal asked for
+        // the unmount, that is the end asked for, not an error.
+        Err(e)
+            if e.raw_os_error() == Some(libc::ECONNABORTED)
+                && unmount_requested.load(Ordering::Relaxed) =>
+        {
+            Ok(())
+        }
+        result => result.map_err(|e| format!("FUSE session ended with an error: {e}")),
+    }
 }
 
 /// Unmounts on SIGINT, SIGTERM or SIGHUP; a busy mount is detached lazily (as
 /// `fusermount3 -u -z` does), and the process ends once its last user lets go.
-async fn unmount_on_signals(mut unmounter: fuser::SessionUnmounter, mountpoint: PathBuf) {
+async fn unmount_on_signals(
+    mut unmounter: fuser::SessionUnmounter,
+    mountpoint: PathBuf,
+    requested: Arc<AtomicBool>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
         signal(SignalKind::interrupt()),
@@ -445,6 +466,7 @@ async fn unmount_on_signals(mut unmounter: fuser::SessionUnmounter, mountpoint: 
             _ = hangup.recv() => {}
         }
         tracing::info!("signal received; unmounting {}", mountpoint.display());
+        requested.store(true, Ordering::Relaxed);
         if let Err(e) = unmounter.unmount() {
             tracing::info!("unmount: {e}; detaching the busy mount lazily");
             if let Err(e) = lazy_unmount(&mountpoint) {
