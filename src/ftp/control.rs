@@ -823,6 +823,9 @@ impl ControlConnection {
         for command in commands {
             let reply = self.read_reply(&command_verb(command)).await?;
             if reply.code == 421 {
+                // The server is closing the connection (and replies to the rest of the
+                // commands sent will never be read).
+                self.broken = true;
                 return Err(FtpError::Rejected {
                     command: Redacted(&String::from_utf8_lossy(command)).to_string(),
                     reply,
