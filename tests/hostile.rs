@@ -706,3 +706,43 @@ fn plain_ftp_only_with_the_plain_option() {
         "{plain:?}"
     );
 }
+
+/// A REST the server accepted stays in force until the next transfer: when the passive
+/// step fails after it (EPSV and REST go out together), the connection must not serve
+/// another transfer, or that one would start at the stale offset and serve wrong bytes.
+#[test]
+fn a_failed_passive_step_after_an_accepted_rest_retires_the_connection() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (offset, retired) in [(4096u64, true), (0, false)] {
+        let mut opts = options();
+        opts.epsv_reply = Some("425 Cannot open a passive port now.".into());
+        opts.add_file(b"f.bin", &[7u8; 8192]);
+        let server = FakeServer::start(opts);
+        let connect = common::options(server.port(), ftpsfs::ftp::Security::ExplicitTls, Tls::V13);
+        runtime.block_on(async {
+            let stats = Arc::new(ftpsfs::ftp::tls::TlsStats::default());
+            let mut conn = ftpsfs::ftp::ControlConnection::connect(Arc::new(connect), stats)
+                .await
+                .expect("connect to the fake server");
+            let error = conn
+                .retrieve(b"f.bin", offset)
+                .await
+                .err()
+                .expect("EPSV refused with 425");
+            assert!(
+                error.to_string().contains("425"),
+                "offset {offset}: {error}"
+            );
+            assert_eq!(
+                conn.is_broken(),
+                retired,
+                "offset {offset}: REST {} the connection",
+                if retired {
+                    "accepted must retire"
+                } else {
+                    "never sent must keep"
+                }
+            );
+        });
+    }
+}

@@ -83,6 +83,9 @@ pub struct ControlConnection {
     /// Replies still to be read before the next command (see [`Self::abort_data`] and
     /// [`Self::finish_complete_data`]).
     pending: PendingReplies,
+    /// A command was sent (or owed replies are being read) and its replies are not all
+    /// read yet: if the operation is cancelled now, the connection cannot be reused.
+    exchange_open: bool,
     broken: bool,
     last_used: Instant,
 }
@@ -140,6 +143,7 @@ impl ControlConnection {
             transfer_open: false,
             early_final_reply: None,
             pending: PendingReplies::None,
+            exchange_open: false,
             broken: false,
             last_used: Instant::now(),
         };
@@ -388,22 +392,42 @@ impl ControlConnection {
         !matches!(self.pending, PendingReplies::None)
     }
 
+    /// Whether the connection is in the middle of an exchange (a command sent, its
+    /// replies not all read): an operation was cancelled there, and the replies still
+    /// to come would be taken for the next command's.
+    pub fn mid_exchange(&self) -> bool {
+        self.exchange_open
+    }
+
     /// Reads the replies owed (see [`Self::owes_replies`]); every command does this first.
     pub async fn settle(&mut self) -> Result<(), FtpError> {
-        match std::mem::replace(&mut self.pending, PendingReplies::None) {
-            PendingReplies::None => Ok(()),
-            PendingReplies::Abort => self.read_abort_replies().await,
+        let pending = std::mem::replace(&mut self.pending, PendingReplies::None);
+        if matches!(pending, PendingReplies::None) {
+            return Ok(());
+        }
+        self.exchange_open = true;
+        match pending {
+            PendingReplies::None => {}
+            PendingReplies::Abort => self.read_abort_replies().await?,
             PendingReplies::FinalReply { number, command } => {
                 let reply = self.read_reply(&format!("end of {command}")).await?;
                 self.check_final_reply_of_complete_data(number, reply);
-                Ok(())
             }
         }
+        if self.broken {
+            // A 421 as the owed reply: the server is closing the connection.
+            return Err(FtpError::Closed {
+                step: "reading the end of the previous transfer".into(),
+            });
+        }
+        self.exchange_open = false;
+        Ok(())
     }
 
     /// Sends `commands` in one write (pipelined): the server answers them in order.
     async fn send_all(&mut self, commands: &[&[u8]]) -> Result<(), FtpError> {
         self.settle().await?;
+        self.exchange_open = true;
         let mut line = Vec::new();
         for command in commands {
             let text = String::from_utf8_lossy(command);
@@ -633,9 +657,34 @@ impl ControlConnection {
             return Err(e);
         }
         if connected.await != Ok(true) {
-            // The server waits for a connection that will not come; its state is unknown.
-            self.broken = true;
-            return Err(handshake.connect_error(&step).await);
+            let connect_error = handshake.connect_error(&step).await;
+            // The server may have refused the command (550) and closed its passive port
+            // before the connection came: then its reply is the answer, and the
+            // connection stays usable. Otherwise the server waits for a connection that
+            // will not come, and its state is unknown.
+            let reply = tokio::time::timeout(
+                REJECTED_HANDSHAKE_GRACE,
+                self.read_reply(&command_verb(command)),
+            )
+            .await;
+            return Err(match reply {
+                Ok(Ok(reply))
+                    if !(reply.is_preliminary()
+                        || reply.is_success()
+                        || is_data_connection_failure(&reply)
+                        || self.broken) =>
+                {
+                    self.exchange_open = false;
+                    FtpError::Rejected {
+                        command: String::from_utf8_lossy(command).into_owned(),
+                        reply,
+                    }
+                }
+                _ => {
+                    self.broken = true;
+                    connect_error
+                }
+            });
         }
         let reply = match self.read_reply(&command_verb(command)).await {
             Ok(reply) => reply,
@@ -645,7 +694,9 @@ impl ControlConnection {
             }
         };
         if !(reply.is_preliminary() || reply.is_success()) {
-            return Err(self.refused_data(command, number, reply, handshake).await);
+            let error = self.refused_data(command, number, reply, handshake).await;
+            self.exchange_open = false;
+            return Err(error);
         }
         let transport = match handshake.0.await {
             Ok(Ok(transport)) => transport,
@@ -693,6 +744,7 @@ impl ControlConnection {
             self.early_final_reply = Some(reply);
         }
         self.transfer_open = true;
+        self.exchange_open = false;
         Ok(DataConnection {
             transport,
             number,
@@ -794,9 +846,24 @@ impl ControlConnection {
         if offset > 0 && !self.epsv_refused {
             let [epsv, rest_reply] = self.pipeline([b"EPSV".as_slice(), rest.as_bytes()]).await?;
             let rest_result = check_rest(rest_reply);
-            if let Some(target) = self.epsv_target(epsv)? {
-                rest_result?;
-                return Ok(target);
+            // Once REST is accepted, the server starts the next transfer at `offset`
+            // whatever it is: a connection left so must never serve another transfer.
+            let rest_set = rest_result.is_ok();
+            match self.epsv_target(epsv) {
+                Ok(Some(target)) => {
+                    rest_result?;
+                    return Ok(target);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.broken |= rest_set;
+                    return Err(e);
+                }
+            }
+            if rest_set {
+                let result = self.passive_address().await;
+                self.broken |= result.is_err();
+                return result;
             }
         }
         let target = self.passive_address().await?;
@@ -833,6 +900,7 @@ impl ControlConnection {
             }
             replies.push(reply);
         }
+        self.exchange_open = false;
         Ok(replies
             .try_into()
             .unwrap_or_else(|_| unreachable!("one reply per command")))
@@ -919,10 +987,12 @@ impl ControlConnection {
         let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
         drop(transport);
         self.transfer_open = false;
+        self.exchange_open = true;
         let reply = match self.early_final_reply.take() {
             Some(reply) => reply,
             None => self.read_reply(&format!("end of {command}")).await?,
         };
+        self.exchange_open = false;
         tracing::debug!(
             conn = self.id,
             data = number,
@@ -977,6 +1047,7 @@ impl ControlConnection {
         self.send(b"NOOP").await?;
         tracing::debug!(conn = self.id, data = number, "transfer aborted");
         self.pending = PendingReplies::Abort;
+        self.exchange_open = false;
         Ok(())
     }
 

@@ -213,6 +213,10 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner())
                 .pop()?;
             let mut conn = conn;
+            if conn.is_broken() {
+                self.inner.live.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
             if conn.idle_for() < self.inner.options.check_idle_after {
                 return Some(conn);
             }
@@ -325,7 +329,7 @@ impl Drop for PooledConnection {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if conn.is_broken() || conn.transfer_open() {
+        if conn.is_broken() || conn.transfer_open() || conn.mid_exchange() {
             tracing::debug!(conn = conn.id(), "dropping a broken connection");
             self.pool.live.fetch_sub(1, Ordering::Relaxed);
             return;
@@ -339,7 +343,11 @@ impl Drop for PooledConnection {
                 let permit = self.permit.take();
                 runtime.spawn(async move {
                     match conn.settle().await {
-                        Ok(()) => pool.return_idle(conn),
+                        Ok(()) if !conn.is_broken() => pool.return_idle(conn),
+                        Ok(()) => {
+                            tracing::debug!(conn = conn.id(), "dropping a broken connection");
+                            pool.live.fetch_sub(1, Ordering::Relaxed);
+                        }
                         Err(e) => {
                             tracing::debug!(conn = conn.id(), "dropping a connection: {e}");
                             pool.live.fetch_sub(1, Ordering::Relaxed);
