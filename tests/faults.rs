@@ -23,7 +23,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::mount::{mounted_fstype, run, scratch_dir, MountConfig, Mounted};
+use common::mount::{
+    mounted_fstype, read_at_most, read_concurrently, run, scratch_dir, MountConfig, Mounted,
+};
 use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
 use common::{env, Server, Tls};
 
@@ -70,21 +72,6 @@ fn local_bytes(relative: &str, offset: u64, len: usize) -> Vec<u8> {
     let n = file.read_at(&mut buf, offset).unwrap();
     buf.truncate(n);
     buf
-}
-
-/// Reads `len` bytes at `offset` (fewer only at the end of the file).
-fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 fn errno_name(errno: i32) -> String {
@@ -168,7 +155,7 @@ fn server_stopped_mid_read_is_eio_then_the_same_read_works() {
     let mut offset = 0u64;
     while offset < 8 * MIB as u64 {
         assert_eq!(
-            read_at(&file, offset, MIB).unwrap(),
+            read_at_most(&file, offset, MIB).unwrap(),
             local_bytes(name, offset, MIB)
         );
         offset += MIB as u64;
@@ -179,7 +166,7 @@ fn server_stopped_mid_read_is_eio_then_the_same_read_works() {
     // Whatever the read-ahead already holds is served; then the read must fail, never
     // end early or return wrong bytes.
     let result = loop {
-        match read_at(&file, offset, MIB) {
+        match read_at_most(&file, offset, MIB) {
             Ok(data) => {
                 assert!(
                     !data.is_empty() && offset < size,
@@ -211,7 +198,7 @@ fn server_stopped_mid_read_is_eio_then_the_same_read_works() {
     // The same read, retried as an application would: it works once the failure is more
     // than a second old (ftpsfs answers retries within a second of a failure from memory).
     let to_recover = time_to_recover("the same read after the restart", || {
-        match read_at(&file, offset, MIB) {
+        match read_at_most(&file, offset, MIB) {
             Ok(data) if data == local_bytes(name, offset, MIB) => Ok(()),
             Ok(_) => panic!("the same read after the restart returned wrong bytes"),
             Err(e) => Err(e.to_string()),
@@ -219,7 +206,7 @@ fn server_stopped_mid_read_is_eio_then_the_same_read_works() {
     });
     // And the whole rest of the file, through the same descriptor.
     while offset < size {
-        let data = read_at(&file, offset, 4 * MIB).unwrap();
+        let data = read_at_most(&file, offset, 4 * MIB).unwrap();
         assert!(
             data == local_bytes(name, offset, 4 * MIB),
             "wrong bytes at {offset}"
@@ -242,15 +229,8 @@ fn idle_connections_dropped(reply_421: bool) {
     let server = StrictServer::start(options).unwrap();
     let m = Mounted::with(fault_mount(server.port()));
     // Several connections in the pool: concurrent reads need one each.
-    let readers: Vec<_> = ["medium.bin", "dir1/dir2/dir3/deep.txt", "small.txt"]
-        .into_iter()
-        .map(|name| {
-            let path = m.join(name);
-            thread::spawn(move || (name, fs::read(path)))
-        })
-        .collect();
-    for reader in readers {
-        let (name, data) = reader.join().unwrap();
+    let names = ["medium.bin", "dir1/dir2/dir3/deep.txt", "small.txt"];
+    for (name, data) in read_concurrently(m.path(), &names) {
         assert!(data.unwrap() == fs::read(local(name)).unwrap(), "{name}");
     }
     let connections = server.control_connections();
@@ -408,7 +388,7 @@ fn network_fault(fault: &str, fault_on: &[&str], fault_off: &[&str]) {
         "read of an open file during the network fault",
         libc::EIO,
         started,
-        read_at(&open, 0, 64 << 10),
+        read_at_most(&open, 0, 64 << 10),
     );
     let started = Instant::now();
     let cat = assert_fails(
@@ -426,7 +406,7 @@ fn network_fault(fault: &str, fault_on: &[&str], fault_off: &[&str]) {
             .and_then(|n| if n > 0 { Ok(()) } else { Err("empty".into()) })
     });
     assert_ls_works(&m.join("dir1"), "dir2");
-    assert!(read_at(&open, 0, 64 << 10).unwrap() == local_bytes("medium.bin", 0, 64 << 10));
+    assert!(read_at_most(&open, 0, 64 << 10).unwrap() == local_bytes("medium.bin", 0, 64 << 10));
     assert!(fs::read(m.join("medium.bin")).unwrap() == fs::read(local("medium.bin")).unwrap());
     assert_eq!(
         fs::read(m.join("many/f0001.txt")).unwrap(),
@@ -478,15 +458,7 @@ fn too_many_connections_421_makes_the_pool_adapt() {
         "empty.txt",
     ];
     let started = Instant::now();
-    let readers: Vec<_> = names
-        .into_iter()
-        .map(|name| {
-            let path = m.join(name);
-            thread::spawn(move || (name, fs::read(path)))
-        })
-        .collect();
-    for reader in readers {
-        let (name, data) = reader.join().unwrap();
+    for (name, data) in read_concurrently(m.path(), &names) {
         let data = data.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(
             data == fs::read(local(name)).unwrap(),
@@ -524,11 +496,11 @@ fn stalled_data_connection_is_eio_then_the_same_read_works() {
         "first read, stalled",
         libc::EIO,
         started,
-        read_at(&file, 0, 64 << 10),
+        read_at_most(&file, 0, 64 << 10),
     );
     server.set_stall_data_after(None);
     let range_recover = time_to_recover("the same read after the stall", || {
-        read_at(&file, 0, 64 << 10)
+        read_at_most(&file, 0, 64 << 10)
             .map(|data| assert_eq!(data, local_bytes(name, 0, 64 << 10)))
             .map_err(|e| e.to_string())
     });
@@ -540,7 +512,7 @@ fn stalled_data_connection_is_eio_then_the_same_read_works() {
     let mut offset = 0u64;
     let mut last_ok = Instant::now();
     let result = loop {
-        match read_at(&file, offset, MIB) {
+        match read_at_most(&file, offset, MIB) {
             Ok(data) => {
                 assert!(
                     data == local_bytes(name, offset, MIB),
@@ -556,7 +528,7 @@ fn stalled_data_connection_is_eio_then_the_same_read_works() {
     let stream = assert_fails("sequential read, stalled", libc::EIO, last_ok, result);
     server.set_stall_data_after(None);
     let stream_recover = time_to_recover("the same sequential read after the stall", || {
-        read_at(&file, offset, MIB)
+        read_at_most(&file, offset, MIB)
             .map(|data| assert!(data == local_bytes(name, offset, MIB)))
             .map_err(|e| e.to_string())
     });

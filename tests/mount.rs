@@ -16,7 +16,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +24,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::mount::{
-    force_unmount, is_fuse_mounted, mounted_fstype, pids_with_arg, process_alive, run, scratch_dir,
-    wait_timeout, MountConfig, Mounted, EXIT_TIMEOUT,
+    force_unmount, is_fuse_mounted, mounted_fstype, pids_with_arg, process_alive, read_at_most,
+    run, scratch_dir, wait_timeout, MountConfig, Mounted, EXIT_TIMEOUT,
 };
 use common::{env, expected_sha256, hex, target, Server, Tls};
 use openssl::sha::Sha256;
@@ -778,21 +778,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-/// Reads up to `len` bytes at `offset`, looping over short reads, stopping at EOF.
-fn read_at_most(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 fn huge_random(server: Server, tls: Tls) {

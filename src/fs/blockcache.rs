@@ -132,7 +132,6 @@ impl BlockCache {
                 drop(spare);
                 // Old bytes are initialized; only a longer length needs filling.
                 buffer.resize(len, 0);
-                buffer.truncate(len);
                 return buffer;
             }
         }

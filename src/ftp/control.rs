@@ -1012,11 +1012,7 @@ impl ControlConnection {
             return Ok(());
         }
         if eof && close_notify && matches!(reply.code, 426 | 451) {
-            tracing::warn!(
-                conn = self.id,
-                data = number,
-                "server reported {reply} after the data arrived complete; keeping the data"
-            );
+            self.check_final_reply_of_complete_data(number, reply);
             return Ok(());
         }
         if is_data_connection_failure(&reply) {
@@ -1081,7 +1077,8 @@ impl ControlConnection {
         Ok(())
     }
 
-    /// Logs the final reply of a transfer whose data arrived complete.
+    /// Logs the final reply of a transfer whose data arrived complete: a failure there
+    /// (426/451 after close_notify) does not undo the data.
     fn check_final_reply_of_complete_data(&self, number: u64, reply: Reply) {
         if reply.is_success() {
             tracing::debug!(conn = self.id, data = number, "transfer finished: {reply}");

@@ -22,6 +22,37 @@ pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The URL `ftpsfs` mounts for a target: explicit TLS is `ftp://`, implicit `ftps://`.
+/// Reads up to `len` bytes at `offset`, looping over short reads, stopping at EOF.
+pub fn read_at_most(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Reads every file of `names` under `dir` at once, one thread each, in that order.
+pub fn read_concurrently(
+    dir: &Path,
+    names: &[&'static str],
+) -> Vec<(&'static str, std::io::Result<Vec<u8>>)> {
+    let readers: Vec<_> = names
+        .iter()
+        .map(|&name| {
+            let path = dir.join(name);
+            thread::spawn(move || (name, fs::read(path)))
+        })
+        .collect();
+    readers.into_iter().map(|r| r.join().unwrap()).collect()
+}
+
 pub fn url(target: &Target) -> String {
     let scheme = match target.options.security {
         Security::ImplicitTls => "ftps",
