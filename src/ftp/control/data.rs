@@ -1,0 +1,625 @@
+//! Data connections: the passive address, the TLS handshake that resumes the control
+//! connection's session, and the end or abort of a transfer.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, HandshakeKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::replies::{command_verb, PendingReplies};
+use super::{io_error, summarize, ControlConnection};
+use crate::ftp::error::FtpError;
+use crate::ftp::options::Timeouts;
+use crate::ftp::passive;
+use crate::ftp::reply::Reply;
+use crate::ftp::tls::non_resuming_config;
+use crate::ftp::transport::{connect_tcp, tls_handshake, Transport};
+
+/// How long to wait for a refused data connection's handshake to settle, to report it.
+const REJECTED_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
+
+impl ControlConnection {
+    /// Opens a passive data connection for `command`, resuming this connection's TLS session.
+    ///
+    /// The command is sent while the TLS handshake runs: vsftpd sends 150 before its TLS
+    /// accept, other servers accept first, and either order must work.
+    pub async fn open_data(
+        &mut self,
+        command: &[u8],
+        offset: u64,
+    ) -> Result<DataConnection, FtpError> {
+        if self.broken {
+            return Err(FtpError::Closed {
+                step: "opening a data connection on a broken connection".into(),
+            });
+        }
+        let target = self.passive_address_and_offset(offset).await?;
+        self.check_ticket_supply()?;
+        let data_config = self.data_tls_config();
+        let number = self.data_connections + 1;
+        self.data_connections = number;
+        let step = format!("data connection {number}");
+        // The command goes out while the data connection is being made: servers wait for
+        // the connection after the command, and the round trips overlap.
+        let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        let handshake = PendingData(tokio::spawn(connect_data(
+            target,
+            self.options.timeouts,
+            data_config.map(|config| (config, self.server_name.clone())),
+            step.clone(),
+            connected_tx,
+        )));
+        if let Err(e) = self.send(command).await {
+            handshake.abandon();
+            return Err(e);
+        }
+        if connected.await != Ok(true) {
+            let connect_error = handshake.connect_error(&step).await;
+            // The server may have refused the command (550) and closed its passive port
+            // before the connection came: then its reply is the answer, and the
+            // connection stays usable. Otherwise the server waits for a connection that
+            // will not come, and its state is unknown.
+            let reply = tokio::time::timeout(
+                REJECTED_HANDSHAKE_GRACE,
+                self.read_reply(&command_verb(command)),
+            )
+            .await;
+            return Err(match reply {
+                Ok(Ok(reply))
+                    if !(reply.is_preliminary()
+                        || reply.is_success()
+                        || is_data_connection_failure(&reply)
+                        || self.broken) =>
+                {
+                    self.exchange_open = false;
+                    FtpError::Rejected {
+                        command: String::from_utf8_lossy(command).into_owned(),
+                        reply,
+                    }
+                }
+                _ => {
+                    self.broken = true;
+                    connect_error
+                }
+            });
+        }
+        let reply = match self.read_reply(&command_verb(command)).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                handshake.abandon();
+                return Err(e);
+            }
+        };
+        if !(reply.is_preliminary() || reply.is_success()) {
+            let error = self.refused_data(command, number, reply, handshake).await;
+            self.exchange_open = false;
+            return Err(error);
+        }
+        let transport = match handshake.0.await {
+            Ok(Ok(transport)) => transport,
+            Ok(Err(handshake_error)) => {
+                // A server that refuses the session aborts the handshake and says why
+                // on the control connection; its words are the useful diagnosis.
+                self.broken = true;
+                return Err(
+                    match self.read_reply("after a failed data handshake").await {
+                        Ok(reply) if !reply.is_success() => FtpError::DataRejected {
+                            number,
+                            reply,
+                            resumed: None,
+                        },
+                        _ => handshake_error,
+                    },
+                );
+            }
+            Err(join_error) => {
+                self.broken = true;
+                return Err(FtpError::Protocol {
+                    step,
+                    detail: format!("TLS handshake task failed: {join_error}"),
+                });
+            }
+        };
+        let resumed = transport
+            .tls()
+            .map(|tls| tls.handshake_kind() == Some(HandshakeKind::Resumed));
+        match resumed {
+            Some(true) => self.stats.data_resumed.fetch_add(1, Ordering::Relaxed),
+            Some(false) => self.stats.data_full.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        tracing::debug!(
+            conn = self.id,
+            data = number,
+            resumed = ?resumed,
+            tls = ?transport.tls().map(summarize),
+            tickets_left = self.tickets_held(),
+            command = %String::from_utf8_lossy(command),
+            "data connection open"
+        );
+        if reply.is_success() {
+            self.early_final_reply = Some(reply);
+        }
+        self.transfer_open = true;
+        self.exchange_open = false;
+        Ok(DataConnection {
+            transport,
+            number,
+            resumed,
+            command: command_verb(command),
+            idle_limit: self.options.timeouts.data_idle,
+            eof: false,
+            close_notify: false,
+            received: 0,
+        })
+    }
+
+    /// The TLS config for this connection's data connections (None for plain FTP).
+    fn data_tls_config(&self) -> Option<Arc<ClientConfig>> {
+        let (config, _) = self.session.as_ref()?;
+        if self.options.resume_data_sessions {
+            Some(config.clone())
+        } else {
+            Some(non_resuming_config(&self.options.tls))
+        }
+    }
+
+    /// The ticket policy: a connection whose server issued tickets but has none left is retired.
+    ///
+    /// rustls offers each TLS 1.3 ticket once. Servers send a fresh ticket on every resumed
+    /// data connection the client reads (vsftpd, ProFTPD) or on the control connection at
+    /// each PASV/EPSV (FileZilla Server), so downloads and listings keep the supply up.
+    /// Uploads read nothing back and get no ticket; when the supply is gone, a full
+    /// handshake would be refused (vsftpd then drops the control connection), so the
+    /// connection is replaced by a fresh one with fresh tickets instead. A server that never
+    /// issued anything (Pure-FTPd on TLS 1.3) cannot demand resumption: a full handshake it is.
+    fn check_ticket_supply(&mut self) -> Result<(), FtpError> {
+        let Some((_, store)) = &self.session else {
+            return Ok(());
+        };
+        if !self.options.resume_data_sessions || store.can_resume() || !store.ever_issued() {
+            return Ok(());
+        }
+        tracing::debug!(
+            conn = self.id,
+            "no TLS session ticket left; retiring this control connection"
+        );
+        self.stats
+            .replaced_for_tickets
+            .fetch_add(1, Ordering::Relaxed);
+        self.broken = true;
+        Err(FtpError::TicketsExhausted)
+    }
+
+    /// Builds the error for a data command the server answered with a failure code.
+    async fn refused_data(
+        &mut self,
+        command: &[u8],
+        number: u64,
+        reply: Reply,
+        handshake: PendingData,
+    ) -> FtpError {
+        if !is_data_connection_failure(&reply) {
+            handshake.abandon();
+            return FtpError::Rejected {
+                command: String::from_utf8_lossy(command).into_owned(),
+                reply,
+            };
+        }
+        let resumed = match tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, handshake.0).await {
+            Ok(Ok(Ok(transport))) => transport
+                .tls()
+                .map(|tls| tls.handshake_kind() == Some(HandshakeKind::Resumed)),
+            _ => None,
+        };
+        if resumed == Some(false) {
+            self.stats.data_full.fetch_add(1, Ordering::Relaxed);
+        }
+        self.broken = true;
+        FtpError::DataRejected {
+            number,
+            reply,
+            resumed,
+        }
+    }
+
+    /// The data connection's address, with the server told to start at `offset`.
+    ///
+    /// EPSV and REST go out together (one round trip instead of two) once EPSV is known to
+    /// work; after a refused EPSV, REST follows PASV on its own so that it comes right
+    /// before the transfer command, as RFC 959 asks.
+    async fn passive_address_and_offset(&mut self, offset: u64) -> Result<SocketAddr, FtpError> {
+        let rest = format!("REST {offset}");
+        let check_rest = |reply: Reply| {
+            if reply.code == 350 {
+                Ok(())
+            } else {
+                Err(FtpError::Rejected {
+                    command: rest.clone(),
+                    reply,
+                })
+            }
+        };
+        if offset > 0 && !self.epsv_refused {
+            let [epsv, rest_reply] = self.pipeline([b"EPSV".as_slice(), rest.as_bytes()]).await?;
+            let rest_result = check_rest(rest_reply);
+            // Once REST is accepted, the server starts the next transfer at `offset`
+            // whatever it is: a connection left so must never serve another transfer.
+            let rest_set = rest_result.is_ok();
+            match self.epsv_target(epsv) {
+                Ok(Some(target)) => {
+                    rest_result?;
+                    return Ok(target);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.broken |= rest_set;
+                    return Err(e);
+                }
+            }
+            if rest_set {
+                let result = self.passive_address().await;
+                self.broken |= result.is_err();
+                return result;
+            }
+        }
+        let target = self.passive_address().await?;
+        if offset > 0 {
+            let reply = self.command(&rest).await?;
+            check_rest(reply)?;
+        }
+        Ok(target)
+    }
+
+    /// The address in a reply to EPSV, or None when the server does not do EPSV.
+    fn epsv_target(&mut self, reply: Reply) -> Result<Option<SocketAddr>, FtpError> {
+        if reply.code == 229 {
+            let port = passive::parse_epsv(&reply.text()).map_err(|detail| {
+                self.broken = true;
+                FtpError::Protocol {
+                    step: "EPSV".into(),
+                    detail,
+                }
+            })?;
+            return Ok(Some(SocketAddr::new(self.peer.ip(), port)));
+        }
+        if !(500..=504).contains(&reply.code) {
+            return Err(FtpError::Rejected {
+                command: "EPSV".into(),
+                reply,
+            });
+        }
+        tracing::debug!(conn = self.id, %reply, "EPSV refused; using PASV from now on");
+        self.epsv_refused = true;
+        Ok(None)
+    }
+
+    async fn passive_address(&mut self) -> Result<SocketAddr, FtpError> {
+        if !self.epsv_refused {
+            let reply = self.command("EPSV").await?;
+            if let Some(target) = self.epsv_target(reply)? {
+                return Ok(target);
+            }
+        }
+        if self.peer.is_ipv6() {
+            return Err(FtpError::Protocol {
+                step: "PASV".into(),
+                detail: "the server refused EPSV, and PASV cannot express an IPv6 address".into(),
+            });
+        }
+        let reply = self.command("PASV").await?;
+        if reply.code != 227 {
+            return Err(FtpError::Rejected {
+                command: "PASV".into(),
+                reply,
+            });
+        }
+        let (announced, port) = passive::parse_pasv(&reply.text()).map_err(|detail| {
+            self.broken = true;
+            FtpError::Protocol {
+                step: "PASV".into(),
+                detail,
+            }
+        })?;
+        let ip = if self.options.trust_pasv_address {
+            IpAddr::V4(announced)
+        } else {
+            // The 227 address is often private behind NAT, and obeying it lets a server
+            // aim us at any host (FTP bounce); the control peer is the server we chose.
+            if IpAddr::V4(announced) != self.peer.ip() {
+                tracing::debug!(conn = self.id, %announced, peer = %self.peer.ip(), "ignoring the address in the 227 reply; connecting to the control peer");
+            }
+            self.peer.ip()
+        };
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    /// Ends a transfer whose data was read to the end: close_notify, then the final reply.
+    ///
+    /// vsftpd holds the 226 until the client's close_notify arrives, so the shutdown must
+    /// come first. A 426/451 after data that ended with close_notify keeps the data.
+    pub async fn finish_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
+        let DataConnection {
+            mut transport,
+            number,
+            resumed,
+            command,
+            eof,
+            close_notify,
+            received,
+            ..
+        } = data;
+        let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
+        drop(transport);
+        self.transfer_open = false;
+        self.exchange_open = true;
+        let reply = match self.early_final_reply.take() {
+            Some(reply) => reply,
+            None => self.read_reply(&format!("end of {command}")).await?,
+        };
+        self.exchange_open = false;
+        tracing::debug!(
+            conn = self.id,
+            data = number,
+            received,
+            close_notify,
+            "transfer finished: {reply}"
+        );
+        if eof && !close_notify && self.session.is_some() {
+            // Without close_notify, a cut in the TCP stream (a reset, or an attacker's FIN)
+            // looks like the end; even a genuine 226 cannot vouch for bytes lost in transit.
+            return Err(FtpError::Protocol {
+                step: format!("data connection {number} ({command})"),
+                detail: format!("ended without TLS close_notify after {received} bytes; the data may be cut off (server then said: {reply})"),
+            });
+        }
+        if reply.is_success() {
+            return Ok(());
+        }
+        if eof && close_notify && matches!(reply.code, 426 | 451) {
+            self.check_final_reply_of_complete_data(number, reply);
+            return Ok(());
+        }
+        if is_data_connection_failure(&reply) {
+            self.broken = true;
+            return Err(FtpError::DataRejected {
+                number,
+                reply,
+                resumed,
+            });
+        }
+        Err(FtpError::Rejected { command, reply })
+    }
+
+    /// Abandons a transfer: closes the data connection and sends ABOR.
+    ///
+    /// Servers answer ABOR with 426 then 226, or 226/225 alone, and some answer nothing
+    /// until the failed write is noticed; a NOOP after ABOR marks the end of that noise.
+    /// Those replies are read before the next command, not here: the caller has its data
+    /// a round trip sooner, and by the next command they have usually arrived.
+    pub async fn abort_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
+        let number = data.number;
+        drop(data);
+        self.transfer_open = false;
+        self.early_final_reply = None;
+        // Two writes, not one: Pure-FTPd, reading ABOR in the middle of a transfer,
+        // sometimes loses a NOOP that arrived in the same segment.
+        self.send(b"ABOR").await?;
+        self.send(b"NOOP").await?;
+        tracing::debug!(conn = self.id, data = number, "transfer aborted");
+        self.pending = PendingReplies::Abort;
+        self.exchange_open = false;
+        Ok(())
+    }
+
+    /// Ends a transfer whose data is known complete: every byte expected arrived, then
+    /// the end of the stream with TLS close_notify. The server's final reply is read
+    /// before the next command rather than waited for, which saves the caller a round
+    /// trip; whatever it says, the data stands (as in [`Self::finish_data`]).
+    ///
+    /// Without close_notify (or at plain FTP's bare end of stream) this is
+    /// [`Self::finish_data`], whose checks need the reply.
+    pub async fn finish_complete_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
+        if !(data.eof && data.close_notify) {
+            return self.finish_data(data).await;
+        }
+        let DataConnection {
+            mut transport,
+            number,
+            command,
+            received,
+            ..
+        } = data;
+        // vsftpd sends its 226 only after the client's close_notify.
+        let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
+        drop(transport);
+        self.transfer_open = false;
+        tracing::debug!(conn = self.id, data = number, received, "transfer complete");
+        match self.early_final_reply.take() {
+            Some(reply) => self.check_final_reply_of_complete_data(number, reply),
+            None => self.pending = PendingReplies::FinalReply { number, command },
+        }
+        Ok(())
+    }
+
+    /// Logs the final reply of a transfer whose data arrived complete: a failure there
+    /// (426/451 after close_notify) does not undo the data.
+    pub(super) fn check_final_reply_of_complete_data(&self, number: u64, reply: Reply) {
+        if reply.is_success() {
+            tracing::debug!(conn = self.id, data = number, "transfer finished: {reply}");
+        } else {
+            tracing::warn!(
+                conn = self.id,
+                data = number,
+                "server reported {reply} after the data arrived complete; keeping the data"
+            );
+        }
+    }
+}
+
+/// The data connection being made (TCP connect, then the TLS handshake) while the
+/// command goes out on the control connection.
+struct PendingData(tokio::task::JoinHandle<Result<Transport, FtpError>>);
+
+impl PendingData {
+    fn abandon(self) {
+        self.0.abort();
+    }
+
+    /// The error of a data connection whose TCP connect failed.
+    async fn connect_error(self, step: &str) -> FtpError {
+        match self.0.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => FtpError::Protocol {
+                step: step.to_string(),
+                detail: "connected without saying so".into(),
+            },
+            Err(join_error) => FtpError::Protocol {
+                step: step.to_string(),
+                detail: format!("connect task failed: {join_error}"),
+            },
+        }
+    }
+}
+
+/// Connects a data connection to `target` and, with `tls`, runs its TLS handshake.
+/// `connected` says whether the TCP connect worked, before the handshake starts.
+async fn connect_data(
+    target: SocketAddr,
+    timeouts: Timeouts,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    step: String,
+    connected: tokio::sync::oneshot::Sender<bool>,
+) -> Result<Transport, FtpError> {
+    let tcp = connect_tcp(&target.ip().to_string(), target.port(), timeouts.connect).await;
+    let _ = connected.send(tcp.is_ok());
+    let tcp = tcp?;
+    match tls {
+        None => Ok(Transport::Plain(tcp)),
+        Some((config, server_name)) => {
+            let stream = tls_handshake(tcp, config, server_name, timeouts.handshake, &step).await?;
+            Ok(Transport::Tls(Box::new(stream)))
+        }
+    }
+}
+
+/// Replies that mean "no data connection" rather than "no such file".
+fn is_data_connection_failure(reply: &Reply) -> bool {
+    match reply.code {
+        425 | 522 | 534 | 535 => true,
+        // FileZilla Server 0.9 uses 450 for a session that was not resumed; 450 is also
+        // "file busy", so look at the words.
+        450 | 426 => {
+            let text = reply.text().to_ascii_lowercase();
+            text.contains("tls") || text.contains("ssl") || text.contains("session")
+        }
+        _ => false,
+    }
+}
+
+/// One open data connection; read it to the end, then hand it to `finish_data` (or `abort_data`).
+pub struct DataConnection {
+    transport: Transport,
+    number: u64,
+    resumed: Option<bool>,
+    command: String,
+    idle_limit: Duration,
+    eof: bool,
+    close_notify: bool,
+    received: u64,
+}
+
+impl DataConnection {
+    /// Reads the next bytes; `Ok(0)` at the end. Fails if the server stays silent too long.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, FtpError> {
+        if self.eof || buf.is_empty() {
+            return Ok(0);
+        }
+        match tokio::time::timeout(self.idle_limit, self.transport.read(buf)).await {
+            Err(_) => Err(FtpError::Timeout {
+                step: format!("data connection {} ({}) idle", self.number, self.command),
+                after: self.idle_limit,
+            }),
+            Ok(Ok(0)) => {
+                self.eof = true;
+                self.close_notify = self.transport.tls().is_some();
+                Ok(0)
+            }
+            Ok(Ok(n)) => {
+                self.received += n as u64;
+                Ok(n)
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                // TCP closed without close_notify: the final reply decides whether it was complete.
+                self.eof = true;
+                Ok(0)
+            }
+            Ok(Err(e)) => Err(io_error(&format!("data connection {}", self.number), e)),
+        }
+    }
+
+    /// Reads until `buf` is full or the data ends; returns the bytes read.
+    pub async fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, FtpError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = self.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        Ok(filled)
+    }
+
+    /// The sequence number of this data connection on its control connection (from 1).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Whether the TLS handshake resumed the control connection's session (None: plain FTP).
+    pub fn resumed(&self) -> Option<bool> {
+        self.resumed
+    }
+
+    /// Bytes read so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// True once the server ended the data.
+    pub fn at_end(&self) -> bool {
+        self.eof
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_failures_are_told_from_missing_files() {
+        let reply = |code, text: &str| Reply {
+            code,
+            lines: vec![text.into()],
+        };
+        assert!(is_data_connection_failure(&reply(
+            522,
+            "SSL connection failed: session reuse required"
+        )));
+        assert!(is_data_connection_failure(&reply(
+            425,
+            "Unable to build data connection: Operation not permitted"
+        )));
+        assert!(is_data_connection_failure(&reply(450, "TLS session of data connection has not resumed or the session does not match the control connection")));
+        assert!(!is_data_connection_failure(&reply(450, "File busy")));
+        assert!(!is_data_connection_failure(&reply(
+            550,
+            "Failed to open file."
+        )));
+    }
+}

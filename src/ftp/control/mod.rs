@@ -1,0 +1,353 @@
+//! One logged-in control connection and the data connections it opens.
+//!
+//! - this file: connecting, securing and logging in, and what the connection knows;
+//! - [`replies`]: sending commands and reading replies, pipelined, and the replies a
+//!   connection still owes from an earlier transfer;
+//! - [`data`]: data connections (passive address, TLS resumption, transfer end and abort);
+//! - [`commands`]: the FTP commands themselves.
+
+mod commands;
+mod data;
+mod replies;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, HandshakeKind};
+use tokio::io::AsyncWriteExt;
+
+use commands::check_command_text;
+pub use commands::MAX_LISTING_BYTES;
+pub use data::DataConnection;
+use replies::PendingReplies;
+
+use super::error::FtpError;
+use super::features::Features;
+use super::options::{ConnectOptions, Security};
+use super::reply::Reply;
+use super::tls::{
+    certificate_fingerprint, format_fingerprint, per_connection_config, SessionStore, TlsStats,
+};
+use super::transport::{connect_tcp, display_addr, tls_handshake, Transport};
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What the TLS layer of a connection negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSummary {
+    /// Protocol version, e.g. `TLSv1_3`.
+    pub version: String,
+    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// Whether this handshake resumed an earlier session.
+    pub resumed: bool,
+    /// SHA-256 fingerprint of the server's certificate, when one was sent.
+    pub fingerprint: Option<String>,
+}
+
+fn summarize(conn: &rustls::ClientConnection) -> TlsSummary {
+    TlsSummary {
+        version: conn
+            .protocol_version()
+            .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
+        resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
+        fingerprint: conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| format_fingerprint(&certificate_fingerprint(cert))),
+    }
+}
+
+/// A logged-in control connection.
+pub struct ControlConnection {
+    id: u64,
+    transport: Option<Transport>,
+    read_buffer: Vec<u8>,
+    options: Arc<ConnectOptions>,
+    server_name: ServerName<'static>,
+    peer: SocketAddr,
+    /// This connection's own TLS config and session store (None for plain FTP).
+    session: Option<(Arc<ClientConfig>, Arc<SessionStore>)>,
+    stats: Arc<TlsStats>,
+    greeting: Reply,
+    features: Features,
+    epsv_refused: bool,
+    data_connections: u64,
+    transfer_open: bool,
+    /// A final transfer reply that arrived before the data was read (226 without 150).
+    early_final_reply: Option<Reply>,
+    /// Replies still to be read before the next command (see [`Self::abort_data`] and
+    /// [`Self::finish_complete_data`]).
+    pending: PendingReplies,
+    /// A command was sent (or owed replies are being read) and its replies are not all
+    /// read yet: if the operation is cancelled now, the connection cannot be reused.
+    exchange_open: bool,
+    broken: bool,
+    last_used: Instant,
+}
+
+impl ControlConnection {
+    /// Connects, secures, logs in and prepares the connection for binary transfers.
+    pub async fn connect(
+        options: Arc<ConnectOptions>,
+        stats: Arc<TlsStats>,
+    ) -> Result<Self, FtpError> {
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let addr = display_addr(&options.host, options.port);
+        tracing::debug!(conn = id, %addr, security = ?options.security, "connecting");
+        let tcp = connect_tcp(&options.host, options.port, options.timeouts.connect).await?;
+        let peer = tcp.peer_addr().map_err(|source| FtpError::Io {
+            step: "reading the control connection's peer address".into(),
+            source,
+        })?;
+        let server_name = ServerName::try_from(options.host.clone()).map_err(|_| {
+            FtpError::TlsConfig(format!("{:?} is not a valid TLS server name", options.host))
+        })?;
+        let session = options.security.uses_tls().then(|| {
+            let store = Arc::new(SessionStore::new(stats.clone()));
+            (per_connection_config(&options.tls, store.clone()), store)
+        });
+        let transport = match (&options.security, &session) {
+            (Security::ImplicitTls, Some((config, _))) => Transport::Tls(Box::new(
+                tls_handshake(
+                    tcp,
+                    config.clone(),
+                    server_name.clone(),
+                    options.timeouts.handshake,
+                    "the control connection",
+                )
+                .await?,
+            )),
+            _ => Transport::Plain(tcp),
+        };
+        let mut conn = Self {
+            id,
+            transport: Some(transport),
+            read_buffer: Vec::new(),
+            options,
+            server_name,
+            peer,
+            session,
+            stats,
+            greeting: Reply {
+                code: 0,
+                lines: Vec::new(),
+            },
+            features: Features::default(),
+            epsv_refused: false,
+            data_connections: 0,
+            transfer_open: false,
+            early_final_reply: None,
+            pending: PendingReplies::None,
+            exchange_open: false,
+            broken: false,
+            last_used: Instant::now(),
+        };
+        conn.greeting = conn.read_greeting().await?;
+        if conn.options.security == Security::ExplicitTls {
+            conn.start_tls().await?;
+        }
+        conn.login().await?;
+        if conn.session.is_some() {
+            conn.expect_success("PBSZ 0").await?;
+            conn.expect_success("PROT P").await?;
+        }
+        let feat = conn.command("FEAT").await?;
+        conn.features = Features::from_reply(&feat);
+        if conn.features.utf8 {
+            // Servers that announce UTF8 may still want it switched on; a refusal is harmless.
+            let reply = conn.command("OPTS UTF8 ON").await?;
+            tracing::debug!(conn = id, %reply, "OPTS UTF8 ON");
+        }
+        conn.expect_success("TYPE I").await?;
+        tracing::debug!(conn = id, tls = ?conn.tls_summary(), "control connection ready");
+        Ok(conn)
+    }
+
+    async fn read_greeting(&mut self) -> Result<Reply, FtpError> {
+        loop {
+            let reply = self.read_reply("reading the server greeting").await?;
+            match reply.code {
+                // 120: "service ready in nnn minutes"; the real greeting follows.
+                120 => continue,
+                220 => return Ok(reply),
+                _ => {
+                    self.broken = true;
+                    return Err(FtpError::Rejected {
+                        command: "connect (greeting)".into(),
+                        reply,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn start_tls(&mut self) -> Result<(), FtpError> {
+        let reply = self.command("AUTH TLS").await?;
+        if reply.code != 234 {
+            // Never fall back to plain text: that would send the password in the clear.
+            self.broken = true;
+            return Err(FtpError::Rejected {
+                command:
+                    "AUTH TLS (the server refused TLS; ftpsfs does not fall back to plain FTP)"
+                        .into(),
+                reply,
+            });
+        }
+        if !self.read_buffer.is_empty() {
+            self.broken = true;
+            return Err(FtpError::Protocol {
+                step: "AUTH TLS".into(),
+                detail: "server sent data after 234, before the TLS handshake".into(),
+            });
+        }
+        let (config, _) = self.session.clone().ok_or_else(|| {
+            FtpError::TlsConfig("explicit TLS without a TLS configuration".into())
+        })?;
+        let Some(Transport::Plain(tcp)) = self.transport.take() else {
+            self.broken = true;
+            return Err(FtpError::Protocol {
+                step: "AUTH TLS".into(),
+                detail: "control connection already secured".into(),
+            });
+        };
+        let tls = tls_handshake(
+            tcp,
+            config,
+            self.server_name.clone(),
+            self.options.timeouts.handshake,
+            "the control connection",
+        )
+        .await;
+        match tls {
+            Ok(stream) => {
+                self.transport = Some(Transport::Tls(Box::new(stream)));
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    async fn login(&mut self) -> Result<(), FtpError> {
+        let user = format!("USER {}", self.options.user);
+        check_command_text(&user)?;
+        let reply = self.command(&user).await?;
+        let reply = match reply.code {
+            230 => return Ok(()),
+            331 | 332 => {
+                let pass = format!("PASS {}", self.options.password.expose());
+                check_command_text(&pass).map_err(|_| FtpError::Protocol {
+                    step: "login".into(),
+                    detail: "the password contains a CR, LF or NUL byte".into(),
+                })?;
+                self.command(&pass).await?
+            }
+            _ => reply,
+        };
+        match reply.code {
+            230 | 202 => Ok(()),
+            _ => Err(FtpError::Rejected {
+                command: format!("login as {:?}", self.options.user),
+                reply,
+            }),
+        }
+    }
+
+    /// A number identifying this connection in logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The server's 220 greeting.
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    /// The server's FEAT capabilities.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// TLS version and cipher of the control connection (None for plain FTP).
+    pub fn tls_summary(&self) -> Option<TlsSummary> {
+        self.transport.as_ref()?.tls().map(summarize)
+    }
+
+    /// TLS 1.3 tickets this connection holds for its next data connections.
+    pub fn tickets_held(&self) -> usize {
+        self.session
+            .as_ref()
+            .map_or(0, |(_, store)| store.tickets_held())
+    }
+
+    /// Data connections opened so far.
+    pub fn data_connections(&self) -> u64 {
+        self.data_connections
+    }
+
+    /// True when an error left the connection unusable; the pool then drops it.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// True while a data transfer started here has not been finished or aborted.
+    pub fn transfer_open(&self) -> bool {
+        self.transfer_open
+    }
+
+    /// Time since the connection was last used.
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.elapsed()
+    }
+
+    /// The address of the server's end of the control connection.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub(super) fn transport(&mut self) -> Result<&mut Transport, FtpError> {
+        self.transport.as_mut().ok_or_else(|| FtpError::Closed {
+            step: "using a closed connection".into(),
+        })
+    }
+
+    /// Says goodbye (QUIT) and closes; errors are ignored, the connection is going anyway.
+    pub async fn quit(mut self) {
+        if !self.broken && !self.transfer_open {
+            let limit = Duration::from_secs(2).min(self.options.timeouts.reply);
+            let _ = tokio::time::timeout(limit, async {
+                let _ = self.send(b"QUIT").await;
+                let _ = self.read_reply("QUIT").await;
+            })
+            .await;
+        }
+        if let Some(mut transport) = self.transport.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), transport.shutdown()).await;
+        }
+    }
+}
+
+/// An I/O error as the FTP layer reports it: TLS record errors apart from socket errors.
+fn io_error(step: &str, source: io::Error) -> FtpError {
+    if source.kind() == io::ErrorKind::InvalidData {
+        FtpError::Tls {
+            step: step.to_string(),
+            source,
+        }
+    } else {
+        FtpError::Io {
+            step: step.to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Sending commands and reading replies: one at a time or pipelined, and the replies a
+//! connection still owes from an earlier transfer.
+
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{io_error, ControlConnection};
+use crate::ftp::error::{FtpError, Redacted};
+use crate::ftp::reply::{Reply, ReplyParser, MAX_LINE_BYTES};
+use crate::ftp::transport::within;
+
+/// Most replies skipped while resynchronising after ABOR (426, 226/225, stray 226).
+const MAX_REPLIES_AFTER_ABORT: usize = 8;
+
+impl ControlConnection {
+    pub(super) async fn read_line(&mut self, step: &str) -> Result<Vec<u8>, FtpError> {
+        loop {
+            if let Some(end) = self.read_buffer.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.read_buffer.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            if self.read_buffer.len() > MAX_LINE_BYTES {
+                return Err(FtpError::Protocol {
+                    step: step.to_string(),
+                    detail: format!("reply line longer than {MAX_LINE_BYTES} bytes"),
+                });
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self
+                .transport()?
+                .read(&mut chunk)
+                .await
+                .map_err(|e| io_error(step, e))?;
+            if n == 0 {
+                return Err(FtpError::Closed {
+                    step: step.to_string(),
+                });
+            }
+            self.read_buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub(super) async fn read_reply(&mut self, step: &str) -> Result<Reply, FtpError> {
+        let limit = self.options.timeouts.reply;
+        let id = self.id;
+        let result = within(limit, || format!("waiting for the reply ({step})"), async {
+            let mut parser = ReplyParser::default();
+            loop {
+                let line = self.read_line(step).await?;
+                match parser.push_line(&line) {
+                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(None) => {}
+                    Err(detail) => {
+                        return Err(FtpError::Protocol {
+                            step: step.to_string(),
+                            detail,
+                        })
+                    }
+                }
+            }
+        })
+        .await;
+        match &result {
+            Ok(reply) => {
+                tracing::debug!(conn = id, "<- {reply}");
+                if reply.code == 421 {
+                    // 421: the server is closing this connection (too many users, idle, shutdown).
+                    self.broken = true;
+                }
+            }
+            Err(_) => self.broken = true,
+        }
+        self.last_used = Instant::now();
+        result
+    }
+
+    pub(super) async fn send(&mut self, command: &[u8]) -> Result<(), FtpError> {
+        self.send_all(&[command]).await
+    }
+
+    /// Whether replies to an earlier transfer's end are still to be read.
+    pub fn owes_replies(&self) -> bool {
+        !matches!(self.pending, PendingReplies::None)
+    }
+
+    /// Whether the connection is in the middle of an exchange (a command sent, its
+    /// replies not all read): an operation was cancelled there, and the replies still
+    /// to come would be taken for the next command's.
+    pub fn mid_exchange(&self) -> bool {
+        self.exchange_open
+    }
+
+    /// Reads the replies owed (see [`Self::owes_replies`]); every command does this first.
+    pub async fn settle(&mut self) -> Result<(), FtpError> {
+        let pending = std::mem::replace(&mut self.pending, PendingReplies::None);
+        if matches!(pending, PendingReplies::None) {
+            return Ok(());
+        }
+        self.exchange_open = true;
+        match pending {
+            PendingReplies::None => {}
+            PendingReplies::Abort => self.read_abort_replies().await?,
+            PendingReplies::FinalReply { number, command } => {
+                let reply = self.read_reply(&format!("end of {command}")).await?;
+                self.check_final_reply_of_complete_data(number, reply);
+            }
+        }
+        if self.broken {
+            // A 421 as the owed reply: the server is closing the connection.
+            return Err(FtpError::Closed {
+                step: "reading the end of the previous transfer".into(),
+            });
+        }
+        self.exchange_open = false;
+        Ok(())
+    }
+
+    /// Sends `commands` in one write (pipelined): the server answers them in order.
+    pub(super) async fn send_all(&mut self, commands: &[&[u8]]) -> Result<(), FtpError> {
+        self.settle().await?;
+        self.exchange_open = true;
+        let mut line = Vec::new();
+        for command in commands {
+            let text = String::from_utf8_lossy(command);
+            tracing::debug!(conn = self.id, "-> {}", Redacted(&text));
+            line.extend_from_slice(command);
+            line.extend_from_slice(b"\r\n");
+        }
+        let first = commands.first().copied().unwrap_or_default();
+        let limit = self.options.timeouts.reply;
+        let result = within(
+            limit,
+            || format!("sending {}", command_verb(first)),
+            async {
+                let transport = self.transport()?;
+                transport
+                    .write_all(&line)
+                    .await
+                    .map_err(|e| io_error("sending a command", e))?;
+                transport
+                    .flush()
+                    .await
+                    .map_err(|e| io_error("sending a command", e))
+            },
+        )
+        .await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// Sends a command and returns the server's reply, whatever its code.
+    pub async fn command(&mut self, command: &str) -> Result<Reply, FtpError> {
+        self.command_bytes(command.as_bytes()).await
+    }
+
+    pub(super) async fn command_bytes(&mut self, command: &[u8]) -> Result<Reply, FtpError> {
+        let [reply] = self.pipeline([command]).await?;
+        Ok(reply)
+    }
+
+    /// Sends a command and fails unless the reply is 2xx.
+    pub async fn expect_success(&mut self, command: &str) -> Result<Reply, FtpError> {
+        let reply = self.command(command).await?;
+        if reply.is_success() {
+            Ok(reply)
+        } else {
+            Err(FtpError::Rejected {
+                command: Redacted(command).to_string(),
+                reply,
+            })
+        }
+    }
+
+    /// Sends `commands` together and reads their replies, failing on the first 421.
+    pub(super) async fn pipeline<const N: usize>(
+        &mut self,
+        commands: [&[u8]; N],
+    ) -> Result<[Reply; N], FtpError> {
+        if self.transfer_open {
+            return Err(FtpError::Protocol {
+                step: command_verb(commands[0]),
+                detail: "a transfer is still open on this connection".into(),
+            });
+        }
+        self.send_all(&commands).await?;
+        let mut replies = Vec::with_capacity(N);
+        for command in commands {
+            let reply = self.read_reply(&command_verb(command)).await?;
+            if reply.code == 421 {
+                // The server is closing the connection (and replies to the rest of the
+                // commands sent will never be read).
+                self.broken = true;
+                return Err(FtpError::Rejected {
+                    command: Redacted(&String::from_utf8_lossy(command)).to_string(),
+                    reply,
+                });
+            }
+            replies.push(reply);
+        }
+        self.exchange_open = false;
+        Ok(replies
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one reply per command")))
+    }
+
+    /// Reads the replies to an earlier ABOR + NOOP, up to the NOOP's 200.
+    pub(super) async fn read_abort_replies(&mut self) -> Result<(), FtpError> {
+        for _ in 0..MAX_REPLIES_AFTER_ABORT {
+            let reply = match self.read_reply("ABOR").await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            };
+            if reply.code == 200 {
+                tracing::debug!(conn = self.id, "connection in sync after ABOR");
+                return Ok(());
+            }
+        }
+        self.broken = true;
+        Err(FtpError::Protocol {
+            step: "ABOR".into(),
+            detail: "no end to the replies after ABOR".into(),
+        })
+    }
+}
+
+/// Replies a connection owes before its next command.
+pub(super) enum PendingReplies {
+    None,
+    /// Those to ABOR, then NOOP's 200.
+    Abort,
+    /// The final reply of a transfer whose data arrived complete.
+    FinalReply {
+        number: u64,
+        command: String,
+    },
+}
+
+/// The command's verb (and LIST options), for step names that must not carry paths or passwords.
+pub(super) fn command_verb(command: &[u8]) -> String {
+    let text = String::from_utf8_lossy(command);
+    let verb = text.split(' ').next().unwrap_or_default();
+    if verb.eq_ignore_ascii_case("PASS") {
+        "PASS".into()
+    } else {
+        verb.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_verb_hides_arguments() {
+        assert_eq!(command_verb(b"PASS hunter2"), "PASS");
+        assert_eq!(command_verb(b"RETR secret/path"), "RETR");
+    }
+}
