@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::control::ControlConnection;
+use super::control::{ControlConnection, Standing};
 use super::error::FtpError;
 use super::options::ConnectOptions;
 use super::tls::{TlsStats, TlsStatsSnapshot};
@@ -329,12 +329,13 @@ impl Drop for PooledConnection {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if conn.is_broken() || conn.transfer_open() || conn.mid_exchange() {
+        let standing = conn.standing();
+        if standing == Standing::Unusable {
             tracing::debug!(conn = conn.id(), "dropping a broken connection");
             self.pool.live.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        if conn.owes_replies() {
+        if standing == Standing::OwesReplies {
             // The replies to the last transfer's end (226, or ABOR's) are a round trip
             // away: read them in the background, still counting against the limit, so
             // the next operation takes another connection instead of waiting.

@@ -126,7 +126,7 @@ impl ControlConnection {
             let n = match data.read(&mut chunk).await {
                 Ok(n) => n,
                 Err(e) => {
-                    self.broken = true;
+                    self.mark_broken();
                     return Err(e);
                 }
             };

@@ -12,7 +12,7 @@ use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::replies::{command_verb, PendingReplies};
-use super::{io_error, summarize, ControlConnection};
+use super::{io_error, summarize, ControlConnection, State};
 use crate::ftp::error::FtpError;
 use crate::ftp::options::Timeouts;
 use crate::ftp::passive;
@@ -33,7 +33,7 @@ impl ControlConnection {
         command: &[u8],
         offset: u64,
     ) -> Result<DataConnection, FtpError> {
-        if self.broken {
+        if self.is_broken() {
             return Err(FtpError::Closed {
                 step: "opening a data connection on a broken connection".into(),
             });
@@ -74,16 +74,16 @@ impl ControlConnection {
                     if !(reply.is_preliminary()
                         || reply.is_success()
                         || is_data_connection_failure(&reply)
-                        || self.broken) =>
+                        || self.is_broken()) =>
                 {
-                    self.exchange_open = false;
+                    self.enter(State::Ready);
                     FtpError::Rejected {
                         command: String::from_utf8_lossy(command).into_owned(),
                         reply,
                     }
                 }
                 _ => {
-                    self.broken = true;
+                    self.mark_broken();
                     connect_error
                 }
             });
@@ -97,7 +97,7 @@ impl ControlConnection {
         };
         if !(reply.is_preliminary() || reply.is_success()) {
             let error = self.refused_data(command, number, reply, handshake).await;
-            self.exchange_open = false;
+            self.enter(State::Ready);
             return Err(error);
         }
         let transport = match handshake.0.await {
@@ -105,7 +105,7 @@ impl ControlConnection {
             Ok(Err(handshake_error)) => {
                 // A server that refuses the session aborts the handshake and says why
                 // on the control connection; its words are the useful diagnosis.
-                self.broken = true;
+                self.mark_broken();
                 return Err(
                     match self.read_reply("after a failed data handshake").await {
                         Ok(reply) if !reply.is_success() => FtpError::DataRejected {
@@ -118,7 +118,7 @@ impl ControlConnection {
                 );
             }
             Err(join_error) => {
-                self.broken = true;
+                self.mark_broken();
                 return Err(FtpError::Protocol {
                     step,
                     detail: format!("TLS handshake task failed: {join_error}"),
@@ -142,11 +142,9 @@ impl ControlConnection {
             command = %String::from_utf8_lossy(command),
             "data connection open"
         );
-        if reply.is_success() {
-            self.early_final_reply = Some(reply);
-        }
-        self.transfer_open = true;
-        self.exchange_open = false;
+        self.enter(State::Transfer {
+            early_reply: reply.is_success().then_some(reply),
+        });
         Ok(DataConnection {
             transport,
             number,
@@ -192,7 +190,7 @@ impl ControlConnection {
         self.stats
             .replaced_for_tickets
             .fetch_add(1, Ordering::Relaxed);
-        self.broken = true;
+        self.mark_broken();
         Err(FtpError::TicketsExhausted)
     }
 
@@ -220,7 +218,7 @@ impl ControlConnection {
         if resumed == Some(false) {
             self.stats.data_full.fetch_add(1, Ordering::Relaxed);
         }
-        self.broken = true;
+        self.mark_broken();
         FtpError::DataRejected {
             number,
             reply,
@@ -258,13 +256,17 @@ impl ControlConnection {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.broken |= rest_set;
+                    if rest_set {
+                        self.mark_broken();
+                    }
                     return Err(e);
                 }
             }
             if rest_set {
                 let result = self.passive_address().await;
-                self.broken |= result.is_err();
+                if result.is_err() {
+                    self.mark_broken();
+                }
                 return result;
             }
         }
@@ -280,7 +282,7 @@ impl ControlConnection {
     fn epsv_target(&mut self, reply: Reply) -> Result<Option<SocketAddr>, FtpError> {
         if reply.code == 229 {
             let port = passive::parse_epsv(&reply.text()).map_err(|detail| {
-                self.broken = true;
+                self.mark_broken();
                 FtpError::Protocol {
                     step: "EPSV".into(),
                     detail,
@@ -320,7 +322,7 @@ impl ControlConnection {
             });
         }
         let (announced, port) = passive::parse_pasv(&reply.text()).map_err(|detail| {
-            self.broken = true;
+            self.mark_broken();
             FtpError::Protocol {
                 step: "PASV".into(),
                 detail,
@@ -356,13 +358,11 @@ impl ControlConnection {
         } = data;
         let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
         drop(transport);
-        self.transfer_open = false;
-        self.exchange_open = true;
-        let reply = match self.early_final_reply.take() {
+        let reply = match self.end_transfer() {
             Some(reply) => reply,
             None => self.read_reply(&format!("end of {command}")).await?,
         };
-        self.exchange_open = false;
+        self.enter(State::Ready);
         tracing::debug!(
             conn = self.id,
             data = number,
@@ -386,7 +386,7 @@ impl ControlConnection {
             return Ok(());
         }
         if is_data_connection_failure(&reply) {
-            self.broken = true;
+            self.mark_broken();
             return Err(FtpError::DataRejected {
                 number,
                 reply,
@@ -405,15 +405,13 @@ impl ControlConnection {
     pub async fn abort_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
         let number = data.number;
         drop(data);
-        self.transfer_open = false;
-        self.early_final_reply = None;
+        self.end_transfer();
         // Two writes, not one: Pure-FTPd, reading ABOR in the middle of a transfer,
         // sometimes loses a NOOP that arrived in the same segment.
         self.send(b"ABOR").await?;
         self.send(b"NOOP").await?;
         tracing::debug!(conn = self.id, data = number, "transfer aborted");
-        self.pending = PendingReplies::Abort;
-        self.exchange_open = false;
+        self.enter(State::Owes(PendingReplies::Abort));
         Ok(())
     }
 
@@ -438,13 +436,28 @@ impl ControlConnection {
         // vsftpd sends its 226 only after the client's close_notify.
         let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
         drop(transport);
-        self.transfer_open = false;
         tracing::debug!(conn = self.id, data = number, received, "transfer complete");
-        match self.early_final_reply.take() {
-            Some(reply) => self.check_final_reply_of_complete_data(number, reply),
-            None => self.pending = PendingReplies::FinalReply { number, command },
+        match self.end_transfer() {
+            Some(reply) => {
+                self.check_final_reply_of_complete_data(number, reply);
+                self.enter(State::Ready);
+            }
+            None => self.enter(State::Owes(PendingReplies::FinalReply { number, command })),
         }
         Ok(())
+    }
+
+    /// Closes the open transfer: the connection is back in the exchange of the transfer
+    /// command, whose final reply comes next. Returns that reply if it came early.
+    fn end_transfer(&mut self) -> Option<Reply> {
+        match std::mem::replace(&mut self.state, State::Exchange) {
+            State::Transfer { early_reply } => early_reply,
+            State::Broken => {
+                self.state = State::Broken;
+                None
+            }
+            _ => None,
+        }
     }
 
     /// Logs the final reply of a transfer whose data arrived complete: a failure there

@@ -80,17 +80,38 @@ pub struct ControlConnection {
     features: Features,
     epsv_refused: bool,
     data_connections: u64,
-    transfer_open: bool,
-    /// A final transfer reply that arrived before the data was read (226 without 150).
-    early_final_reply: Option<Reply>,
-    /// Replies still to be read before the next command (see [`Self::abort_data`] and
-    /// [`Self::finish_complete_data`]).
-    pending: PendingReplies,
-    /// A command was sent (or owed replies are being read) and its replies are not all
-    /// read yet: if the operation is cancelled now, the connection cannot be reused.
-    exchange_open: bool,
-    broken: bool,
+    state: State,
     last_used: Instant,
+}
+
+/// Where a control connection stands in its dialogue with the server: one value rather
+/// than several flags, so that no combination of them can be half-updated.
+enum State {
+    /// Every reply read and no transfer open: the next command may go out.
+    Ready,
+    /// Replies to the end of an earlier transfer are still to come (see
+    /// [`ControlConnection::abort_data`] and [`ControlConnection::finish_complete_data`]);
+    /// the next command reads them first.
+    Owes(PendingReplies),
+    /// A command is out (or owed replies are being read) and its replies are not all read.
+    /// An operation cancelled here leaves the connection out of step.
+    Exchange,
+    /// A data transfer is open. `early_reply` is a final reply that arrived before the
+    /// data was read (a 226 without a 150).
+    Transfer { early_reply: Option<Reply> },
+    /// Out of step, or being closed by the server (an error, a 421): never used again.
+    Broken,
+}
+
+/// What the pool may do with a connection handed back to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// In step and idle: it can serve the next operation.
+    Ready,
+    /// In step once the replies owed by the last transfer are read.
+    OwesReplies,
+    /// Broken, or left in the middle of an exchange or a transfer: it must be closed.
+    Unusable,
 }
 
 impl ControlConnection {
@@ -143,11 +164,7 @@ impl ControlConnection {
             features: Features::default(),
             epsv_refused: false,
             data_connections: 0,
-            transfer_open: false,
-            early_final_reply: None,
-            pending: PendingReplies::None,
-            exchange_open: false,
-            broken: false,
+            state: State::Ready,
             last_used: Instant::now(),
         };
         conn.greeting = conn.read_greeting().await?;
@@ -179,7 +196,7 @@ impl ControlConnection {
                 120 => continue,
                 220 => return Ok(reply),
                 _ => {
-                    self.broken = true;
+                    self.mark_broken();
                     return Err(FtpError::Rejected {
                         command: "connect (greeting)".into(),
                         reply,
@@ -193,7 +210,7 @@ impl ControlConnection {
         let reply = self.command("AUTH TLS").await?;
         if reply.code != 234 {
             // Never fall back to plain text: that would send the password in the clear.
-            self.broken = true;
+            self.mark_broken();
             return Err(FtpError::Rejected {
                 command:
                     "AUTH TLS (the server refused TLS; ftpsfs does not fall back to plain FTP)"
@@ -202,7 +219,7 @@ impl ControlConnection {
             });
         }
         if !self.read_buffer.is_empty() {
-            self.broken = true;
+            self.mark_broken();
             return Err(FtpError::Protocol {
                 step: "AUTH TLS".into(),
                 detail: "server sent data after 234, before the TLS handshake".into(),
@@ -212,7 +229,7 @@ impl ControlConnection {
             FtpError::TlsConfig("explicit TLS without a TLS configuration".into())
         })?;
         let Some(Transport::Plain(tcp)) = self.transport.take() else {
-            self.broken = true;
+            self.mark_broken();
             return Err(FtpError::Protocol {
                 step: "AUTH TLS".into(),
                 detail: "control connection already secured".into(),
@@ -232,7 +249,7 @@ impl ControlConnection {
                 Ok(())
             }
             Err(e) => {
-                self.broken = true;
+                self.mark_broken();
                 Err(e)
             }
         }
@@ -297,12 +314,28 @@ impl ControlConnection {
 
     /// True when an error left the connection unusable; the pool then drops it.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        matches!(self.state, State::Broken)
     }
 
-    /// True while a data transfer started here has not been finished or aborted.
-    pub fn transfer_open(&self) -> bool {
-        self.transfer_open
+    /// Whether the connection can serve again, after its owed replies, or must be closed.
+    pub fn standing(&self) -> Standing {
+        match self.state {
+            State::Ready => Standing::Ready,
+            State::Owes(_) => Standing::OwesReplies,
+            State::Exchange | State::Transfer { .. } | State::Broken => Standing::Unusable,
+        }
+    }
+
+    /// Marks the connection unusable for good.
+    fn mark_broken(&mut self) {
+        self.state = State::Broken;
+    }
+
+    /// Moves to `next`, unless the connection is already broken (which nothing undoes).
+    fn enter(&mut self, next: State) {
+        if !self.is_broken() {
+            self.state = next;
+        }
     }
 
     /// Time since the connection was last used.
@@ -323,7 +356,7 @@ impl ControlConnection {
 
     /// Says goodbye (QUIT) and closes; errors are ignored, the connection is going anyway.
     pub async fn quit(mut self) {
-        if !self.broken && !self.transfer_open {
+        if !matches!(self.state, State::Broken | State::Transfer { .. }) {
             let limit = Duration::from_secs(2).min(self.options.timeouts.reply);
             let _ = tokio::time::timeout(limit, async {
                 let _ = self.send(b"QUIT").await;

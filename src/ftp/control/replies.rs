@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{io_error, ControlConnection};
+use super::{io_error, ControlConnection, State};
 use crate::ftp::error::{FtpError, Redacted};
 use crate::ftp::reply::{Reply, ReplyParser, MAX_LINE_BYTES};
 use crate::ftp::transport::within;
@@ -70,10 +70,10 @@ impl ControlConnection {
                 tracing::debug!(conn = id, "<- {reply}");
                 if reply.code == 421 {
                     // 421: the server is closing this connection (too many users, idle, shutdown).
-                    self.broken = true;
+                    self.mark_broken();
                 }
             }
-            Err(_) => self.broken = true,
+            Err(_) => self.mark_broken(),
         }
         self.last_used = Instant::now();
         result
@@ -83,47 +83,55 @@ impl ControlConnection {
         self.send_all(&[command]).await
     }
 
-    /// Whether replies to an earlier transfer's end are still to be read.
-    pub fn owes_replies(&self) -> bool {
-        !matches!(self.pending, PendingReplies::None)
-    }
-
-    /// Whether the connection is in the middle of an exchange (a command sent, its
-    /// replies not all read): an operation was cancelled there, and the replies still
-    /// to come would be taken for the next command's.
-    pub fn mid_exchange(&self) -> bool {
-        self.exchange_open
-    }
-
-    /// Reads the replies owed (see [`Self::owes_replies`]); every command does this first.
+    /// Reads the replies owed by the last transfer (see [`super::Standing::OwesReplies`]); every
+    /// command does this first.
     pub async fn settle(&mut self) -> Result<(), FtpError> {
-        let pending = std::mem::replace(&mut self.pending, PendingReplies::None);
-        if matches!(pending, PendingReplies::None) {
-            return Ok(());
-        }
-        self.exchange_open = true;
+        let pending = match std::mem::replace(&mut self.state, State::Exchange) {
+            State::Owes(pending) => pending,
+            other => {
+                self.state = other;
+                return Ok(());
+            }
+        };
         match pending {
-            PendingReplies::None => {}
             PendingReplies::Abort => self.read_abort_replies().await?,
             PendingReplies::FinalReply { number, command } => {
                 let reply = self.read_reply(&format!("end of {command}")).await?;
                 self.check_final_reply_of_complete_data(number, reply);
             }
         }
-        if self.broken {
+        if self.is_broken() {
             // A 421 as the owed reply: the server is closing the connection.
             return Err(FtpError::Closed {
                 step: "reading the end of the previous transfer".into(),
             });
         }
-        self.exchange_open = false;
+        self.state = State::Ready;
         Ok(())
     }
 
     /// Sends `commands` in one write (pipelined): the server answers them in order.
     pub(super) async fn send_all(&mut self, commands: &[&[u8]]) -> Result<(), FtpError> {
         self.settle().await?;
-        self.exchange_open = true;
+        let first = commands.first().copied().unwrap_or_default();
+        match self.state {
+            State::Ready | State::Exchange => {}
+            State::Transfer { .. } => {
+                return Err(FtpError::Protocol {
+                    step: command_verb(first),
+                    detail: "a transfer is still open on this connection".into(),
+                })
+            }
+            State::Owes(_) | State::Broken => {
+                return Err(FtpError::Closed {
+                    step: format!(
+                        "sending {} on a connection out of step",
+                        command_verb(first)
+                    ),
+                })
+            }
+        }
+        self.state = State::Exchange;
         let mut line = Vec::new();
         for command in commands {
             let text = String::from_utf8_lossy(command);
@@ -131,7 +139,6 @@ impl ControlConnection {
             line.extend_from_slice(command);
             line.extend_from_slice(b"\r\n");
         }
-        let first = commands.first().copied().unwrap_or_default();
         let limit = self.options.timeouts.reply;
         let result = within(
             limit,
@@ -150,7 +157,7 @@ impl ControlConnection {
         )
         .await;
         if result.is_err() {
-            self.broken = true;
+            self.mark_broken();
         }
         result
     }
@@ -183,12 +190,6 @@ impl ControlConnection {
         &mut self,
         commands: [&[u8]; N],
     ) -> Result<[Reply; N], FtpError> {
-        if self.transfer_open {
-            return Err(FtpError::Protocol {
-                step: command_verb(commands[0]),
-                detail: "a transfer is still open on this connection".into(),
-            });
-        }
         self.send_all(&commands).await?;
         let mut replies = Vec::with_capacity(N);
         for command in commands {
@@ -196,7 +197,7 @@ impl ControlConnection {
             if reply.code == 421 {
                 // The server is closing the connection (and replies to the rest of the
                 // commands sent will never be read).
-                self.broken = true;
+                self.mark_broken();
                 return Err(FtpError::Rejected {
                     command: Redacted(&String::from_utf8_lossy(command)).to_string(),
                     reply,
@@ -204,7 +205,7 @@ impl ControlConnection {
             }
             replies.push(reply);
         }
-        self.exchange_open = false;
+        self.enter(State::Ready);
         Ok(replies
             .try_into()
             .unwrap_or_else(|_| unreachable!("one reply per command")))
@@ -216,7 +217,7 @@ impl ControlConnection {
             let reply = match self.read_reply("ABOR").await {
                 Ok(reply) => reply,
                 Err(e) => {
-                    self.broken = true;
+                    self.mark_broken();
                     return Err(e);
                 }
             };
@@ -225,7 +226,7 @@ impl ControlConnection {
                 return Ok(());
             }
         }
-        self.broken = true;
+        self.mark_broken();
         Err(FtpError::Protocol {
             step: "ABOR".into(),
             detail: "no end to the replies after ABOR".into(),
@@ -235,14 +236,10 @@ impl ControlConnection {
 
 /// Replies a connection owes before its next command.
 pub(super) enum PendingReplies {
-    None,
     /// Those to ABOR, then NOOP's 200.
     Abort,
     /// The final reply of a transfer whose data arrived complete.
-    FinalReply {
-        number: u64,
-        command: String,
-    },
+    FinalReply { number: u64, command: String },
 }
 
 /// The command's verb (and LIST options), for step names that must not carry paths or passwords.
