@@ -11,7 +11,7 @@ pub mod reply;
 pub mod tls;
 pub mod transport;
 
-pub use control::{ControlConnection, DataConnection, Standing, TlsSummary};
+pub use control::{verb, ControlConnection, DataConnection, Retry, Standing, TlsSummary, Verb};
 pub use error::FtpError;
 pub use options::{ConnectOptions, Secret, Security, Timeouts};
 pub use pool::{Pool, PoolOptions, PooledConnection};

@@ -255,8 +255,10 @@ pub fn worth_retrying(error: &FtpError) -> bool {
 }
 
 /// Runs `body` with `conn` bound to a pooled connection, and once more on a fresh
-/// connection if the first one broke (see [`worth_retrying`]). Evaluates to a future of
-/// the body's `Result<T, FtpError>`.
+/// connection if the first one broke (see [`worth_retrying`]) before any command that
+/// changes the server went out (see [`crate::ftp::Retry`]): an operation that sent DELE,
+/// RNTO, STOR or MKD is never repeated blindly. Evaluates to a future of the body's
+/// `Result<T, FtpError>`.
 ///
 /// A macro rather than a method taking a closure: async closures borrowing the caller's
 /// data are not yet `Send` in a way `tokio::spawn` accepts.
@@ -272,7 +274,9 @@ macro_rules! with_connection {
             }
             .await;
             match first {
-                Err(error) if $crate::ftp::pool::worth_retrying(&error) => {
+                Err(error)
+                    if $crate::ftp::pool::worth_retrying(&error) && !pooled.sent_mutation() =>
+                {
                     tracing::debug!(
                         conn = pooled.id(),
                         "connection broke ({error}); retrying on a fresh one"
@@ -301,7 +305,12 @@ pub struct PooledConnection {
 }
 
 impl PooledConnection {
-    fn new(conn: ControlConnection, pool: Arc<PoolInner>, permit: OwnedSemaphorePermit) -> Self {
+    fn new(
+        mut conn: ControlConnection,
+        pool: Arc<PoolInner>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        conn.begin_operation();
         Self {
             conn: Some(conn),
             pool,

@@ -1,25 +1,170 @@
-//! The FTP commands: queries, listings and transfers.
+//! The FTP commands: every verb ftpsfs sends, with its retry policy, and the methods that
+//! send them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::data::DataConnection;
 use super::ControlConnection;
-use crate::ftp::error::FtpError;
+use crate::ftp::error::{FtpError, Redacted};
 use crate::ftp::listing::{self, Entry, Listing, ListingFormat, Timestamp};
 use crate::ftp::reply::Reply;
 
 /// Largest listing body accepted; bounds memory against a hostile or broken server.
 pub const MAX_LISTING_BYTES: usize = 256 * 1024 * 1024;
 
+/// Whether an operation may run again on a fresh connection after its connection broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Sending it twice does what sending it once does: an operation made only of such
+    /// commands is retried once on a fresh connection.
+    Idempotent,
+    /// It changes the server. Once it has gone out, the operation is never repeated
+    /// blindly: a repeated DELE would report "no such file" after the first had worked.
+    /// When the connection is lost before its reply, the outcome is unknown
+    /// ([`FtpError::Unconfirmed`]) and the caller finds out by looking.
+    Never,
+}
+
+/// An FTP verb and its retry policy.
+#[derive(Debug)]
+pub struct Verb {
+    /// The verb as sent.
+    pub name: &'static str,
+    /// Whether an operation that sent it may be retried.
+    pub retry: Retry,
+}
+
+/// Every verb ftpsfs sends: the one place that decides what may be retried.
+pub mod verb {
+    use super::{Retry, Verb};
+
+    macro_rules! verbs {
+        ($($(#[$doc:meta])* $name:ident $retry:ident;)*) => {
+            $($(#[$doc])* pub const $name: Verb = Verb { name: stringify!($name), retry: Retry::$retry };)*
+        };
+    }
+
+    verbs! {
+        /// Asks for TLS on the control connection (RFC 4217).
+        AUTH Idempotent;
+        /// Login name.
+        USER Idempotent;
+        /// Login password.
+        PASS Idempotent;
+        /// TLS buffer size, always 0 (RFC 4217).
+        PBSZ Idempotent;
+        /// Data connection protection, always P (private).
+        PROT Idempotent;
+        /// The server's extensions.
+        FEAT Idempotent;
+        /// Options, here `UTF8 ON`.
+        OPTS Idempotent;
+        /// Transfer type, always I (binary).
+        TYPE Idempotent;
+        /// Keeps the connection alive and proves it in step.
+        NOOP Idempotent;
+        /// Ends the session.
+        QUIT Idempotent;
+        /// Extended passive mode: the data port.
+        EPSV Idempotent;
+        /// Passive mode: the data address.
+        PASV Idempotent;
+        /// The offset of the next transfer.
+        REST Idempotent;
+        /// Stops a transfer.
+        ABOR Idempotent;
+        /// A file's size.
+        SIZE Idempotent;
+        /// A file's modification time.
+        MDTM Idempotent;
+        /// One entry's facts.
+        MLST Idempotent;
+        /// A machine-readable listing.
+        MLSD Idempotent;
+        /// A human-readable listing (`LIST -a`).
+        LIST Idempotent;
+        /// Downloads a file.
+        RETR Idempotent;
+        /// Names the file the next RNTO renames. Alone it changes nothing, so it may be
+        /// sent again; the pair's effect is RNTO's.
+        RNFR Idempotent;
+        /// Renames the file RNFR named.
+        RNTO Never;
+        /// Uploads a file, replacing any file of that name.
+        STOR Never;
+        /// Uploads onto the end of a file.
+        APPE Never;
+        /// Deletes a file.
+        DELE Never;
+        /// Creates a directory.
+        MKD Never;
+        /// Removes an empty directory.
+        RMD Never;
+        /// Sets a file's modification time (draft-somers-ftp-mfxx).
+        MFMT Never;
+        /// Site commands: `CHMOD`, `UTIME`.
+        SITE Never;
+    }
+}
+
+/// One command line to send, with its verb.
+pub(super) struct Command {
+    verb: &'static Verb,
+    line: Vec<u8>,
+}
+
+impl Command {
+    /// The verb alone.
+    pub(super) fn new(verb: &'static Verb) -> Self {
+        Self {
+            verb,
+            line: verb.name.as_bytes().to_vec(),
+        }
+    }
+
+    /// The verb and its argument (a path, a name, an option), refused if the argument
+    /// holds CR, LF or NUL, which would smuggle in another command.
+    pub(super) fn with_arg(verb: &'static Verb, arg: impl AsRef<[u8]>) -> Result<Self, FtpError> {
+        let arg = arg.as_ref();
+        if arg.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return Err(FtpError::InvalidPath {
+                path: String::from_utf8_lossy(arg).into_owned(),
+            });
+        }
+        let mut line = Vec::with_capacity(verb.name.len() + 1 + arg.len());
+        line.extend_from_slice(verb.name.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(arg);
+        Ok(Self { verb, line })
+    }
+
+    /// The verb.
+    pub(super) fn verb(&self) -> &'static Verb {
+        self.verb
+    }
+
+    /// The bytes to send, without CRLF.
+    pub(super) fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// The command as logs and errors may show it: the password hidden.
+    pub(super) fn shown(&self) -> String {
+        Redacted(&String::from_utf8_lossy(&self.line)).to_string()
+    }
+}
+
 impl ControlConnection {
     /// NOOP: proves the connection is alive and keeps idle-timeouts at bay.
     pub async fn noop(&mut self) -> Result<(), FtpError> {
-        self.expect_success("NOOP").await.map(|_| ())
+        self.expect_success(Command::new(&verb::NOOP))
+            .await
+            .map(|_| ())
     }
 
     /// The size of a file in bytes (SIZE, RFC 3659).
     pub async fn size(&mut self, path: &[u8]) -> Result<u64, FtpError> {
-        let reply = self.path_command("SIZE", path, 213).await?;
+        let reply = self.path_command(&verb::SIZE, path, 213).await?;
         reply
             .first_line()
             .parse::<u64>()
@@ -31,7 +176,7 @@ impl ControlConnection {
 
     /// The modification time of a file (MDTM, RFC 3659), UTC.
     pub async fn modified(&mut self, path: &[u8]) -> Result<Timestamp, FtpError> {
-        let reply = self.path_command("MDTM", path, 213).await?;
+        let reply = self.path_command(&verb::MDTM, path, 213).await?;
         let fact = format!("modify={};type=file; x", reply.first_line());
         listing::parse_mlsd_line(fact.as_bytes())
             .ok()
@@ -45,7 +190,7 @@ impl ControlConnection {
 
     /// The facts of one file or directory (MLST, RFC 3659).
     pub async fn stat(&mut self, path: &[u8]) -> Result<Entry, FtpError> {
-        let reply = self.path_command("MLST", path, 250).await?;
+        let reply = self.path_command(&verb::MLST, path, 250).await?;
         // The entry is the line that starts with a space, between the 250- and 250 lines.
         reply
             .lines
@@ -61,17 +206,18 @@ impl ControlConnection {
 
     async fn path_command(
         &mut self,
-        verb: &str,
+        verb: &'static Verb,
         path: &[u8],
         expected: u16,
     ) -> Result<Reply, FtpError> {
-        let command = path_command(verb, path)?;
-        let reply = self.command_bytes(&command).await?;
+        let command = Command::with_arg(verb, path)?;
+        let shown = command.shown();
+        let reply = self.command(command).await?;
         if reply.code == expected {
             Ok(reply)
         } else {
             Err(FtpError::Rejected {
-                command: String::from_utf8_lossy(&command).into_owned(),
+                command: shown,
                 reply,
             })
         }
@@ -93,16 +239,15 @@ impl ControlConnection {
         path: &[u8],
         format: ListingFormat,
     ) -> Result<Listing, FtpError> {
-        let verb = match format {
-            ListingFormat::Mlsd => "MLSD",
-            ListingFormat::List => "LIST -a",
+        let command = match (format, path.is_empty()) {
+            (ListingFormat::Mlsd, true) => Command::new(&verb::MLSD),
+            (ListingFormat::Mlsd, false) => Command::with_arg(&verb::MLSD, path)?,
+            (ListingFormat::List, true) => Command::with_arg(&verb::LIST, "-a")?,
+            (ListingFormat::List, false) => {
+                Command::with_arg(&verb::LIST, [b"-a ", path].concat())?
+            }
         };
-        let command = if path.is_empty() {
-            verb.as_bytes().to_vec()
-        } else {
-            path_command(verb, path)?
-        };
-        let body = self.read_to_end(&command, MAX_LISTING_BYTES).await?;
+        let body = self.read_to_end(command, MAX_LISTING_BYTES).await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -118,7 +263,8 @@ impl ControlConnection {
     }
 
     /// Runs a data command and returns everything the server sends (at most `max` bytes).
-    pub async fn read_to_end(&mut self, command: &[u8], max: usize) -> Result<Vec<u8>, FtpError> {
+    async fn read_to_end(&mut self, command: Command, max: usize) -> Result<Vec<u8>, FtpError> {
+        let step = command.verb().name;
         let mut data = self.open_data(command, 0).await?;
         let mut body = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
@@ -136,7 +282,7 @@ impl ControlConnection {
             if body.len() + n > max {
                 self.abort_data(data).await?;
                 return Err(FtpError::Protocol {
-                    step: String::from_utf8_lossy(command).into_owned(),
+                    step: step.into(),
                     detail: format!("more than {max} bytes of data"),
                 });
             }
@@ -148,33 +294,9 @@ impl ControlConnection {
 
     /// Starts downloading `path` from byte `offset` (REST + RETR); read it from the returned stream.
     pub async fn retrieve(&mut self, path: &[u8], offset: u64) -> Result<DataConnection, FtpError> {
-        let command = path_command("RETR", path)?;
-        self.open_data(&command, offset).await
+        self.open_data(Command::with_arg(&verb::RETR, path)?, offset)
+            .await
     }
-}
-
-pub(super) fn check_command_text(command: &str) -> Result<(), FtpError> {
-    if command.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
-        Err(FtpError::InvalidPath {
-            path: command.to_string(),
-        })
-    } else {
-        Ok(())
-    }
-}
-
-/// `VERB path`, refusing paths that would smuggle in another command.
-pub(super) fn path_command(verb: &str, path: &[u8]) -> Result<Vec<u8>, FtpError> {
-    if path.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
-        return Err(FtpError::InvalidPath {
-            path: String::from_utf8_lossy(path).into_owned(),
-        });
-    }
-    let mut command = Vec::with_capacity(verb.len() + 1 + path.len());
-    command.extend_from_slice(verb.as_bytes());
-    command.push(b' ');
-    command.extend_from_slice(path);
-    Ok(command)
 }
 
 #[cfg(test)]
@@ -182,9 +304,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_with_line_breaks_are_refused() {
-        assert!(path_command("RETR", b"a\r\nDELE b").is_err());
-        assert!(path_command("RETR", b"a\0b").is_err());
-        assert_eq!(path_command("RETR", b"dir/f g").unwrap(), b"RETR dir/f g");
+    fn arguments_with_line_breaks_are_refused() {
+        assert!(Command::with_arg(&verb::RETR, b"a\r\nDELE b").is_err());
+        assert!(Command::with_arg(&verb::RETR, b"a\0b").is_err());
+        let command = Command::with_arg(&verb::RETR, b"dir/f g").unwrap();
+        assert_eq!(command.line(), b"RETR dir/f g");
+    }
+
+    #[test]
+    fn passwords_are_never_shown() {
+        let command = Command::with_arg(&verb::PASS, "hunter2").unwrap();
+        assert_eq!(command.shown(), "PASS ****");
     }
 }

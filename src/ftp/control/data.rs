@@ -11,7 +11,8 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::replies::{command_verb, PendingReplies};
+use super::commands::{verb, Command};
+use super::replies::PendingReplies;
 use super::{io_error, summarize, ControlConnection, State};
 use crate::ftp::error::FtpError;
 use crate::ftp::options::Timeouts;
@@ -28,9 +29,9 @@ impl ControlConnection {
     ///
     /// The command is sent while the TLS handshake runs: vsftpd sends 150 before its TLS
     /// accept, other servers accept first, and either order must work.
-    pub async fn open_data(
+    pub(super) async fn open_data(
         &mut self,
-        command: &[u8],
+        command: Command,
         offset: u64,
     ) -> Result<DataConnection, FtpError> {
         if self.is_broken() {
@@ -54,7 +55,8 @@ impl ControlConnection {
             step.clone(),
             connected_tx,
         )));
-        if let Err(e) = self.send(command).await {
+        let verb = command.verb().name;
+        if let Err(e) = self.send(&command).await {
             handshake.abandon();
             return Err(e);
         }
@@ -64,11 +66,7 @@ impl ControlConnection {
             // before the connection came: then its reply is the answer, and the
             // connection stays usable. Otherwise the server waits for a connection that
             // will not come, and its state is unknown.
-            let reply = tokio::time::timeout(
-                REJECTED_HANDSHAKE_GRACE,
-                self.read_reply(&command_verb(command)),
-            )
-            .await;
+            let reply = tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, self.read_reply(verb)).await;
             return Err(match reply {
                 Ok(Ok(reply))
                     if !(reply.is_preliminary()
@@ -78,7 +76,7 @@ impl ControlConnection {
                 {
                     self.enter(State::Ready);
                     FtpError::Rejected {
-                        command: String::from_utf8_lossy(command).into_owned(),
+                        command: command.shown(),
                         reply,
                     }
                 }
@@ -88,7 +86,7 @@ impl ControlConnection {
                 }
             });
         }
-        let reply = match self.read_reply(&command_verb(command)).await {
+        let reply = match self.read_reply(verb).await {
             Ok(reply) => reply,
             Err(e) => {
                 handshake.abandon();
@@ -96,7 +94,7 @@ impl ControlConnection {
             }
         };
         if !(reply.is_preliminary() || reply.is_success()) {
-            let error = self.refused_data(command, number, reply, handshake).await;
+            let error = self.refused_data(&command, number, reply, handshake).await;
             self.enter(State::Ready);
             return Err(error);
         }
@@ -139,7 +137,7 @@ impl ControlConnection {
             resumed = ?resumed,
             tls = ?transport.tls().map(summarize),
             tickets_left = self.tickets_held(),
-            command = %String::from_utf8_lossy(command),
+            command = %command.shown(),
             "data connection open"
         );
         self.enter(State::Transfer {
@@ -149,7 +147,7 @@ impl ControlConnection {
             transport,
             number,
             resumed,
-            command: command_verb(command),
+            command: verb.to_string(),
             idle_limit: self.options.timeouts.data_idle,
             eof: false,
             close_notify: false,
@@ -197,7 +195,7 @@ impl ControlConnection {
     /// Builds the error for a data command the server answered with a failure code.
     async fn refused_data(
         &mut self,
-        command: &[u8],
+        command: &Command,
         number: u64,
         reply: Reply,
         handshake: PendingData,
@@ -205,7 +203,7 @@ impl ControlConnection {
         if !is_data_connection_failure(&reply) {
             handshake.abandon();
             return FtpError::Rejected {
-                command: String::from_utf8_lossy(command).into_owned(),
+                command: command.shown(),
                 reply,
             };
         }
@@ -232,19 +230,21 @@ impl ControlConnection {
     /// work; after a refused EPSV, REST follows PASV on its own so that it comes right
     /// before the transfer command, as RFC 959 asks.
     async fn passive_address_and_offset(&mut self, offset: u64) -> Result<SocketAddr, FtpError> {
-        let rest = format!("REST {offset}");
+        let rest = || Command::with_arg(&verb::REST, offset.to_string());
         let check_rest = |reply: Reply| {
             if reply.code == 350 {
                 Ok(())
             } else {
                 Err(FtpError::Rejected {
-                    command: rest.clone(),
+                    command: format!("REST {offset}"),
                     reply,
                 })
             }
         };
         if offset > 0 && !self.epsv_refused {
-            let [epsv, rest_reply] = self.pipeline([b"EPSV".as_slice(), rest.as_bytes()]).await?;
+            let [epsv, rest_reply] = self
+                .pipeline([&Command::new(&verb::EPSV), &rest()?])
+                .await?;
             let rest_result = check_rest(rest_reply);
             // Once REST is accepted, the server starts the next transfer at `offset`
             // whatever it is: a connection left so must never serve another transfer.
@@ -272,7 +272,7 @@ impl ControlConnection {
         }
         let target = self.passive_address().await?;
         if offset > 0 {
-            let reply = self.command(&rest).await?;
+            let reply = self.command(rest()?).await?;
             check_rest(reply)?;
         }
         Ok(target)
@@ -303,7 +303,7 @@ impl ControlConnection {
 
     async fn passive_address(&mut self) -> Result<SocketAddr, FtpError> {
         if !self.epsv_refused {
-            let reply = self.command("EPSV").await?;
+            let reply = self.command(Command::new(&verb::EPSV)).await?;
             if let Some(target) = self.epsv_target(reply)? {
                 return Ok(target);
             }
@@ -314,7 +314,7 @@ impl ControlConnection {
                 detail: "the server refused EPSV, and PASV cannot express an IPv6 address".into(),
             });
         }
-        let reply = self.command("PASV").await?;
+        let reply = self.command(Command::new(&verb::PASV)).await?;
         if reply.code != 227 {
             return Err(FtpError::Rejected {
                 command: "PASV".into(),
@@ -408,8 +408,8 @@ impl ControlConnection {
         self.end_transfer();
         // Two writes, not one: Pure-FTPd, reading ABOR in the middle of a transfer,
         // sometimes loses a NOOP that arrived in the same segment.
-        self.send(b"ABOR").await?;
-        self.send(b"NOOP").await?;
+        self.send(&Command::new(&verb::ABOR)).await?;
+        self.send(&Command::new(&verb::NOOP)).await?;
         tracing::debug!(conn = self.id, data = number, "transfer aborted");
         self.enter(State::Owes(PendingReplies::Abort));
         Ok(())

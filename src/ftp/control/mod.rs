@@ -20,8 +20,8 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::AsyncWriteExt;
 
-use commands::check_command_text;
-pub use commands::MAX_LISTING_BYTES;
+use commands::Command;
+pub use commands::{verb, Retry, Verb, MAX_LISTING_BYTES};
 pub use data::DataConnection;
 use replies::PendingReplies;
 
@@ -81,6 +81,9 @@ pub struct ControlConnection {
     epsv_refused: bool,
     data_connections: u64,
     state: State,
+    /// A command that changes the server ([`Retry::Never`]) went out since the pool lent
+    /// the connection: the operation must not be retried blindly.
+    sent_mutation: bool,
     last_used: Instant,
 }
 
@@ -165,6 +168,7 @@ impl ControlConnection {
             epsv_refused: false,
             data_connections: 0,
             state: State::Ready,
+            sent_mutation: false,
             last_used: Instant::now(),
         };
         conn.greeting = conn.read_greeting().await?;
@@ -173,17 +177,22 @@ impl ControlConnection {
         }
         conn.login().await?;
         if conn.session.is_some() {
-            conn.expect_success("PBSZ 0").await?;
-            conn.expect_success("PROT P").await?;
+            conn.expect_success(Command::with_arg(&verb::PBSZ, "0")?)
+                .await?;
+            conn.expect_success(Command::with_arg(&verb::PROT, "P")?)
+                .await?;
         }
-        let feat = conn.command("FEAT").await?;
+        let feat = conn.command(Command::new(&verb::FEAT)).await?;
         conn.features = Features::from_reply(&feat);
         if conn.features.utf8 {
             // Servers that announce UTF8 may still want it switched on; a refusal is harmless.
-            let reply = conn.command("OPTS UTF8 ON").await?;
+            let reply = conn
+                .command(Command::with_arg(&verb::OPTS, "UTF8 ON")?)
+                .await?;
             tracing::debug!(conn = id, %reply, "OPTS UTF8 ON");
         }
-        conn.expect_success("TYPE I").await?;
+        conn.expect_success(Command::with_arg(&verb::TYPE, "I")?)
+            .await?;
         tracing::debug!(conn = id, tls = ?conn.tls_summary(), "control connection ready");
         Ok(conn)
     }
@@ -207,7 +216,7 @@ impl ControlConnection {
     }
 
     async fn start_tls(&mut self) -> Result<(), FtpError> {
-        let reply = self.command("AUTH TLS").await?;
+        let reply = self.command(Command::with_arg(&verb::AUTH, "TLS")?).await?;
         if reply.code != 234 {
             // Never fall back to plain text: that would send the password in the clear.
             self.mark_broken();
@@ -256,18 +265,18 @@ impl ControlConnection {
     }
 
     async fn login(&mut self) -> Result<(), FtpError> {
-        let user = format!("USER {}", self.options.user);
-        check_command_text(&user)?;
-        let reply = self.command(&user).await?;
+        let user = Command::with_arg(&verb::USER, &self.options.user)?;
+        let reply = self.command(user).await?;
         let reply = match reply.code {
             230 => return Ok(()),
             331 | 332 => {
-                let pass = format!("PASS {}", self.options.password.expose());
-                check_command_text(&pass).map_err(|_| FtpError::Protocol {
-                    step: "login".into(),
-                    detail: "the password contains a CR, LF or NUL byte".into(),
-                })?;
-                self.command(&pass).await?
+                let pass = Command::with_arg(&verb::PASS, self.options.password.expose()).map_err(
+                    |_| FtpError::Protocol {
+                        step: "login".into(),
+                        detail: "the password contains a CR, LF or NUL byte".into(),
+                    },
+                )?;
+                self.command(pass).await?
             }
             _ => reply,
         };
@@ -326,6 +335,17 @@ impl ControlConnection {
         }
     }
 
+    /// Whether a command that changes the server went out since [`Self::begin_operation`]:
+    /// then the operation may not be retried on a fresh connection.
+    pub fn sent_mutation(&self) -> bool {
+        self.sent_mutation
+    }
+
+    /// Starts counting the commands of a new operation (see [`Self::sent_mutation`]).
+    pub fn begin_operation(&mut self) {
+        self.sent_mutation = false;
+    }
+
     /// Marks the connection unusable for good.
     fn mark_broken(&mut self) {
         self.state = State::Broken;
@@ -359,7 +379,7 @@ impl ControlConnection {
         if !matches!(self.state, State::Broken | State::Transfer { .. }) {
             let limit = Duration::from_secs(2).min(self.options.timeouts.reply);
             let _ = tokio::time::timeout(limit, async {
-                let _ = self.send(b"QUIT").await;
+                let _ = self.send(&Command::new(&verb::QUIT)).await;
                 let _ = self.read_reply("QUIT").await;
             })
             .await;

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::commands::{Command, Retry};
 use super::{io_error, ControlConnection, State};
-use crate::ftp::error::{FtpError, Redacted};
+use crate::ftp::error::FtpError;
 use crate::ftp::reply::{Reply, ReplyParser, MAX_LINE_BYTES};
 use crate::ftp::transport::within;
 
@@ -79,7 +80,7 @@ impl ControlConnection {
         result
     }
 
-    pub(super) async fn send(&mut self, command: &[u8]) -> Result<(), FtpError> {
+    pub(super) async fn send(&mut self, command: &Command) -> Result<(), FtpError> {
         self.send_all(&[command]).await
     }
 
@@ -111,50 +112,46 @@ impl ControlConnection {
     }
 
     /// Sends `commands` in one write (pipelined): the server answers them in order.
-    pub(super) async fn send_all(&mut self, commands: &[&[u8]]) -> Result<(), FtpError> {
+    pub(super) async fn send_all(&mut self, commands: &[&Command]) -> Result<(), FtpError> {
         self.settle().await?;
-        let first = commands.first().copied().unwrap_or_default();
+        let first = commands.first().map_or("", |c| c.verb().name);
         match self.state {
             State::Ready | State::Exchange => {}
             State::Transfer { .. } => {
                 return Err(FtpError::Protocol {
-                    step: command_verb(first),
+                    step: first.into(),
                     detail: "a transfer is still open on this connection".into(),
                 })
             }
             State::Owes(_) | State::Broken => {
                 return Err(FtpError::Closed {
-                    step: format!(
-                        "sending {} on a connection out of step",
-                        command_verb(first)
-                    ),
+                    step: format!("sending {first} on a connection out of step"),
                 })
             }
         }
         self.state = State::Exchange;
         let mut line = Vec::new();
         for command in commands {
-            let text = String::from_utf8_lossy(command);
-            tracing::debug!(conn = self.id, "-> {}", Redacted(&text));
-            line.extend_from_slice(command);
+            tracing::debug!(conn = self.id, "-> {}", command.shown());
+            line.extend_from_slice(command.line());
             line.extend_from_slice(b"\r\n");
+            if command.verb().retry == Retry::Never {
+                // From the first byte on, the server may act on it.
+                self.sent_mutation = true;
+            }
         }
         let limit = self.options.timeouts.reply;
-        let result = within(
-            limit,
-            || format!("sending {}", command_verb(first)),
-            async {
-                let transport = self.transport()?;
-                transport
-                    .write_all(&line)
-                    .await
-                    .map_err(|e| io_error("sending a command", e))?;
-                transport
-                    .flush()
-                    .await
-                    .map_err(|e| io_error("sending a command", e))
-            },
-        )
+        let result = within(limit, || format!("sending {first}"), async {
+            let transport = self.transport()?;
+            transport
+                .write_all(&line)
+                .await
+                .map_err(|e| io_error("sending a command", e))?;
+            transport
+                .flush()
+                .await
+                .map_err(|e| io_error("sending a command", e))
+        })
         .await;
         if result.is_err() {
             self.mark_broken();
@@ -163,23 +160,19 @@ impl ControlConnection {
     }
 
     /// Sends a command and returns the server's reply, whatever its code.
-    pub async fn command(&mut self, command: &str) -> Result<Reply, FtpError> {
-        self.command_bytes(command.as_bytes()).await
-    }
-
-    pub(super) async fn command_bytes(&mut self, command: &[u8]) -> Result<Reply, FtpError> {
-        let [reply] = self.pipeline([command]).await?;
+    pub(super) async fn command(&mut self, command: Command) -> Result<Reply, FtpError> {
+        let [reply] = self.pipeline([&command]).await?;
         Ok(reply)
     }
 
     /// Sends a command and fails unless the reply is 2xx.
-    pub async fn expect_success(&mut self, command: &str) -> Result<Reply, FtpError> {
-        let reply = self.command(command).await?;
+    pub(super) async fn expect_success(&mut self, command: Command) -> Result<Reply, FtpError> {
+        let [reply] = self.pipeline([&command]).await?;
         if reply.is_success() {
             Ok(reply)
         } else {
             Err(FtpError::Rejected {
-                command: Redacted(command).to_string(),
+                command: command.shown(),
                 reply,
             })
         }
@@ -188,18 +181,18 @@ impl ControlConnection {
     /// Sends `commands` together and reads their replies, failing on the first 421.
     pub(super) async fn pipeline<const N: usize>(
         &mut self,
-        commands: [&[u8]; N],
+        commands: [&Command; N],
     ) -> Result<[Reply; N], FtpError> {
         self.send_all(&commands).await?;
         let mut replies = Vec::with_capacity(N);
         for command in commands {
-            let reply = self.read_reply(&command_verb(command)).await?;
+            let reply = self.read_reply(command.verb().name).await?;
             if reply.code == 421 {
                 // The server is closing the connection (and replies to the rest of the
                 // commands sent will never be read).
                 self.mark_broken();
                 return Err(FtpError::Rejected {
-                    command: Redacted(&String::from_utf8_lossy(command)).to_string(),
+                    command: command.shown(),
                     reply,
                 });
             }
@@ -240,26 +233,4 @@ pub(super) enum PendingReplies {
     Abort,
     /// The final reply of a transfer whose data arrived complete.
     FinalReply { number: u64, command: String },
-}
-
-/// The command's verb (and LIST options), for step names that must not carry paths or passwords.
-pub(super) fn command_verb(command: &[u8]) -> String {
-    let text = String::from_utf8_lossy(command);
-    let verb = text.split(' ').next().unwrap_or_default();
-    if verb.eq_ignore_ascii_case("PASS") {
-        "PASS".into()
-    } else {
-        verb.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_verb_hides_arguments() {
-        assert_eq!(command_verb(b"PASS hunter2"), "PASS");
-        assert_eq!(command_verb(b"RETR secret/path"), "RETR");
-    }
 }
