@@ -11,7 +11,8 @@
 //! - [`fs`]: the filesystem logic (inodes, metadata cache, block cache, read-ahead).
 //!   Knows nothing of fuser's types.
 //! - [`fuse`]: the thin adapter from fuser's callbacks to [`fs`].
-//! - [`mount`]: mount options, mounting, detaching and unmounting.
+//! - [`mount`]: mounting, detaching and unmounting.
+//! - [`settings`]: every option, defined once for `-o` and the command line.
 //! - [`config`]: turns a URL, password sources and flags into connection options.
 //! - [`check`]: the `ftpsfs check` diagnostic.
 
@@ -21,3 +22,4 @@ pub mod fs;
 pub mod ftp;
 pub mod fuse;
 pub mod mount;
+pub mod settings;

@@ -3,14 +3,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use ftpsfs::config::{self, ConnectionSettings, FtpUrl, PasswordSources};
-use ftpsfs::ftp::{Timeouts, TlsOptions, TlsVersions};
-use ftpsfs::mount::{self, MountSettings};
+use ftpsfs::config::{self, FtpUrl, PasswordSources};
+use ftpsfs::mount;
+use ftpsfs::settings::{Scope, Setting, Settings, SETTINGS};
 
 /// Mount an FTPS server as a local folder (read-only).
 ///
@@ -20,6 +19,7 @@ use ftpsfs::mount::{self, MountSettings};
 #[command(
     version,
     about,
+    verbatim_doc_comment,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -44,17 +44,12 @@ struct MountArgs {
     /// Where to mount (an existing directory).
     #[arg(required = true)]
     mountpoint: Option<PathBuf>,
-    /// Mount options, comma-separated: cache_size=256M, dir_cache=60, block_size=1M,
-    /// readahead=64M, connections=5, dir_prefetch=64, timeout=20, uid=N, gid=N, umask=022, allow_other,
-    /// allow_root, default_permissions, password_file=F, ca_file=PEM, insecure,
-    /// tls=1.2|1.3|auto, log_file=F, debug; fstab options such as _netdev are ignored.
+    /// Mount options, comma-separated (key=value,flag,...); every --flag below is also an
+    /// -o key, with `_` for `-`. Standard fstab options such as _netdev are ignored.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     options: Vec<String>,
-    /// Stay in the foreground (otherwise detach once mounted).
-    #[arg(short = 'f', long)]
-    foreground: bool,
     #[command(flatten)]
-    connection: ConnectionArgs,
+    flags: OptionFlags<true>,
 }
 
 #[derive(Subcommand)]
@@ -67,78 +62,83 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         data_connections: usize,
         #[command(flatten)]
-        connection: ConnectionArgs,
+        flags: OptionFlags<false>,
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum TlsVersionArg {
-    /// TLS 1.2 or 1.3, as the server prefers.
-    Auto,
-    /// TLS 1.2 only.
-    #[value(name = "1.2")]
-    V12,
-    /// TLS 1.3 only.
-    #[value(name = "1.3")]
-    V13,
+/// The options of the table (src/settings.rs) given as flags: all of them for a mount
+/// (`MOUNT`), those about the connection for `check`.
+struct OptionFlags<const MOUNT: bool> {
+    given: Vec<(&'static Setting, Option<String>)>,
 }
 
-/// Options shared by every command that connects.
-#[derive(Args)]
-struct ConnectionArgs {
-    /// Read the password from the first line of this file (must not be world-readable).
-    #[arg(long, value_name = "FILE")]
-    password_file: Option<PathBuf>,
-    /// Trust the CA certificates in this PEM file instead of the system's.
-    #[arg(long, value_name = "PEM")]
-    ca_file: Option<PathBuf>,
-    /// Do not verify the server's certificate (dangerous; logs a warning).
-    #[arg(long)]
-    insecure: bool,
-    /// Accept only the server certificate with this SHA-256 fingerprint (sha256:AB:CD:...),
-    /// whoever signed it; `ftpsfs check` prints it.
-    #[arg(long, value_name = "SHA256")]
-    fingerprint: Option<String>,
-    /// TLS versions to offer.
-    #[arg(long = "tls", value_enum, default_value = "auto")]
-    tls_version: TlsVersionArg,
-    /// Use plain, unencrypted FTP (only with ftp:// URLs).
-    #[arg(long)]
-    plain: bool,
-    /// Seconds before any network step (connect, handshake, reply, data idle) gives up.
-    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
-    timeout: u64,
-    /// Connect data connections to the address in PASV replies, not the control peer.
-    #[arg(long)]
-    trust_pasv_address: bool,
-    /// Do not resume TLS sessions on data connections (to test whether a server requires it).
-    #[arg(long)]
-    no_resume: bool,
+impl<const MOUNT: bool> OptionFlags<MOUNT> {
+    fn table() -> impl Iterator<Item = &'static Setting> {
+        SETTINGS
+            .iter()
+            .filter(|setting| MOUNT || setting.scope == Scope::Connection)
+    }
+
+    /// Applies the flags given, in table order, after the defaults.
+    fn apply(&self, settings: &mut Settings) -> Result<(), config::ConfigError> {
+        for (setting, value) in &self.given {
+            settings.apply_flag(setting, value.as_deref())?;
+        }
+        Ok(())
+    }
 }
 
-impl ConnectionArgs {
-    fn settings(&self) -> Result<ConnectionSettings, String> {
-        let fingerprint = match &self.fingerprint {
-            Some(text) => Some(ftpsfs::ftp::tls::parse_fingerprint(text)?),
-            None => None,
-        };
-        Ok(ConnectionSettings {
-            tls: TlsOptions {
-                fingerprint,
-                ca_file: self.ca_file.clone(),
-                insecure: self.insecure,
-                versions: match self.tls_version {
-                    TlsVersionArg::Auto => TlsVersions::Any,
-                    TlsVersionArg::V12 => TlsVersions::Tls12Only,
-                    TlsVersionArg::V13 => TlsVersions::Tls13Only,
-                },
-            },
-            plain: self.plain,
-            timeouts: Timeouts::uniform(Duration::from_secs(self.timeout.max(1))),
-            trust_pasv_address: self.trust_pasv_address,
-            no_resume: self.no_resume,
+impl<const MOUNT: bool> clap::FromArgMatches for OptionFlags<MOUNT> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let given = Self::table()
+            .filter_map(|setting| match setting.value {
+                Some(_) => matches
+                    .get_one::<String>(setting.key)
+                    .map(|value| (setting, Some(value.clone()))),
+                None => matches.get_flag(setting.key).then_some((setting, None)),
+            })
+            .collect();
+        Ok(Self { given })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl<const MOUNT: bool> clap::Args for OptionFlags<MOUNT> {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        Self::table().fold(command, |command, setting| {
+            let meaning = capitalized(setting.meaning);
+            let arg = clap::Arg::new(setting.key)
+                .long(setting.flag())
+                .short(setting.short)
+                .help(meaning.clone())
+                .long_help(format!(
+                    "{meaning}.\n\nDefault: {}; {}.",
+                    setting.default.shown(),
+                    setting.reason
+                ));
+            command.arg(match setting.value {
+                Some(value) => arg.value_name(value).action(clap::ArgAction::Set),
+                None => arg.action(clap::ArgAction::SetTrue),
+            })
         })
     }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+/// `text` with its first letter in upper case, as clap's help lines are.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<(), String> {
@@ -191,7 +191,7 @@ fn main() -> ExitCode {
         Some(Command::Check {
             url,
             data_connections,
-            connection,
+            flags,
         }) => {
             if let Err(e) = init_logging(cli.verbose, None) {
                 eprintln!("ftpsfs: {e}");
@@ -207,7 +207,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(check(&url, data_connections, &connection))
+            runtime.block_on(check(&url, data_connections, &flags))
         }
         None => mount_command(cli.verbose, cli.mount),
     }
@@ -218,24 +218,15 @@ fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
         eprintln!("ftpsfs: usage: ftpsfs URL MOUNTPOINT [-o options] (see --help)");
         return ExitCode::from(2);
     };
-    let connection = match args.connection.settings() {
-        Ok(connection) => connection,
-        Err(e) => {
-            eprintln!("ftpsfs: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut settings = MountSettings {
-        foreground: args.foreground,
-        connection,
-        password_file: args.connection.password_file.clone(),
-        ..MountSettings::default()
-    };
-    for list in &args.options {
-        if let Err(e) = settings.apply_options(list) {
-            eprintln!("ftpsfs: {e}");
-            return ExitCode::from(2);
-        }
+    let mut settings = Settings::default();
+    let applied = args.flags.apply(&mut settings).and_then(|()| {
+        args.options
+            .iter()
+            .try_for_each(|list| settings.apply_options(list))
+    });
+    if let Err(e) = applied {
+        eprintln!("ftpsfs: {e}");
+        return ExitCode::from(2);
     }
     let verbosity = if settings.debug {
         verbose.max(1)
@@ -299,17 +290,18 @@ fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
     }
 }
 
-async fn check(url: &str, data_connections: usize, args: &ConnectionArgs) -> ExitCode {
+async fn check(url: &str, data_connections: usize, flags: &OptionFlags<false>) -> ExitCode {
     let prepared = (|| {
+        let mut settings = Settings::default();
+        flags.apply(&mut settings)?;
         let url = FtpUrl::parse(url)?;
         let sources = PasswordSources {
-            password_file: args.password_file.clone(),
+            password_file: settings.password_file.clone(),
             netrc: None,
             allow_prompt: true,
         };
         let (user, password) = config::resolve_credentials(&url, &sources)?;
-        let settings = args.settings().map_err(config::ConfigError::Option)?;
-        let options = config::connect_options(&url, user, password, &settings)?;
+        let options = config::connect_options(&url, user, password, &settings.connection)?;
         Ok::<_, config::ConfigError>((url, options))
     })();
     let (url, options) = match prepared {

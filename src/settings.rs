@@ -1,0 +1,767 @@
+//! Every option a user can set, defined once: each is both a `-o key=value` mount option
+//! (as `mount.fuse3` and `/etc/fstab` pass them) and a `--key-name` command-line flag, with
+//! its default, what it means, and why the default is what it is.
+//!
+//! [`SETTINGS`] is the table; the command line (`main.rs`) and [`Settings::apply_options`]
+//! both read it, and a test keeps the README's option table equal to
+//! [`markdown_table`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{ConfigError, ConnectionSettings};
+use crate::fs::FsConfig;
+use crate::ftp::tls::parse_fingerprint;
+use crate::ftp::{PoolOptions, Timeouts, TlsVersions};
+
+/// Everything the options can set: how to connect, and how the mount behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Stay in the foreground (`-f`).
+    pub foreground: bool,
+    /// TLS, timeouts and the like.
+    pub connection: ConnectionSettings,
+    /// `password_file=`.
+    pub password_file: Option<PathBuf>,
+    /// `dir_cache=`: how long a listing is trusted.
+    pub dir_ttl: Duration,
+    /// `cache_size=`: block cache bytes.
+    pub cache_size: u64,
+    /// `block_size=`: block cache block size.
+    pub block_size: u64,
+    /// `readahead=`: largest read-ahead window in bytes.
+    pub max_readahead: u64,
+    /// `connections=`: control connections in the pool.
+    pub connections: usize,
+    /// `dir_prefetch=`: subdirectories listed ahead when a directory is opened.
+    pub dir_prefetch: usize,
+    /// `uid=`: owner of every file.
+    pub uid: u32,
+    /// `gid=`: group of every file.
+    pub gid: u32,
+    /// `umask=`: permission bits to clear.
+    pub umask: u32,
+    /// `allow_other`.
+    pub allow_other: bool,
+    /// `allow_root`.
+    pub allow_root: bool,
+    /// `default_permissions`: let the kernel check permissions.
+    pub default_permissions: bool,
+    /// `log_file=`: where logs go (needed to see them after detaching).
+    pub log_file: Option<PathBuf>,
+    /// `debug`: debug-level logging.
+    pub debug: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Self {
+            foreground: false,
+            connection: ConnectionSettings {
+                timeouts: Timeouts::uniform(Duration::from_secs(20)),
+                ..ConnectionSettings::default()
+            },
+            password_file: None,
+            dir_ttl: Duration::from_secs(60),
+            cache_size: 256 << 20,
+            block_size: 1 << 20,
+            max_readahead: 64 << 20,
+            connections: PoolOptions::default().max_connections,
+            dir_prefetch: 64,
+            uid,
+            gid,
+            umask: 0o022,
+            allow_other: false,
+            allow_root: false,
+            default_permissions: false,
+            log_file: None,
+            debug: false,
+        }
+    }
+}
+
+/// Which commands take an option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// How to reach and trust the server: `ftpsfs check` and mounts.
+    Connection,
+    /// How the mount behaves: mounts only.
+    Mount,
+}
+
+/// What applies when an option is not given.
+#[derive(Debug, Clone, Copy)]
+pub enum WhenUnset {
+    /// This value, which the option also accepts.
+    Value(&'static str),
+    /// Something that is no value of the option; the words say what.
+    Otherwise(&'static str),
+}
+
+impl WhenUnset {
+    /// As the README shows it.
+    pub fn shown(self) -> &'static str {
+        match self {
+            WhenUnset::Value(text) | WhenUnset::Otherwise(text) => text,
+        }
+    }
+}
+
+/// One option of the table.
+pub struct Setting {
+    /// The `-o` key; the flag is `--` and the key with `-` for `_`.
+    pub key: &'static str,
+    /// What the value looks like (`SECONDS`, `SIZE`); None for a flag without a value.
+    pub value: Option<&'static str>,
+    /// A one-letter flag as well, as for `-f`.
+    pub short: Option<char>,
+    /// What applies when the option is not given.
+    pub default: WhenUnset,
+    /// What the option does, in one line.
+    pub meaning: &'static str,
+    /// Why the default is what it is.
+    pub reason: &'static str,
+    /// Which commands take it.
+    pub scope: Scope,
+    /// Sets it, from the value the user gave (None for a flag).
+    pub apply: fn(&mut Settings, Option<&str>) -> Result<(), String>,
+}
+
+impl Setting {
+    /// The command-line flag's name, without the dashes.
+    pub fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+}
+
+/// The value of an option that needs one.
+fn value(value: Option<&str>) -> Result<&str, String> {
+    value.ok_or_else(|| "needs a value (key=value)".to_string())
+}
+
+/// An option without a value must not be given one (`allow_other=1` is a typo).
+fn flag(value: Option<&str>) -> Result<(), String> {
+    match value {
+        None => Ok(()),
+        Some(_) => Err("takes no value".into()),
+    }
+}
+
+fn seconds(text: Option<&str>) -> Result<Duration, String> {
+    parse_seconds(value(text)?).ok_or_else(|| "expected seconds > 0".to_string())
+}
+
+fn size(text: Option<&str>, example: &str) -> Result<u64, String> {
+    parse_size(value(text)?).ok_or_else(|| format!("expected a size such as {example}"))
+}
+
+fn number<T: std::str::FromStr>(text: Option<&str>, expected: &str) -> Result<T, String> {
+    value(text)?.parse().map_err(|_| expected.to_string())
+}
+
+/// The table: every option, in the order the README lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "password_file",
+        value: Some("FILE"),
+        short: None,
+        default: WhenUnset::Otherwise("—"),
+        meaning: "read the password from the first line of FILE, which must not be world-readable",
+        reason: "without it FTPSFS_PASSWORD, ~/.netrc and then a prompt are tried, so a password never has to be on the command line",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.password_file = Some(PathBuf::from(value(v)?));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "ca_file",
+        value: Some("PEM"),
+        short: None,
+        default: WhenUnset::Otherwise("system roots"),
+        meaning: "trust the CA certificates in this PEM file instead of the system's",
+        reason: "certificates are verified unless the user opts out explicitly",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.connection.tls.ca_file = Some(PathBuf::from(value(v)?));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "fingerprint",
+        value: Some("sha256:AB:CD:…"),
+        short: None,
+        default: WhenUnset::Otherwise("—"),
+        meaning: "accept only the server certificate with this SHA-256 fingerprint, whoever signed it (self-signed servers); `ftpsfs check` prints it",
+        reason: "pinning is opt-in: a CA-signed certificate changes at every renewal",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.connection.tls.fingerprint = Some(parse_fingerprint(value(v)?)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "insecure",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "do not verify the server's certificate (logs a warning)",
+        reason: "anyone on the path could impersonate the server",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            flag(v)?;
+            s.connection.tls.insecure = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "tls",
+        value: Some("1.2|1.3|auto"),
+        short: None,
+        default: WhenUnset::Value("auto"),
+        meaning: "the TLS versions to offer",
+        reason: "the server chooses, which is TLS 1.3 wherever it can",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.connection.tls.versions = match value(v)? {
+                "1.2" => TlsVersions::Tls12Only,
+                "1.3" => TlsVersions::Tls13Only,
+                "auto" => TlsVersions::Any,
+                _ => return Err("expected 1.2, 1.3 or auto".into()),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "plain",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "plain, unencrypted FTP (only with `ftp://` URLs)",
+        reason: "without TLS the password and every file cross the network in the clear",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            flag(v)?;
+            s.connection.plain = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "timeout",
+        value: Some("SECONDS"),
+        short: None,
+        default: WhenUnset::Value("20"),
+        meaning: "limit on each network step (connect, handshake, reply, silence on a transfer); one operation fails with EIO after about 1.5× this",
+        reason: "generous for a loaded server across a continent, short enough that a file browser on a dead server gets EIO within half a minute",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.connection.timeouts = Timeouts::uniform(seconds(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "trust_pasv_address",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "connect data connections to the address in PASV replies instead of the control connection's peer",
+        reason: "the announced address is often private behind NAT, and obeying it lets a server aim us at any host (FTP bounce)",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            flag(v)?;
+            s.connection.trust_pasv_address = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "no_resume",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "do not resume TLS sessions on data connections, to see whether a server demands it",
+        reason: "vsftpd, ProFTPD and FileZilla Server refuse data connections that do not resume",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            flag(v)?;
+            s.connection.no_resume = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "dir_cache",
+        value: Some("SECONDS"),
+        short: None,
+        default: WhenUnset::Value("60"),
+        meaning: "how long a directory listing, and the kernel's entries and attributes, are trusted",
+        reason: "ls, find and rsync then cost one listing per directory, and a change made elsewhere shows within a minute",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.dir_ttl = seconds(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "cache_size",
+        value: Some("SIZE"),
+        short: None,
+        default: WhenUnset::Value("256M"),
+        meaning: "block cache size in bytes (`K`, `M` and `G` suffixes)",
+        reason: "holds the read-ahead of four parallel readers with room to spare, and stays small beside a desktop's memory",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.cache_size = size(v, "512M")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "block_size",
+        value: Some("SIZE"),
+        short: None,
+        default: WhenUnset::Value("1M"),
+        meaning: "cache block size, between 4K and 64M",
+        reason: "large enough that a stream fills a block per handful of TCP round trips, small enough that a random read wastes little",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            let block = size(v, "1M")?;
+            if !(4096..=64 << 20).contains(&block) {
+                return Err("must be between 4K and 64M".into());
+            }
+            s.block_size = block;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "readahead",
+        value: Some("SIZE"),
+        short: None,
+        default: WhenUnset::Value("64M"),
+        meaning: "largest read-ahead window of a sequential reader (at most half of `cache_size`)",
+        reason: "64 MiB ahead keeps a 1 Gbit/s link busy at 500 ms RTT and stays well under the cache size",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.max_readahead = size(v, "64M")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "connections",
+        value: Some("N"),
+        short: None,
+        default: WhenUnset::Value("5"),
+        meaning: "control connections to the server, 1 to 64: up to 4 read-ahead streams, and one always left for listings. A server that refuses more (421) gets fewer",
+        reason: "four parallel readers each get a stream: four parallel copies at 20 ms RTT ran at 209 MB/s with four connections and 294 MB/s with five",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.connections = number::<usize>(v, "expected 1 to 64")
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or("expected 1 to 64")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "dir_prefetch",
+        value: Some("N"),
+        short: None,
+        default: WhenUnset::Value("64"),
+        meaning: "when a directory is opened, list up to N of its subdirectories ahead, in parallel on connections that are free (never the last one); `0` turns it off",
+        reason: "find, ls -R, du and file browsers open them next; 64 covers most directories without listing thousands nobody asked for",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.dir_prefetch = number(v, "expected a number (0 turns listing ahead off)")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "uid",
+        value: Some("N"),
+        short: None,
+        default: WhenUnset::Otherwise("yours"),
+        meaning: "owner shown for every file",
+        reason: "the server's owners mean nothing on this machine",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.uid = number(v, "expected a number")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "gid",
+        value: Some("N"),
+        short: None,
+        default: WhenUnset::Otherwise("yours"),
+        meaning: "group shown for every file",
+        reason: "the server's groups mean nothing on this machine",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.gid = number(v, "expected a number")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "umask",
+        value: Some("OCTAL"),
+        short: None,
+        default: WhenUnset::Value("022"),
+        meaning: "permission bits removed from the server's modes",
+        reason: "the usual umask: files readable by all, writable by the owner",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.umask = u32::from_str_radix(value(v)?, 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or("expected an octal mask such as 022")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "allow_other",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "let other users in. Non-root users need `user_allow_other` in `/etc/fuse.conf`",
+        reason: "the mount carries the mounting user's login, so it is private to that user",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.allow_other = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "allow_root",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "let root in as well as the mounting user",
+        reason: "private to the mounting user, as with allow_other",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.allow_root = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "default_permissions",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "let the kernel check permissions against the shown modes",
+        reason: "the server checks every access itself",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.default_permissions = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log_file",
+        value: Some("FILE"),
+        short: None,
+        default: WhenUnset::Otherwise("—"),
+        meaning: "write logs to FILE (needed to see them once detached)",
+        reason: "a detached mount has no terminal to log to",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.log_file = Some(PathBuf::from(value(v)?));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "debug",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "log every FTP command (the password hidden) and every data connection's resumption",
+        reason: "a busy mount sends thousands of commands a minute",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.debug = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "foreground",
+        value: None,
+        short: Some('f'),
+        default: WhenUnset::Otherwise("off"),
+        meaning: "stay in the foreground (the same as `-f`)",
+        reason: "`mount` and fstab expect the command to return once the mount is up",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.foreground = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "rw",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("—"),
+        meaning: "accepted because mount(8) adds it to fstab lines without `ro`; the mount stays read-only for now",
+        reason: "writes are not implemented yet",
+        scope: Scope::Mount,
+        apply: |_, v| {
+            flag(v)?;
+            tracing::warn!("ftpsfs mounts are read-only for now; ignoring rw");
+            Ok(())
+        },
+    },
+];
+
+/// Standard mount options that say nothing to ftpsfs (mount(8), fstab, mount.fuse3), and
+/// options of mount.fuse3's own that the URL and mountpoint already say.
+const IGNORED_OPTIONS: &[&str] = &[
+    "defaults",
+    "_netdev",
+    "auto",
+    "noauto",
+    "nofail",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "sync",
+    "async",
+    "ro",
+    "loud",
+    "silent",
+    "fsname",
+    "subtype",
+    "comment",
+];
+
+/// The option called `key`.
+pub fn find(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
+}
+
+impl Settings {
+    /// Applies one `-o` list (`key=value,flag,...`).
+    pub fn apply_options(&mut self, list: &str) -> Result<(), ConfigError> {
+        for option in list.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = match option.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (option, None),
+            };
+            match find(key) {
+                Some(setting) => (setting.apply)(self, value)
+                    .map_err(|why| ConfigError::Option(format!("mount option {key}: {why}")))?,
+                None if key.starts_with("x-") || IGNORED_OPTIONS.contains(&key) => {}
+                None => return Err(ConfigError::Option(format!("unknown mount option {key:?}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies an option given as a command-line flag.
+    pub fn apply_flag(
+        &mut self,
+        setting: &Setting,
+        value: Option<&str>,
+    ) -> Result<(), ConfigError> {
+        (setting.apply)(self, value)
+            .map_err(|why| ConfigError::Option(format!("--{}: {why}", setting.flag())))
+    }
+
+    /// What the filesystem layer needs of these settings.
+    pub fn fs_config(&self) -> FsConfig {
+        let timeouts = self.connection.timeouts;
+        FsConfig {
+            dir_ttl: self.dir_ttl,
+            block_size: self.block_size,
+            cache_size: self.cache_size,
+            uid: self.uid,
+            gid: self.gid,
+            umask: self.umask,
+            // Connect + login + listing or fetch, each step bounded by its own timeout;
+            // the whole operation gets half as long again as one step, so a dead server
+            // yields EIO in about `timeout` × 1.5 (30 s by default).
+            op_timeout: timeouts.reply + timeouts.reply / 2,
+            data_timeout: timeouts.data_idle,
+            max_readahead: self
+                .max_readahead
+                .min(self.cache_size / 2)
+                .max(self.block_size),
+            dir_prefetch: self.dir_prefetch,
+        }
+    }
+}
+
+/// The README's option table, rows in [`SETTINGS`] order.
+pub fn markdown_table() -> String {
+    let cell = |text: &str| text.replace('|', "\\|");
+    let mut table =
+        String::from("| option | default | `check` too | meaning |\n|---|---|---|---|\n");
+    for setting in SETTINGS {
+        let option = match setting.value {
+            Some(value) => format!("`{}={}`", setting.key, cell(value)),
+            None => format!("`{}`", setting.key),
+        };
+        let check = if setting.scope == Scope::Connection {
+            "yes"
+        } else {
+            ""
+        };
+        table.push_str(&format!(
+            "| {option} | {} | {check} | {} |\n",
+            cell(setting.default.shown()),
+            cell(setting.meaning)
+        ));
+    }
+    table
+}
+
+/// `512M`, `1G`, `65536`, `64K` → bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return None,
+    };
+    number
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1 << shift)
+        .filter(|n| *n > 0)
+}
+
+fn parse_seconds(text: &str) -> Option<Duration> {
+    let seconds: f64 = text.trim().parse().ok()?;
+    (seconds > 0.0 && seconds < 1e9).then(|| Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("64k"), Some(64 << 10));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("12X"), None);
+        assert_eq!(parse_size("99999999999G"), None);
+    }
+
+    #[test]
+    fn fstab_options() {
+        let mut settings = Settings::default();
+        settings
+            .apply_options("ro,_netdev,noauto,password_file=/etc/ftpsfs.pass,cache_size=512M,dir_cache=30,uid=1000,gid=100,umask=077,allow_other,x-systemd.automount")
+            .unwrap();
+        assert_eq!(
+            settings.password_file.as_deref(),
+            Some(Path::new("/etc/ftpsfs.pass"))
+        );
+        assert_eq!(settings.cache_size, 512 << 20);
+        assert_eq!(settings.dir_ttl, Duration::from_secs(30));
+        assert_eq!(
+            (settings.uid, settings.gid, settings.umask),
+            (1000, 100, 0o077)
+        );
+        assert!(settings.allow_other);
+    }
+
+    #[test]
+    fn bad_options_name_themselves() {
+        for (option, words) in [
+            ("frobnicate", "unknown mount option \"frobnicate\""),
+            ("cache_size=lots", "cache_size"),
+            ("umask=999", "umask"),
+            ("tls=1.1", "tls"),
+            ("ca_file", "needs a value"),
+            ("connections=0", "connections"),
+            ("allow_other=1", "takes no value"),
+        ] {
+            let err = Settings::default()
+                .apply_options(option)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(words), "{option}: {err}");
+        }
+    }
+
+    #[test]
+    fn keys_are_unique_and_not_ignored() {
+        for (i, setting) in SETTINGS.iter().enumerate() {
+            assert!(
+                SETTINGS[..i].iter().all(|s| s.key != setting.key),
+                "{} twice",
+                setting.key
+            );
+            assert!(!IGNORED_OPTIONS.contains(&setting.key), "{}", setting.key);
+            assert!(!setting.meaning.is_empty() && !setting.reason.is_empty());
+        }
+    }
+
+    /// A default the table shows but the code does not use would mislead every reader.
+    #[test]
+    fn shown_defaults_are_the_real_ones() {
+        let defaults = format!("{:?}", Settings::default());
+        for setting in SETTINGS {
+            let WhenUnset::Value(value) = setting.default else {
+                continue;
+            };
+            let mut settings = Settings::default();
+            (setting.apply)(&mut settings, Some(value))
+                .unwrap_or_else(|e| panic!("{}: default {value:?}: {e}", setting.key));
+            assert_eq!(
+                format!("{settings:?}"),
+                defaults,
+                "{}: the table says {value}, the code uses something else",
+                setting.key
+            );
+        }
+    }
+
+    #[test]
+    fn readme_lists_every_option() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let start = readme
+            .find("<!-- options:begin")
+            .and_then(|i| readme[i..].find('\n').map(|n| i + n + 1))
+            .expect("README.md has no <!-- options:begin --> marker");
+        let end = readme[start..]
+            .find("<!-- options:end")
+            .map(|n| start + n)
+            .expect("README.md has no <!-- options:end --> marker");
+        let expected = markdown_table();
+        assert!(
+            readme[start..end] == expected,
+            "README.md's option table differs from src/settings.rs; it should read:\n{expected}"
+        );
+    }
+}
