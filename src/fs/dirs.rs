@@ -1,0 +1,64 @@
+//! Open directories: a snapshot of the entries at opendir, served to readdir.
+
+use std::sync::Arc;
+
+use super::error::FsError;
+use super::handles::Handle;
+use super::{Attr, DirEntry, FtpFs};
+use crate::ftp::listing::EntryKind;
+
+impl FtpFs {
+    /// Opens a directory: takes a snapshot of its entries for the readdir calls.
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        self.within(async {
+            let (node, entry) = self.entry(ino).await?;
+            if entry.as_ref().is_some_and(|e| e.kind != EntryKind::Dir) {
+                return Err(FsError::NotADirectory);
+            }
+            let listing = self.dirs.get(&self.pool, &node.path).await?;
+            self.dirs
+                .prefetch_children(&self.pool, &node.path, &listing);
+            let self_attr = self.attrs.attr(ino, entry.as_ref());
+            let parent_attr = Attr {
+                ino: node.parent,
+                ..self_attr
+            };
+            let mut entries = vec![
+                DirEntry {
+                    ino,
+                    offset: 1,
+                    name: b".".to_vec(),
+                    attr: self_attr,
+                },
+                DirEntry {
+                    ino: node.parent,
+                    offset: 2,
+                    name: b"..".to_vec(),
+                    attr: parent_attr,
+                },
+            ];
+            for entry in &listing.entries {
+                let child = self.child_inode(ino, &entry.name)?;
+                entries.push(DirEntry {
+                    ino: child,
+                    offset: entries.len() as u64 + 1,
+                    name: entry.name.clone(),
+                    attr: self.attrs.attr(child, Some(entry)),
+                });
+            }
+            Ok(self.handles.insert(Handle::Dir(Arc::new(entries))))
+        })
+        .await
+    }
+
+    /// The entries of an open directory after position `offset`.
+    pub fn readdir(&self, handle: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        let entries = self.handles.dir(handle)?;
+        Ok(entries.iter().skip(offset as usize).cloned().collect())
+    }
+
+    /// Closes a directory handle.
+    pub fn releasedir(&self, handle: u64) {
+        self.handles.remove(handle);
+    }
+}
