@@ -128,7 +128,8 @@ fn remote_errno(error: &FtpError) -> i32 {
         | FtpError::Protocol { .. }
         | FtpError::TicketsExhausted
         | FtpError::TlsConfig(_)
-        | FtpError::Pool(_) => libc::EIO,
+        | FtpError::Pool(_)
+        | FtpError::Unconfirmed { .. } => libc::EIO,
     }
 }
 

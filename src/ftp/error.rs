@@ -60,6 +60,15 @@ pub enum FtpError {
     /// No connection could be had from the pool.
     #[error("connection pool: {0}")]
     Pool(String),
+
+    /// A command that changes the server went out, and the connection was lost before
+    /// its reply: whether it took effect is unknown. It is never sent again blindly; the
+    /// caller looks at the server to find out.
+    #[error("{command}: no reply, so whether it took effect is unknown ({source})")]
+    Unconfirmed {
+        command: String,
+        source: Box<FtpError>,
+    },
 }
 
 fn resumption_hint(resumed: Option<bool>) -> &'static str {
@@ -96,7 +105,8 @@ impl FtpError {
             // A refused data connection means this control connection's session can no
             // longer be resumed (or the server already hung up, as vsftpd does after 522).
             | FtpError::DataRejected { .. }
-            | FtpError::TicketsExhausted => true,
+            | FtpError::TicketsExhausted
+            | FtpError::Unconfirmed { .. } => true,
         }
     }
 
@@ -107,8 +117,15 @@ impl FtpError {
         match self {
             FtpError::Closed { .. } | FtpError::Io { .. } => true,
             FtpError::Rejected { reply, .. } => reply.code == 421,
+            FtpError::Unconfirmed { source, .. } => source.connection_lost(),
             _ => false,
         }
+    }
+
+    /// True when the server does not know the command or its parameters (500-504):
+    /// an optional command such as SITE CHMOD or MFMT it lacks.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, FtpError::Rejected { reply, .. } if (500..=504).contains(&reply.code))
     }
 
     /// True when the server said the file or directory does not exist (550 and kin).

@@ -21,6 +21,8 @@ pub struct Features {
     pub mdtm: bool,
     /// Trivial virtual file store: `/`-separated absolute paths.
     pub tvfs: bool,
+    /// MFMT: set a file's modification time (draft-somers-ftp-mfxx).
+    pub mfmt: bool,
     /// Each announced line, trimmed, for diagnostics.
     pub lines: Vec<String>,
 }
@@ -52,6 +54,7 @@ impl Features {
                 "SIZE" => features.size = true,
                 "MDTM" => features.mdtm = true,
                 "TVFS" => features.tvfs = true,
+                "MFMT" => features.mfmt = true,
                 _ => {}
             }
             features.lines.push(line.to_string());
@@ -78,6 +81,7 @@ mod tests {
             " AUTH TLS",
             " EPSV",
             " MDTM",
+            " MFMT",
             " MLST modify*;perm*;size*;type*;unique*;UNIX.group*;UNIX.mode*;UNIX.owner*;",
             " REST STREAM",
             " SIZE",
@@ -86,8 +90,9 @@ mod tests {
             "End",
         ]));
         assert!(f.mlsd && f.epsv && f.mdtm && f.rest_stream && f.size && f.tvfs && f.utf8);
+        assert!(f.mfmt);
         assert!(f.mlst_facts.contains("UNIX.mode*"));
-        assert_eq!(f.lines.len(), 8);
+        assert_eq!(f.lines.len(), 9);
     }
 
     #[test]
@@ -106,7 +111,7 @@ mod tests {
             " TVFS",
             "End",
         ]));
-        assert!(!f.mlsd);
+        assert!(!f.mlsd && !f.mfmt);
         assert!(f.epsv && f.rest_stream);
     }
 

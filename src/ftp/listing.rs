@@ -729,6 +729,22 @@ const fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// An RFC 3659 time-val (`YYYYMMDDHHMMSS`, UTC), as MFMT and MDTM take it; None for a
+/// time outside the years 1 to 9999, which the form cannot hold.
+pub fn format_time_val(unix_seconds: i64) -> Option<String> {
+    if !(MIN_NOW..=MAX_NOW).contains(&unix_seconds) {
+        return None;
+    }
+    let (year, month, day) = civil_from_days(unix_seconds.div_euclid(86_400));
+    let second_of_day = unix_seconds.rem_euclid(86_400);
+    Some(format!(
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    ))
+}
+
 /// The (year, month, day) of a day count since 1970-01-01 (Hinnant's civil_from_days).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -746,6 +762,19 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_vals_round_trip() {
+        for seconds in [0, 1_577_934_245, NOW, -86_400 * 365, MAX_NOW] {
+            let text = format_time_val(seconds).unwrap();
+            assert_eq!(text.len(), 14, "{text}");
+            let parsed = parse_mlsd_time(text.as_bytes()).unwrap();
+            assert_eq!(parsed.unix_seconds, seconds, "{text}");
+        }
+        assert_eq!(format_time_val(1_577_934_245).unwrap(), "20200102030405");
+        assert_eq!(format_time_val(MAX_NOW + 1), None);
+        assert_eq!(format_time_val(MIN_NOW - 1), None);
+    }
 
     /// 2025-11-27T08:00:00Z, shortly after vsftpd's `Nov 27 07:40` sample.
     const NOW: i64 = 1_764_230_400;

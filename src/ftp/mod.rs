@@ -11,7 +11,9 @@ pub mod reply;
 pub mod tls;
 pub mod transport;
 
-pub use control::{verb, ControlConnection, DataConnection, Retry, Standing, TlsSummary, Verb};
+pub use control::{
+    verb, ControlConnection, DataConnection, Retry, Standing, TlsSummary, UploadConnection, Verb,
+};
 pub use error::FtpError;
 pub use options::{ConnectOptions, Secret, Security, Timeouts};
 pub use pool::{Pool, PoolOptions, PooledConnection};

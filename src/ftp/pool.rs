@@ -251,7 +251,10 @@ impl Pool {
 /// retried, so a dead server is reported within one timeout.
 pub fn worth_retrying(error: &FtpError) -> bool {
     error.breaks_connection()
-        && !matches!(error, FtpError::Timeout { .. } | FtpError::Connect { .. })
+        && !matches!(
+            error,
+            FtpError::Timeout { .. } | FtpError::Connect { .. } | FtpError::Unconfirmed { .. }
+        )
 }
 
 /// Runs `body` with `conn` bound to a pooled connection, and once more on a fresh
@@ -335,44 +338,80 @@ impl DerefMut for PooledConnection {
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
-        let standing = conn.standing();
-        if standing == Standing::Unusable {
-            tracing::debug!(conn = conn.id(), "dropping a broken connection");
-            self.pool.live.fetch_sub(1, Ordering::Relaxed);
-            return;
+        match conn.standing() {
+            Standing::Unusable => {
+                tracing::debug!(conn = conn.id(), "dropping a broken connection");
+                self.pool.live.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            Standing::Ready if !conn.will_run_dry() => {
+                self.pool.return_idle(conn);
+                return;
+            }
+            Standing::Ready | Standing::OwesReplies => {}
         }
-        if standing == Standing::OwesReplies {
-            // The replies to the last transfer's end (226, or ABOR's) are a round trip
-            // away: read them in the background, still counting against the limit, so
-            // the next operation takes another connection instead of waiting.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        // The replies to the last transfer's end (226, or ABOR's) are a round trip away,
+        // or the connection has no TLS ticket left for another data connection: tidy it
+        // up in the background, still counting against the limit, so the next operation
+        // takes another connection instead of waiting.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
                 let pool = self.pool.clone();
                 let permit = self.permit.take();
                 runtime.spawn(async move {
-                    match conn.settle().await {
-                        Ok(()) if !conn.is_broken() => pool.return_idle(conn),
-                        Ok(()) => {
-                            tracing::debug!(conn = conn.id(), "dropping a broken connection");
-                            pool.live.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            tracing::debug!(conn = conn.id(), "dropping a connection: {e}");
-                            pool.live.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
+                    pool.tidy(conn).await;
                     drop(permit);
                 });
-                return;
             }
+            // Without a runtime (shutting down), the next user settles it, or retires it
+            // for want of tickets.
+            Err(_) => self.pool.return_idle(conn),
         }
-        self.pool.return_idle(conn);
     }
 }
 
 impl PoolInner {
+    /// Reads the replies `conn` owes, replaces it if it ran out of TLS tickets, and
+    /// returns it (or its replacement) to the idle list.
+    async fn tidy(&self, mut conn: ControlConnection) {
+        if let Err(e) = conn.settle().await {
+            tracing::debug!(conn = conn.id(), "dropping a connection: {e}");
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        if conn.is_broken() {
+            tracing::debug!(conn = conn.id(), "dropping a broken connection");
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        if !conn.will_run_dry() {
+            self.return_idle(conn);
+            return;
+        }
+        // ProFTPD sends no ticket on an upload's data connection, so a connection that
+        // uploads runs dry after the two it got at login. Replacing it now, before an
+        // operation needs it, keeps the new login off that operation's path. The old
+        // one says goodbye first, so that a server's per-address limit is not exceeded.
+        tracing::debug!(
+            conn = conn.id(),
+            "no TLS session ticket left; replacing the connection ahead of use"
+        );
+        self.stats
+            .replaced_for_tickets
+            .fetch_add(1, Ordering::Relaxed);
+        conn.quit().await;
+        match ControlConnection::connect(self.connect.clone(), self.stats.clone()).await {
+            Ok(fresh) => self.return_idle(fresh),
+            Err(e) => {
+                tracing::debug!("replacing a connection without tickets failed: {e}");
+                self.live.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn return_idle(&self, conn: ControlConnection) {
         self.idle
             .lock()

@@ -237,6 +237,8 @@ struct StoreInner {
     tls13: VecDeque<Tls13ClientSessionValue>,
     /// Whether the server ever gave this connection a TLS 1.2 session or a TLS 1.3 ticket.
     ever_issued: bool,
+    /// TLS 1.3 tickets received so far.
+    tickets_received: u64,
     /// The one server name this store serves; a different name is a bug, and gets nothing.
     server_name: Option<ServerName<'static>>,
 }
@@ -277,6 +279,11 @@ impl SessionStore {
     /// handshake is the right thing there; one that did and stopped has run dry.
     pub fn ever_issued(&self) -> bool {
         self.lock().ever_issued
+    }
+
+    /// TLS 1.3 tickets received so far, on the control connection and its data connections.
+    pub fn tickets_received(&self) -> u64 {
+        self.lock().tickets_received
     }
 
     fn matches(inner: &mut StoreInner, name: &ServerName<'_>) -> bool {
@@ -353,6 +360,7 @@ impl ClientSessionStore for SessionStore {
         }
         inner.tls13.push_back(value);
         inner.ever_issued = true;
+        inner.tickets_received += 1;
         self.stats.tickets_received.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(held = inner.tls13.len(), "TLS 1.3 session ticket received");
     }

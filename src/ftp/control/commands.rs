@@ -107,6 +107,29 @@ pub mod verb {
     }
 }
 
+/// Setting a modification time: with MDTM and a time as well as a path (vsftpd).
+pub const MDTM_SET: Verb = Verb {
+    name: "MDTM",
+    retry: Retry::Never,
+};
+
+/// How a server sets a file's modification time. MFMT is announced in FEAT; vsftpd's
+/// `MDTM time path` and ProFTPD's `SITE UTIME time path` are not, so they are tried in
+/// turn the first time, and the one that works is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TimeSetting {
+    /// Not tried yet (and no MFMT in FEAT).
+    Unknown,
+    /// `MFMT time path`.
+    Mfmt,
+    /// `MDTM time path`.
+    MdtmWithTime,
+    /// `SITE UTIME time path`.
+    SiteUtime,
+    /// None works.
+    Unsupported,
+}
+
 /// One command line to send, with its verb.
 pub(super) struct Command {
     verb: &'static Verb,
@@ -221,6 +244,147 @@ impl ControlConnection {
                 reply,
             })
         }
+    }
+
+    /// Sends commands that change the server ([`Retry::Never`]) and reads their replies.
+    /// Once one has gone out, a connection lost before the replies leaves the outcome
+    /// unknown: that is [`FtpError::Unconfirmed`].
+    async fn mutate<const N: usize>(
+        &mut self,
+        commands: [&Command; N],
+    ) -> Result<[Reply; N], FtpError> {
+        let written_before = self.commands_written;
+        match self.pipeline(commands).await {
+            Ok(replies) => Ok(replies),
+            // A 421 is the server's refusal: it did nothing.
+            Err(error)
+                if self.commands_written > written_before
+                    && error.breaks_connection()
+                    && error.reply_code() != Some(421) =>
+            {
+                Err(FtpError::Unconfirmed {
+                    command: commands[N - 1].shown(),
+                    source: Box::new(error),
+                })
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sends one mutation and fails unless its reply is 2xx.
+    async fn mutate_one(&mut self, command: Command) -> Result<Reply, FtpError> {
+        let [reply] = self.mutate([&command]).await?;
+        if reply.is_success() {
+            Ok(reply)
+        } else {
+            Err(FtpError::Rejected {
+                command: command.shown(),
+                reply,
+            })
+        }
+    }
+
+    /// Deletes the file `path` (DELE).
+    pub async fn delete(&mut self, path: &[u8]) -> Result<(), FtpError> {
+        self.mutate_one(Command::with_arg(&verb::DELE, path)?)
+            .await
+            .map(drop)
+    }
+
+    /// Creates the directory `path` (MKD).
+    pub async fn make_dir(&mut self, path: &[u8]) -> Result<(), FtpError> {
+        self.mutate_one(Command::with_arg(&verb::MKD, path)?)
+            .await
+            .map(drop)
+    }
+
+    /// Removes the empty directory `path` (RMD).
+    pub async fn remove_dir(&mut self, path: &[u8]) -> Result<(), FtpError> {
+        self.mutate_one(Command::with_arg(&verb::RMD, path)?)
+            .await
+            .map(drop)
+    }
+
+    /// Renames `from` to `to` (RNFR, then RNTO, sent together: a refused RNFR makes the
+    /// server refuse the RNTO as out of sequence, so nothing happens then).
+    pub async fn rename(&mut self, from: &[u8], to: &[u8]) -> Result<(), FtpError> {
+        let rnfr = Command::with_arg(&verb::RNFR, from)?;
+        let rnto = Command::with_arg(&verb::RNTO, to)?;
+        let [from_reply, to_reply] = self.mutate([&rnfr, &rnto]).await?;
+        if from_reply.code != 350 {
+            return Err(FtpError::Rejected {
+                command: rnfr.shown(),
+                reply: from_reply,
+            });
+        }
+        if !to_reply.is_success() {
+            return Err(FtpError::Rejected {
+                command: rnto.shown(),
+                reply: to_reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets the modification time of `path`, with whichever command the server has (see
+    /// [`TimeSetting`]). A server with none gives an error for which
+    /// [`FtpError::is_unsupported`] holds.
+    pub async fn set_modified(&mut self, path: &[u8], unix_seconds: i64) -> Result<(), FtpError> {
+        let time = listing::format_time_val(unix_seconds).ok_or_else(|| FtpError::Protocol {
+            step: "setting a modification time".into(),
+            detail: format!("{unix_seconds} s since 1970 cannot be sent as an FTP time"),
+        })?;
+        let with_time = [time.as_bytes(), b" ", path].concat();
+        let mfmt = || Command::with_arg(&verb::MFMT, &with_time);
+        let mdtm = || Command::with_arg(&MDTM_SET, &with_time);
+        let utime = || Command::with_arg(&verb::SITE, [b"UTIME ".as_slice(), &with_time].concat());
+        match self.time_setting {
+            TimeSetting::Mfmt => self.mutate_one(mfmt()?).await.map(drop),
+            TimeSetting::MdtmWithTime => self.mutate_one(mdtm()?).await.map(drop),
+            TimeSetting::SiteUtime => self.mutate_one(utime()?).await.map(drop),
+            TimeSetting::Unsupported => Err(FtpError::Rejected {
+                command: "setting a modification time".into(),
+                reply: Reply {
+                    code: 502,
+                    lines: vec!["the server has none of MFMT, MDTM with a time, SITE UTIME".into()],
+                },
+            }),
+            TimeSetting::Unknown => {
+                let mdtm_error = match self.mutate_one(mdtm()?).await {
+                    Ok(_) => {
+                        self.time_setting = TimeSetting::MdtmWithTime;
+                        return Ok(());
+                    }
+                    // A server without this form of MDTM refuses its parameters
+                    // (500-504) or reads the time as part of the file name (550).
+                    Err(e) if e.is_unsupported() || e.is_not_found() => e,
+                    Err(e) => return Err(e),
+                };
+                match self.mutate_one(utime()?).await {
+                    Ok(_) => {
+                        self.time_setting = TimeSetting::SiteUtime;
+                        tracing::debug!(conn = self.id, "this server sets times with SITE UTIME");
+                        Ok(())
+                    }
+                    // Only when both forms are unknown commands is the server known to
+                    // lack them; a 550 may just mean that the file is gone.
+                    Err(e) if e.is_unsupported() && mdtm_error.is_unsupported() => {
+                        self.time_setting = TimeSetting::Unsupported;
+                        Err(e)
+                    }
+                    Err(_) => Err(mdtm_error),
+                }
+            }
+        }
+    }
+
+    /// Sets the permission bits of `path` (SITE CHMOD). A server without it gives an error
+    /// for which [`FtpError::is_unsupported`] holds.
+    pub async fn set_mode(&mut self, path: &[u8], mode: u32) -> Result<(), FtpError> {
+        let arg = [format!("CHMOD {:o} ", mode & 0o7777).as_bytes(), path].concat();
+        self.mutate_one(Command::with_arg(&verb::SITE, arg)?)
+            .await
+            .map(drop)
     }
 
     /// Lists a directory: MLSD when the server has it, else `LIST -a` (vsftpd has no MLSD).

@@ -34,12 +34,36 @@ impl ControlConnection {
         command: Command,
         offset: u64,
     ) -> Result<DataConnection, FtpError> {
+        let channel = self.open_channel(command, offset).await?;
+        Ok(DataConnection {
+            transport: channel.transport,
+            number: channel.number,
+            resumed: channel.resumed,
+            command: channel.verb.to_string(),
+            idle_limit: self.options.timeouts.data_idle,
+            eof: false,
+            close_notify: false,
+            received: 0,
+        })
+    }
+
+    /// Sends a transfer command and makes its data connection, for a download or an upload.
+    pub(super) async fn open_channel(
+        &mut self,
+        command: Command,
+        offset: u64,
+    ) -> Result<Channel, FtpError> {
         if self.is_broken() {
             return Err(FtpError::Closed {
                 step: "opening a data connection on a broken connection".into(),
             });
         }
+        let tickets_before = self.tickets_received();
         let target = self.passive_address_and_offset(offset).await?;
+        if self.tickets_received() > tickets_before {
+            // FileZilla Server sends a ticket on the control connection at each EPSV.
+            self.tickets_at_passive = true;
+        }
         self.check_ticket_supply()?;
         let data_config = self.data_tls_config();
         let number = self.data_connections + 1;
@@ -143,15 +167,11 @@ impl ControlConnection {
         self.enter(State::Transfer {
             early_reply: reply.is_success().then_some(reply),
         });
-        Ok(DataConnection {
+        Ok(Channel {
             transport,
             number,
             resumed,
-            command: verb.to_string(),
-            idle_limit: self.options.timeouts.data_idle,
-            eof: false,
-            close_notify: false,
-            received: 0,
+            verb,
         })
     }
 
@@ -170,15 +190,13 @@ impl ControlConnection {
     /// rustls offers each TLS 1.3 ticket once. Servers send a fresh ticket on every resumed
     /// data connection the client reads (vsftpd, ProFTPD) or on the control connection at
     /// each PASV/EPSV (FileZilla Server), so downloads and listings keep the supply up.
-    /// Uploads read nothing back and get no ticket; when the supply is gone, a full
+    /// Uploads get none from ProFTPD (vsftpd sends one once it has read the client's
+    /// close_notify, see [`super::upload`]); when the supply is gone, a full
     /// handshake would be refused (vsftpd then drops the control connection), so the
     /// connection is replaced by a fresh one with fresh tickets instead. A server that never
     /// issued anything (Pure-FTPd on TLS 1.3) cannot demand resumption: a full handshake it is.
     fn check_ticket_supply(&mut self) -> Result<(), FtpError> {
-        let Some((_, store)) = &self.session else {
-            return Ok(());
-        };
-        if !self.options.resume_data_sessions || store.can_resume() || !store.ever_issued() {
+        if !self.out_of_tickets() {
             return Ok(());
         }
         tracing::debug!(
@@ -406,6 +424,13 @@ impl ControlConnection {
         let number = data.number;
         drop(data);
         self.end_transfer();
+        self.send_abort(number).await
+    }
+
+    /// Sends ABOR for the transfer on data connection `number`, which is closed already,
+    /// and a NOOP whose reply marks the end of ABOR's; they are read before the next
+    /// command.
+    pub(super) async fn send_abort(&mut self, number: u64) -> Result<(), FtpError> {
         // Two writes, not one: Pure-FTPd, reading ABOR in the middle of a transfer,
         // sometimes loses a NOOP that arrived in the same segment.
         self.send(&Command::new(&verb::ABOR)).await?;
@@ -449,7 +474,7 @@ impl ControlConnection {
 
     /// Closes the open transfer: the connection is back in the exchange of the transfer
     /// command, whose final reply comes next. Returns that reply if it came early.
-    fn end_transfer(&mut self) -> Option<Reply> {
+    pub(super) fn end_transfer(&mut self) -> Option<Reply> {
         match std::mem::replace(&mut self.state, State::Exchange) {
             State::Transfer { early_reply } => early_reply,
             State::Broken => {
@@ -521,8 +546,16 @@ async fn connect_data(
     }
 }
 
+/// A data connection just opened, before it is a download or an upload.
+pub(super) struct Channel {
+    pub(super) transport: Transport,
+    pub(super) number: u64,
+    pub(super) resumed: Option<bool>,
+    pub(super) verb: &'static str,
+}
+
 /// Replies that mean "no data connection" rather than "no such file".
-fn is_data_connection_failure(reply: &Reply) -> bool {
+pub(super) fn is_data_connection_failure(reply: &Reply) -> bool {
     match reply.code {
         425 | 522 | 534 | 535 => true,
         // FileZilla Server 0.9 uses 450 for a session that was not resumed; 450 is also

@@ -4,11 +4,13 @@
 //! - [`replies`]: sending commands and reading replies, pipelined, and the replies a
 //!   connection still owes from an earlier transfer;
 //! - [`data`]: data connections (passive address, TLS resumption, transfer end and abort);
-//! - [`commands`]: the FTP commands themselves.
+//! - [`upload`]: uploads, and how they end;
+//! - [`commands`]: the FTP commands themselves, each verb with its retry policy.
 
 mod commands;
 mod data;
 mod replies;
+mod upload;
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,10 +22,11 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::AsyncWriteExt;
 
-use commands::Command;
 pub use commands::{verb, Retry, Verb, MAX_LISTING_BYTES};
+use commands::{Command, TimeSetting};
 pub use data::DataConnection;
 use replies::PendingReplies;
+pub use upload::UploadConnection;
 
 use super::error::FtpError;
 use super::features::Features;
@@ -84,6 +87,13 @@ pub struct ControlConnection {
     /// A command that changes the server ([`Retry::Never`]) went out since the pool lent
     /// the connection: the operation must not be retried blindly.
     sent_mutation: bool,
+    /// Writes of commands so far: a mutation whose write began may have been carried out.
+    commands_written: u64,
+    /// How this server sets modification times, once known.
+    time_setting: TimeSetting,
+    /// The server sent a TLS ticket on the control connection at EPSV/PASV (FileZilla
+    /// Server's way): running out of tickets between transfers is no reason to go.
+    tickets_at_passive: bool,
     last_used: Instant,
 }
 
@@ -169,6 +179,9 @@ impl ControlConnection {
             data_connections: 0,
             state: State::Ready,
             sent_mutation: false,
+            commands_written: 0,
+            time_setting: TimeSetting::Unknown,
+            tickets_at_passive: false,
             last_used: Instant::now(),
         };
         conn.greeting = conn.read_greeting().await?;
@@ -184,6 +197,9 @@ impl ControlConnection {
         }
         let feat = conn.command(Command::new(&verb::FEAT)).await?;
         conn.features = Features::from_reply(&feat);
+        if conn.features.mfmt {
+            conn.time_setting = TimeSetting::Mfmt;
+        }
         if conn.features.utf8 {
             // Servers that announce UTF8 may still want it switched on; a refusal is harmless.
             let reply = conn
@@ -314,6 +330,29 @@ impl ControlConnection {
         self.session
             .as_ref()
             .map_or(0, |(_, store)| store.tickets_held())
+    }
+
+    /// True when the server issued TLS session tickets to this connection and none is
+    /// left, so that a data connection opened now could not resume.
+    pub fn out_of_tickets(&self) -> bool {
+        let Some((_, store)) = &self.session else {
+            return false;
+        };
+        self.options.resume_data_sessions && store.ever_issued() && !store.can_resume()
+    }
+
+    /// True when the next data connection will find no ticket: none is left, and this
+    /// server does not send one at each EPSV/PASV (FileZilla Server does). The pool
+    /// replaces such a connection before it is needed.
+    pub fn will_run_dry(&self) -> bool {
+        self.out_of_tickets() && !self.tickets_at_passive
+    }
+
+    /// TLS 1.3 tickets this connection has received so far.
+    fn tickets_received(&self) -> u64 {
+        self.session
+            .as_ref()
+            .map_or(0, |(_, store)| store.tickets_received())
     }
 
     /// Data connections opened so far.

@@ -140,6 +140,7 @@ impl ControlConnection {
                 self.sent_mutation = true;
             }
         }
+        self.commands_written += 1;
         let limit = self.options.timeouts.reply;
         let result = within(limit, || format!("sending {first}"), async {
             let transport = self.transport()?;

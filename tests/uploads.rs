@@ -1,0 +1,280 @@
+//! Uploads and the commands that change the server, through the FTPS client, against
+//! every test server on TLS 1.2 and TLS 1.3.
+//!
+//! Every upload's data connection must resume its own control connection's session, on
+//! every server, for as many uploads in a row as a user makes: ProFTPD sends no TLS 1.3
+//! ticket on an upload's data connection, and vsftpd sends one only once it has read the
+//! client's close_notify, so a client that plans its tickets badly is refused after a
+//! few uploads and leaves empty files behind (curl does; see shared/TLS13-UPLOADS.md).
+//!
+//! Each test works in its own `.ftpsfs-scratch-*` directory at the top of the served
+//! tree, which the whole-tree comparisons of the mount tests leave out.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::{target, Server, Target, Tls};
+use ftpsfs::ftp::listing::EntryKind;
+use ftpsfs::ftp::tls::TlsStats;
+use ftpsfs::ftp::{ControlConnection, FtpError, Pool, PoolOptions};
+
+/// Uploads in a row, the bar.
+const CONSECUTIVE_UPLOADS: u64 = 200;
+
+async fn connect(target: &Target) -> ControlConnection {
+    ControlConnection::connect(
+        Arc::new(target.options.clone()),
+        Arc::new(TlsStats::default()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{:?} {:?}: connect: {e}", target.server, target.tls))
+}
+
+/// A fresh scratch directory on the server, named after the test.
+async fn scratch(conn: &mut ControlConnection, label: &str, target: &Target) -> String {
+    let dir = format!(
+        ".ftpsfs-scratch-{label}-{:?}-{:?}-{}",
+        target.server,
+        target.tls,
+        std::process::id()
+    );
+    conn.make_dir(dir.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("MKD {dir}: {e}"));
+    dir
+}
+
+/// Name → (kind, size) of a directory's listing.
+async fn sizes(conn: &mut ControlConnection, dir: &str) -> BTreeMap<String, (EntryKind, u64)> {
+    conn.list(dir.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("list {dir}: {e}"))
+        .entries
+        .into_iter()
+        .map(|e| {
+            (
+                String::from_utf8_lossy(&e.name).into_owned(),
+                (e.kind, e.size.unwrap_or(0)),
+            )
+        })
+        .collect()
+}
+
+/// A connection for the next data command: `conn`, or a fresh one when the server gave
+/// `conn` no ticket to resume with (ProFTPD on TLS 1.3 after two uploads), as the pool
+/// does.
+async fn with_tickets<'a>(
+    conn: &'a mut ControlConnection,
+    target: &Target,
+) -> &'a mut ControlConnection {
+    if conn.will_run_dry() {
+        *conn = connect(target).await;
+    }
+    conn
+}
+
+async fn upload(conn: &mut ControlConnection, path: &str, body: &[u8]) -> Result<(), FtpError> {
+    let mut upload = conn.store(path.as_bytes()).await?;
+    if let Err(e) = upload.write_all(body).await {
+        return Err(conn.failed_upload(upload, e).await);
+    }
+    conn.finish_upload(upload).await.map(drop)
+}
+
+/// Removes a scratch directory and the files in it.
+async fn remove_tree(conn: &mut ControlConnection, dir: &str) {
+    for (name, (kind, _)) in sizes(conn, dir).await {
+        let path = format!("{dir}/{name}");
+        match kind {
+            EntryKind::Dir => conn.remove_dir(path.as_bytes()).await,
+            _ => conn.delete(path.as_bytes()).await,
+        }
+        .unwrap_or_else(|e| panic!("remove {path}: {e}"));
+    }
+    conn.remove_dir(dir.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("RMD {dir}: {e}"));
+}
+
+/// Uploads one after another through a pool, as a mount does for a user copying many
+/// small files: each must resume, none may be refused, and every file must arrive whole.
+/// Where the server runs out of tickets for a connection (ProFTPD on TLS 1.3), the pool
+/// replaces it in the background before it is needed again, never after a refusal.
+async fn consecutive_uploads(server: Server, tls: Tls) {
+    let target = target(server, tls);
+    let mut admin = connect(&target).await;
+    let dir = scratch(&mut admin, "uploads", &target).await;
+    let pool = Pool::new(target.options.clone(), PoolOptions::default());
+    for i in 0..CONSECUTIVE_UPLOADS {
+        let path = format!("{dir}/f{i:03}");
+        let body = format!("upload {i}\n").repeat(i as usize % 7 + 1);
+        ftpsfs::with_connection!(pool, |conn| upload(conn, &path, body.as_bytes()).await)
+            .await
+            .unwrap_or_else(|e| panic!("{server:?} {tls:?}: upload {}: {e}", i + 1));
+    }
+    let stats = pool.stats();
+    println!("{server:?} {tls:?}: {CONSECUTIVE_UPLOADS} uploads in a row: {stats}");
+    if server.resumes(tls) {
+        assert_eq!(stats.data_resumed, CONSECUTIVE_UPLOADS, "{stats}");
+        assert_eq!(stats.data_full, 0, "{stats}");
+    } else {
+        assert_eq!(stats.data_resumed + stats.data_full, CONSECUTIVE_UPLOADS);
+    }
+    if let Some(strict) = &target.strict {
+        assert_eq!(strict.data_connections_rejected(), 0);
+    }
+    let listed = sizes(with_tickets(&mut admin, &target).await, &dir).await;
+    assert_eq!(listed.len() as u64, CONSECUTIVE_UPLOADS, "{listed:?}");
+    for i in 0..CONSECUTIVE_UPLOADS {
+        let expected = format!("upload {i}\n").len() * (i as usize % 7 + 1);
+        assert_eq!(
+            listed.get(&format!("f{i:03}")),
+            Some(&(EntryKind::File, expected as u64)),
+            "f{i:03}"
+        );
+    }
+    pool.close().await;
+    remove_tree(with_tickets(&mut admin, &target).await, &dir).await;
+}
+
+/// The namespace commands and their failures, on one connection that stays in step.
+async fn namespace_commands(server: Server, tls: Tls) {
+    let target = target(server, tls);
+    let mut conn = connect(&target).await;
+    let dir = scratch(&mut conn, "names", &target).await;
+    let err = conn.make_dir(dir.as_bytes()).await.unwrap_err();
+    assert_eq!(
+        err.reply_code(),
+        Some(550),
+        "MKD of an existing directory: {err}"
+    );
+
+    let a = format!("{dir}/a.txt");
+    let b = format!("{dir}/b.txt");
+    upload(with_tickets(&mut conn, &target).await, &a, b"first")
+        .await
+        .expect("upload a");
+    conn.rename(a.as_bytes(), b.as_bytes())
+        .await
+        .expect("rename a to b");
+    let err = conn.rename(a.as_bytes(), b.as_bytes()).await.unwrap_err();
+    assert!(err.is_not_found(), "renaming a missing file: {err}");
+    // Renaming onto an existing file replaces it (the stock configuration of each server).
+    upload(with_tickets(&mut conn, &target).await, &a, b"second!")
+        .await
+        .expect("upload a again");
+    conn.rename(a.as_bytes(), b.as_bytes())
+        .await
+        .expect("rename a over b");
+    assert_eq!(conn.size(b.as_bytes()).await.expect("SIZE b"), 7);
+
+    conn.set_modified(b.as_bytes(), 1_577_934_245)
+        .await
+        .expect("set the modification time");
+    let modified = conn.modified(b.as_bytes()).await.expect("MDTM b");
+    assert_eq!(modified.unix_seconds, 1_577_934_245);
+    conn.set_mode(b.as_bytes(), 0o600)
+        .await
+        .expect("SITE CHMOD");
+    let listing = with_tickets(&mut conn, &target)
+        .await
+        .list(dir.as_bytes())
+        .await
+        .expect("list");
+    let entry = listing
+        .entries
+        .iter()
+        .find(|e| e.name == b"b.txt")
+        .expect("b.txt listed");
+    assert_eq!(entry.mode, Some(0o600));
+
+    let sub = format!("{dir}/sub");
+    conn.make_dir(sub.as_bytes()).await.expect("MKD sub");
+    upload(
+        with_tickets(&mut conn, &target).await,
+        &format!("{sub}/c"),
+        b"c",
+    )
+    .await
+    .expect("upload c");
+    let err = conn.remove_dir(sub.as_bytes()).await.unwrap_err();
+    assert_eq!(
+        err.reply_code(),
+        Some(550),
+        "RMD of a full directory: {err}"
+    );
+    conn.delete(format!("{sub}/c").as_bytes())
+        .await
+        .expect("DELE c");
+    conn.remove_dir(sub.as_bytes()).await.expect("RMD sub");
+    conn.delete(b.as_bytes()).await.expect("DELE b");
+    let err = conn.delete(b.as_bytes()).await.unwrap_err();
+    assert_eq!(err.reply_code(), Some(550), "DELE of a missing file: {err}");
+    conn.noop().await.expect("still in step");
+    assert!(!conn.is_broken());
+    remove_tree(with_tickets(&mut conn, &target).await, &dir).await;
+}
+
+/// An upload whose data connection does not resume is refused by every server that
+/// enforces resumption, and the connection is not used again.
+async fn refused_upload(server: Server, tls: Tls) {
+    if !server.enforces_reuse() {
+        return;
+    }
+    let target = target(server, tls);
+    let mut admin = connect(&target).await;
+    let dir = scratch(&mut admin, "refused", &target).await;
+    let mut no_resume = target.options.clone();
+    no_resume.resume_data_sessions = false;
+    let mut conn = ControlConnection::connect(Arc::new(no_resume), Arc::new(TlsStats::default()))
+        .await
+        .expect("connect");
+    let path = format!("{dir}/refused.bin");
+    match upload(&mut conn, &path, &[7u8; 4096]).await {
+        Err(FtpError::DataRejected { reply, .. }) => {
+            assert!(matches!(reply.code, 425 | 522), "{reply}")
+        }
+        other => panic!("{server:?} {tls:?}: upload without resumption: {other:?}"),
+    }
+    assert!(conn.is_broken());
+    // What the server left is the caller's to clean up: vsftpd creates the file before
+    // it accepts the data connection, which is why ftpsfs uploads under a temporary name.
+    let left = sizes(with_tickets(&mut admin, &target).await, &dir).await;
+    println!("{server:?} {tls:?}: a refused upload left {left:?}");
+    assert!(left.values().all(|(_, size)| *size == 0), "{left:?}");
+    remove_tree(with_tickets(&mut admin, &target).await, &dir).await;
+}
+
+macro_rules! upload_suite {
+    ($module:ident, $server:expr, $tls:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn consecutive_uploads_all_resume() {
+                super::consecutive_uploads($server, $tls).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn namespace_commands() {
+                super::namespace_commands($server, $tls).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn upload_without_resumption_is_refused() {
+                super::refused_upload($server, $tls).await
+            }
+        }
+    };
+}
+
+upload_suite!(vsftpd_tls12, Server::Vsftpd, Tls::V12);
+upload_suite!(vsftpd_tls13, Server::Vsftpd, Tls::V13);
+upload_suite!(vsftpd_implicit_tls12, Server::VsftpdImplicit, Tls::V12);
+upload_suite!(vsftpd_implicit_tls13, Server::VsftpdImplicit, Tls::V13);
+upload_suite!(proftpd_tls12, Server::Proftpd, Tls::V12);
+upload_suite!(proftpd_tls13, Server::Proftpd, Tls::V13);
+upload_suite!(pureftpd_tls12, Server::PureFtpd, Tls::V12);
+upload_suite!(pureftpd_tls13, Server::PureFtpd, Tls::V13);
