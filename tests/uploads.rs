@@ -161,34 +161,45 @@ async fn namespace_commands(server: Server, tls: Tls) {
         .expect("rename a to b");
     let err = conn.rename(a.as_bytes(), b.as_bytes()).await.unwrap_err();
     assert!(err.is_not_found(), "renaming a missing file: {err}");
-    // Renaming onto an existing file replaces it (the stock configuration of each server).
     upload(with_tickets(&mut conn, &target).await, &a, b"second!")
         .await
         .expect("upload a again");
-    conn.rename(a.as_bytes(), b.as_bytes())
-        .await
-        .expect("rename a over b");
-    assert_eq!(conn.size(b.as_bytes()).await.expect("SIZE b"), 7);
+    if server.renames_over_files() {
+        conn.rename(a.as_bytes(), b.as_bytes())
+            .await
+            .expect("rename a over b");
+        assert_eq!(conn.size(b.as_bytes()).await.expect("SIZE b"), 7);
+    } else {
+        let err = conn.rename(a.as_bytes(), b.as_bytes()).await.unwrap_err();
+        assert_eq!(err.reply_code(), Some(553), "renaming onto a file: {err}");
+        assert_eq!(conn.size(b.as_bytes()).await.expect("SIZE b"), 5);
+        conn.delete(a.as_bytes()).await.expect("DELE a");
+    }
 
     conn.set_modified(b.as_bytes(), 1_577_934_245)
         .await
         .expect("set the modification time");
     let modified = conn.modified(b.as_bytes()).await.expect("MDTM b");
     assert_eq!(modified.unix_seconds, 1_577_934_245);
-    conn.set_mode(b.as_bytes(), 0o600)
-        .await
-        .expect("SITE CHMOD");
-    let listing = with_tickets(&mut conn, &target)
-        .await
-        .list(dir.as_bytes())
-        .await
-        .expect("list");
-    let entry = listing
-        .entries
-        .iter()
-        .find(|e| e.name == b"b.txt")
-        .expect("b.txt listed");
-    assert_eq!(entry.mode, Some(0o600));
+    if server.has_chmod() {
+        conn.set_mode(b.as_bytes(), 0o600)
+            .await
+            .expect("SITE CHMOD");
+        let listing = with_tickets(&mut conn, &target)
+            .await
+            .list(dir.as_bytes())
+            .await
+            .expect("list");
+        let entry = listing
+            .entries
+            .iter()
+            .find(|e| e.name == b"b.txt")
+            .expect("b.txt listed");
+        assert_eq!(entry.mode, Some(0o600));
+    } else {
+        let err = conn.set_mode(b.as_bytes(), 0o600).await.unwrap_err();
+        assert!(err.is_unsupported(), "SITE CHMOD: {err}");
+    }
 
     let sub = format!("{dir}/sub");
     conn.make_dir(sub.as_bytes()).await.expect("MKD sub");
@@ -278,3 +289,5 @@ upload_suite!(proftpd_tls12, Server::Proftpd, Tls::V12);
 upload_suite!(proftpd_tls13, Server::Proftpd, Tls::V13);
 upload_suite!(pureftpd_tls12, Server::PureFtpd, Tls::V12);
 upload_suite!(pureftpd_tls13, Server::PureFtpd, Tls::V13);
+upload_suite!(strict_tls12, Server::Strict, Tls::V12);
+upload_suite!(strict_tls13, Server::Strict, Tls::V13);

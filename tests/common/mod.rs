@@ -108,6 +108,17 @@ impl Server {
     pub fn enforces_reuse(self) -> bool {
         self != Server::PureFtpd
     }
+
+    /// Whether RNTO may replace an existing file (FileZilla Server, which the strict
+    /// server imitates, refuses).
+    pub fn renames_over_files(self) -> bool {
+        self != Server::Strict
+    }
+
+    /// Whether the server has SITE CHMOD (FileZilla Server has no SITE commands).
+    pub fn has_chmod(self) -> bool {
+        self != Server::Strict
+    }
 }
 
 /// A server ready for a test, with the options to reach it.
@@ -135,14 +146,17 @@ pub fn target(server: Server, tls: Tls) -> Target {
                 Tls::V12 => strict_server::TlsVersion::Tls12,
                 Tls::V13 => strict_server::TlsVersion::Tls13,
             };
-            let strict = StrictServer::start(StrictServerOptions::new(
-                &env.data,
-                env.certs.join("server.pem"),
-                env.certs.join("server.key"),
-                version,
-                env.user.clone(),
-                env.password.clone(),
-            ))
+            let strict = StrictServer::start(StrictServerOptions {
+                writable: true,
+                ..StrictServerOptions::new(
+                    &env.data,
+                    env.certs.join("server.pem"),
+                    env.certs.join("server.key"),
+                    version,
+                    env.user.clone(),
+                    env.password.clone(),
+                )
+            })
             .expect("start the strict test server");
             (strict.port(), Security::ExplicitTls, Some(strict))
         }

@@ -24,13 +24,21 @@
 //! - passive mode only; each data connection is TLS-accepted with the control
 //!   connection's context and closed with a 425 if it did not resume.
 //!
+//! Writes (STOR, APPE, DELE, MKD, RMD, RNFR/RNTO, MFMT) are served when `writable` is
+//! set. Like FileZilla Server, the server then refuses to rename onto an existing file
+//! (`rename_over_existing` turns that off), and it has no SITE commands (no SITE CHMOD).
+//! An upload that ends without TLS close_notify is answered with 426, as vsftpd does.
+//!
 //! Fault knobs for the fault-injection tests (tests/faults.rs): a network
 //! namespace to live in (`netns`), vsftpd's `421 Timeout.` on idle sessions
 //! (`idle_reply_421`), a per-server session limit answered with vsftpd's
 //! `max_per_ip` 421 ([`StrictServer::set_max_sessions`]), and data
 //! connections that stall after a number of bytes
-//! ([`StrictServer::set_stall_data_after`]). The server can be stopped and
-//! started again on the same port (`port`).
+//! ([`StrictServer::set_stall_data_after`]), uploads that run out of space
+//! ([`StrictServer::set_space_left`]), and a control connection that drops
+//! at a given command, before or after carrying it out
+//! ([`StrictServer::set_drop_at`]). The server can be stopped and started
+//! again on the same port (`port`).
 //!
 //! Blocking std threads: one accept thread, one thread per control
 //! connection and one per transfer (so that `ABOR` can be read on the control
@@ -110,6 +118,12 @@ pub struct StrictServerOptions {
     /// The network namespace (e.g. `/proc/PID/ns/net`) whose 127.0.0.1 the
     /// server listens on; None: this process's own.
     pub netns: Option<PathBuf>,
+    /// Serve uploads and the commands that change files (otherwise: 550).
+    pub writable: bool,
+    /// Let RNTO replace an existing file (FileZilla Server refuses: 553).
+    pub rename_over_existing: bool,
+    /// Let STOR replace an existing file (ProFTPD's `AllowOverwrite off` refuses).
+    pub store_over_existing: bool,
 }
 
 impl StrictServerOptions {
@@ -136,6 +150,9 @@ impl StrictServerOptions {
             tickets_per_connection: None,
             idle_reply_421: false,
             netns: None,
+            writable: false,
+            rename_over_existing: false,
+            store_over_existing: true,
         }
     }
 }
@@ -155,6 +172,21 @@ struct Faults {
     stall_data_after: AtomicU64,
     /// Control connections served at once; more get vsftpd's 421 (0: no limit).
     max_sessions: AtomicUsize,
+    /// Bytes uploads may still store before they fail (u64::MAX: no limit).
+    space_left: AtomicU64,
+    /// The reply code of an upload that ran out of space (452 disk full, 552 quota).
+    space_reply: AtomicU64,
+    /// The next command with this verb drops the control connection.
+    drop_at: Mutex<Option<DropAt>>,
+}
+
+/// A control connection that drops at a command, without replying to it.
+#[derive(Clone, Debug)]
+pub struct DropAt {
+    /// The verb (`DELE`, `RNTO` ...).
+    pub verb: String,
+    /// Carry the command out before dropping (otherwise drop without doing it).
+    pub perform: bool,
 }
 
 #[derive(Default)]
@@ -217,6 +249,9 @@ impl StrictServer {
             faults: Faults {
                 stall_data_after: AtomicU64::new(u64::MAX),
                 max_sessions: AtomicUsize::new(0),
+                space_left: AtomicU64::new(u64::MAX),
+                space_reply: AtomicU64::new(452),
+                drop_at: Mutex::new(None),
             },
         });
         // Fail now rather than on the first connection if cert and key
@@ -336,6 +371,32 @@ impl StrictServer {
             .faults
             .stall_data_after
             .store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Uploads from now on may store `bytes` more bytes in all; the one that
+    /// goes past stops reading and is answered with `reply` (452 "disk full",
+    /// 552 "quota exceeded"), its file cut at the limit. None: no limit.
+    pub fn set_space_left(&self, bytes: Option<u64>, reply: u16) {
+        self.shared
+            .faults
+            .space_reply
+            .store(u64::from(reply), Ordering::SeqCst);
+        self.shared
+            .faults
+            .space_left
+            .store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// The next command with `drop.verb` (on any control connection) closes its
+    /// control connection without a reply, after carrying the command out if
+    /// `drop.perform`. None: no such fault.
+    pub fn set_drop_at(&self, drop: Option<DropAt>) {
+        *self
+            .shared
+            .faults
+            .drop_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = drop;
     }
 
     /// Stops accepting, closes every control connection (which aborts any
@@ -641,6 +702,8 @@ fn run_control(mut sock: TcpStream, shared: &Arc<Shared>) {
         passive: None,
         queued: VecDeque::new(),
         tickets_issued: 0,
+        rename_from: None,
+        muted: false,
     };
     session.run();
 }
@@ -664,6 +727,10 @@ struct Session {
     queued: VecDeque<String>,
     /// TLS 1.3 tickets sent on this control connection.
     tickets_issued: u64,
+    /// The file named by the last RNFR, for the RNTO that must follow it.
+    rename_from: Option<PathBuf>,
+    /// Replies are swallowed (a command carried out before the connection drops).
+    muted: bool,
 }
 
 enum Flow {
@@ -671,10 +738,12 @@ enum Flow {
     Quit,
 }
 
-/// What a transfer command sends on the data connection.
+/// What a transfer command sends on the data connection, or receives.
 enum Payload {
     File(fs::File),
     Bytes(Vec<u8>),
+    /// An upload, written to this file.
+    Upload(fs::File),
 }
 
 enum Outcome {
@@ -686,6 +755,10 @@ enum Outcome {
     Aborted,
     /// The data connection failed under the transfer (client closed it).
     Broken,
+    /// An upload ended without TLS close_notify: maybe cut off.
+    Truncated,
+    /// An upload went past the space left (see `StrictServer::set_space_left`).
+    NoSpace,
 }
 
 const COMMANDS_BEFORE_LOGIN: &[&str] = &[
@@ -728,6 +801,9 @@ impl Session {
     }
 
     fn reply(&mut self, code: u16, text: &str) -> io::Result<()> {
+        if self.muted {
+            return Ok(());
+        }
         write_reply(&mut self.ctrl, code, text)
     }
 
@@ -737,7 +813,34 @@ impl Session {
             self.reply(530, "Please log in with USER and PASS first.")?;
             return Ok(Flow::Continue);
         }
-        match cmd.as_str() {
+        let drop_here = {
+            let mut drop_at = self
+                .shared
+                .faults
+                .drop_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match drop_at.as_ref() {
+                Some(at) if at.verb == cmd => drop_at.take(),
+                _ => None,
+            }
+        };
+        if let Some(at) = drop_here {
+            if at.perform {
+                self.muted = true;
+                let _ = self.dispatch(&cmd, arg);
+            }
+            let _ = self.ctrl.get_ref().shutdown(Shutdown::Both);
+            return Ok(Flow::Quit);
+        }
+        if cmd != "RNTO" {
+            self.rename_from = None;
+        }
+        self.dispatch(&cmd, arg)
+    }
+
+    fn dispatch(&mut self, cmd: &str, arg: &str) -> io::Result<Flow> {
+        match cmd {
             "USER" => {
                 self.logged_in = false;
                 self.pending_user = Some(arg.to_string());
@@ -849,11 +952,170 @@ impl Session {
             "LIST" => self.listing(Listing::List, arg)?,
             "NLST" => self.listing(Listing::Nlst, arg)?,
             "MLSD" => self.listing(Listing::Mlsd, arg)?,
-            "STOR" | "STOU" | "APPE" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD" | "RNFR"
-            | "RNTO" | "SITE" => self.reply(550, "Permission denied: read-only server")?,
+            "STOR" | "APPE" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD" | "RNFR" | "RNTO"
+            | "MFMT"
+                if !self.shared.opts.writable =>
+            {
+                self.reply(550, "Permission denied: read-only server")?
+            }
+            "STOR" => self.store(arg, false)?,
+            "APPE" => self.store(arg, true)?,
+            "DELE" => self.delete(arg)?,
+            "MKD" | "XMKD" => self.make_dir(arg)?,
+            "RMD" | "XRMD" => self.remove_dir(arg)?,
+            "RNFR" => self.rename_from(arg)?,
+            "RNTO" => self.rename_to(arg)?,
+            "MFMT" => self.set_modified(arg)?,
+            // FileZilla Server has no SITE commands, so no SITE CHMOD either.
+            "SITE" => self.reply(500, "Command not understood")?,
             _ => self.reply(502, "Command not implemented")?,
         }
         Ok(Flow::Continue)
+    }
+
+    /// The real path of a file to change: inside the root, and not the root itself.
+    fn target_path(&mut self, arg: &str) -> io::Result<Option<PathBuf>> {
+        match self.real_path(arg) {
+            Some((parts, real)) if !parts.is_empty() => Ok(Some(real)),
+            Some(_) => {
+                self.reply(550, "Permission denied: the root cannot be changed.")?;
+                Ok(None)
+            }
+            None => {
+                self.reply(550, "Permission denied: path outside the root.")?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn store(&mut self, arg: &str, append: bool) -> io::Result<()> {
+        let offset = std::mem::take(&mut self.rest);
+        if !self.data_ready()? {
+            return Ok(());
+        }
+        let Some(real) = self.target_path(arg)? else {
+            return Ok(());
+        };
+        if real.is_dir() {
+            return self.reply(550, "Is a directory.");
+        }
+        if !append && offset == 0 && !self.shared.opts.store_over_existing && real.exists() {
+            return self.reply(550, "Overwrite permission denied");
+        }
+        let opened = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .append(append)
+            .truncate(!append && offset == 0)
+            .open(&real);
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(e) => return self.reply(553, &format!("Could not create file: {e}")),
+        };
+        if offset > 0 && file.seek(SeekFrom::Start(offset)).is_err() {
+            return self.reply(554, "Invalid restart offset.");
+        }
+        self.transfer(Payload::Upload(file))
+    }
+
+    fn delete(&mut self, arg: &str) -> io::Result<()> {
+        let Some(real) = self.target_path(arg)? else {
+            return Ok(());
+        };
+        match fs::symlink_metadata(&real) {
+            Ok(meta) if meta.is_dir() => self.reply(550, "Is a directory; use RMD."),
+            Ok(_) => match fs::remove_file(&real) {
+                Ok(()) => self.reply(250, "File deleted successfully."),
+                Err(e) => self.reply(550, &format!("Could not delete file: {e}")),
+            },
+            Err(_) => self.reply(550, "File not found."),
+        }
+    }
+
+    fn make_dir(&mut self, arg: &str) -> io::Result<()> {
+        let Some(real) = self.target_path(arg)? else {
+            return Ok(());
+        };
+        match fs::create_dir(&real) {
+            Ok(()) => self.reply(257, "Directory created successfully."),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.reply(550, "Directory already exists.")
+            }
+            Err(e) => self.reply(550, &format!("Could not create directory: {e}")),
+        }
+    }
+
+    fn remove_dir(&mut self, arg: &str) -> io::Result<()> {
+        let Some(real) = self.target_path(arg)? else {
+            return Ok(());
+        };
+        match fs::remove_dir(&real) {
+            Ok(()) => self.reply(250, "Directory deleted successfully."),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.reply(550, "Directory not found.")
+            }
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                self.reply(550, "Directory not empty.")
+            }
+            Err(e) => self.reply(550, &format!("Could not remove directory: {e}")),
+        }
+    }
+
+    fn rename_from(&mut self, arg: &str) -> io::Result<()> {
+        let Some(real) = self.target_path(arg)? else {
+            return Ok(());
+        };
+        if fs::symlink_metadata(&real).is_err() {
+            return self.reply(550, "File not found.");
+        }
+        self.rename_from = Some(real);
+        self.reply(350, "File exists, ready for destination name.")
+    }
+
+    fn rename_to(&mut self, arg: &str) -> io::Result<()> {
+        let Some(from) = self.rename_from.take() else {
+            return self.reply(503, "Bad sequence of commands: RNFR first.");
+        };
+        let Some(to) = self.target_path(arg)? else {
+            return Ok(());
+        };
+        if !self.shared.opts.rename_over_existing && fs::symlink_metadata(&to).is_ok() {
+            return self.reply(553, "File exists.");
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => self.reply(250, "File or directory renamed successfully."),
+            Err(e) => self.reply(550, &format!("Could not rename: {e}")),
+        }
+    }
+
+    fn set_modified(&mut self, arg: &str) -> io::Result<()> {
+        let Some((time, path)) = arg.split_once(' ') else {
+            return self.reply(501, "Syntax: MFMT YYYYMMDDHHMMSS path");
+        };
+        let Some(seconds) = parse_fact_time(time) else {
+            return self.reply(501, "Invalid time.");
+        };
+        let Some(real) = self.target_path(path)? else {
+            return Ok(());
+        };
+        let Ok(c_path) = std::ffi::CString::new(real.as_os_str().as_encoded_bytes()) else {
+            return self.reply(550, "Invalid path.");
+        };
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: seconds,
+                tv_nsec: 0,
+            },
+        ];
+        // SAFETY: a valid C path and two timespecs, as utimensat(2) wants.
+        if unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), 0) } != 0 {
+            return self.reply(550, "File not found.");
+        }
+        self.reply(213, &format!("modify={time}; {path}"))
     }
 
     /// Maps a client path to its components below the root; `None` when
@@ -1167,6 +1429,16 @@ impl Session {
             Outcome::Aborted | Outcome::Broken => {
                 self.reply(426, "Connection closed; transfer aborted.")?
             }
+            Outcome::Truncated => self.reply(426, "Failure reading network stream.")?,
+            Outcome::NoSpace => {
+                let code = self.shared.faults.space_reply.load(Ordering::SeqCst) as u16;
+                let text = if code == 552 {
+                    "Exceeded storage allocation (quota)."
+                } else {
+                    "Insufficient storage space: no space left on device."
+                };
+                self.reply(code, text)?
+            }
         }
         if abor_received {
             self.reply(226, "ABOR command successful")?;
@@ -1259,6 +1531,13 @@ impl DataJob {
                 let stall_after = self.shared.faults.stall_data_after.load(Ordering::SeqCst);
                 copy_chunks(file, tls, &self.abort, stall_after, &self.shared)
             }
+            Payload::Upload(file) => {
+                return match receive(tls, file, &self.abort, &self.shared) {
+                    _ if self.aborted() => Outcome::Aborted,
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::Broken,
+                };
+            }
         };
         if sent.is_err() || self.aborted() {
             return if self.aborted() {
@@ -1297,6 +1576,47 @@ impl DataJob {
             }
         }
     }
+}
+
+/// Reads an upload into `file` until the client's close_notify. The server
+/// answers with its own close_notify, as vsftpd does, and then closes.
+fn receive(
+    tls: &mut SslStream<TcpStream>,
+    file: &mut fs::File,
+    abort: &AtomicBool,
+    shared: &Shared,
+) -> io::Result<Outcome> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if abort.load(Ordering::SeqCst) {
+            return Ok(Outcome::Aborted);
+        }
+        let n = match tls.ssl_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.code() == openssl::ssl::ErrorCode::ZERO_RETURN => break,
+            // A bare end of stream, without close_notify: maybe cut off.
+            Err(e) if e.code() == openssl::ssl::ErrorCode::SYSCALL => {
+                return Ok(Outcome::Truncated)
+            }
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        };
+        let allowed = shared
+            .faults
+            .space_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                Some(left.saturating_sub(n as u64))
+            })
+            .unwrap_or(0);
+        if (n as u64) > allowed {
+            file.write_all(&buf[..allowed as usize])?;
+            return Ok(Outcome::NoSpace);
+        }
+        file.write_all(&buf[..n])?;
+    }
+    file.flush()?;
+    let _ = tls.shutdown();
+    let _ = tls.get_ref().shutdown(Shutdown::Write);
+    Ok(Outcome::Done)
 }
 
 fn copy_chunks<W: Write>(
@@ -1397,6 +1717,7 @@ fn feat_reply() -> String {
         " PASV",
         " MLST type*;size*;modify*;perm*;UNIX.mode*;",
         " MLSD",
+        " MFMT",
         " SIZE",
         " MDTM",
         " REST STREAM",
@@ -1462,6 +1783,27 @@ fn ls_time(secs: i64, now: i64) -> String {
     } else {
         format!("{month} {:>2} {:>5}", t.day, t.year)
     }
+}
+
+/// Seconds since 1970 of an RFC 3659 time-val (`YYYYMMDDHHMMSS`, UTC).
+fn parse_fact_time(text: &str) -> Option<i64> {
+    if text.len() != 14 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let field = |range: std::ops::Range<usize>| text[range].parse::<i64>().ok();
+    let (year, month, day) = (field(0..4)?, field(4..6)?, field(6..8)?);
+    let (hour, minute, second) = (field(8..10)?, field(10..12)?, field(12..14)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 /// RFC 3659 time-val, UTC.
