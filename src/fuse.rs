@@ -1,22 +1,37 @@
 //! The thin adapter between fuser and the filesystem logic: the only code that knows
 //! fuser's types. Every callback hands its work to a tokio task and returns at once, so a
 //! slow server never blocks the kernel's request loop (one slow read does not stall `ls`).
+//! Every operation, changes included, goes to [`FtpFs`]; whether the mount is read-only
+//! is the filesystem's setting.
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, FsError, FtpFs, NodeKind};
+use crate::fs::namespace::RenameFlags as FsRenameFlags;
+use crate::fs::writes::{Closer, OpenMode, SetAttr};
+use crate::fs::{Attr, FsError, FtpFs, NodeKind, Opened};
+
+/// How long the kernel may trust the attributes of a file being written: a moment,
+/// because its size and time change with every write and upload (never zero: Linux
+/// filesystems behave badly with a zero TTL).
+const CHANGING_TTL: Duration = Duration::from_secs(1);
+
+/// Bytes reported free on a writable mount. FTP cannot tell free space; a volume that
+/// looks full would make file browsers refuse to copy, so it looks ample, as mountpoint-s3
+/// and rclone mount report theirs, and a full disk shows as ENOSPC or EDQUOT at close.
+const UNKNOWN_FREE_BYTES: u64 = 1 << 50;
 
 /// Bridges fuser's callbacks to [`FtpFs`].
 pub struct FuseAdapter {
@@ -32,6 +47,65 @@ impl FuseAdapter {
         // trusted; never zero, since Linux behaves badly with a zero TTL.
         let ttl = fs.config().dir_ttl.max(Duration::from_secs(1));
         Self { fs, runtime, ttl }
+    }
+
+    fn ttl_of(&self, attr: &Attr) -> Duration {
+        if attr.changing {
+            CHANGING_TTL.min(self.ttl)
+        } else {
+            self.ttl
+        }
+    }
+
+    /// Runs an operation that answers with an entry (lookup, mkdir, mknod).
+    fn entry_reply(
+        &self,
+        operation: &'static str,
+        reply: ReplyEntry,
+        work: impl std::future::Future<Output = Result<Attr, FsError>> + Send + 'static,
+    ) {
+        let adapter = self.timing();
+        self.runtime.spawn(async move {
+            match work.await {
+                Ok(attr) => reply.entry(&adapter.ttl_of(&attr), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(operation, &e)),
+            }
+        });
+    }
+
+    /// Runs an operation that answers with nothing but success or an error.
+    fn empty_reply(
+        &self,
+        operation: &'static str,
+        reply: ReplyEmpty,
+        work: impl std::future::Future<Output = Result<(), FsError>> + Send + 'static,
+    ) {
+        self.runtime.spawn(async move {
+            match work.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(operation, &e)),
+            }
+        });
+    }
+
+    fn timing(&self) -> Timing {
+        Timing { ttl: self.ttl }
+    }
+}
+
+/// The TTLs of an adapter, for tasks that outlive the callback.
+#[derive(Clone, Copy)]
+struct Timing {
+    ttl: Duration,
+}
+
+impl Timing {
+    fn ttl_of(&self, attr: &Attr) -> Duration {
+        if attr.changing {
+            CHANGING_TTL.min(self.ttl)
+        } else {
+            self.ttl
+        }
     }
 }
 
@@ -73,6 +147,74 @@ fn file_type(kind: NodeKind) -> FileType {
     }
 }
 
+fn open_mode(flags: OpenFlags) -> OpenMode {
+    let access = flags.acc_mode();
+    OpenMode {
+        read: access != OpenAccMode::O_WRONLY,
+        write: access != OpenAccMode::O_RDONLY,
+        truncate: flags.0 & libc::O_TRUNC != 0,
+    }
+}
+
+fn fopen_flags(opened: &Opened) -> FopenFlags {
+    if opened.keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+/// Longest wait for `/proc/PID/stat` of a process closing a file it wrote.
+const CLOSER_CHECK_LIMIT: Duration = Duration::from_secs(1);
+
+/// Who closes a file, from the closing process's exit code. The read of `/proc` runs
+/// apart, with a time limit: a thread of a process in the middle of exiting can hold it
+/// up, and the request loop must never wait on the process it serves. A process that
+/// cannot be read in time is taken for one that closes its file normally.
+async fn closer_of(pid: u32) -> Closer {
+    let check = tokio::task::spawn_blocking(move || killed_by_signal(pid));
+    match tokio::time::timeout(CLOSER_CHECK_LIMIT, check).await {
+        Ok(Ok(true)) => {
+            tracing::debug!(pid, "the process closing the file was killed by a signal");
+            Closer::KilledProcess
+        }
+        Ok(_) => Closer::Program,
+        Err(_) => {
+            tracing::debug!(
+                pid,
+                "could not read the closing process's exit code in time"
+            );
+            Closer::Program
+        }
+    }
+}
+
+/// Whether the process `pid` is exiting because a signal killed it, read from the exit
+/// code field of its `/proc/PID/stat` (set before the kernel closes its files).
+fn killed_by_signal(pid: u32) -> bool {
+    pid != 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| exit_signal(&stat))
+            .is_some_and(|signal| signal != 0)
+}
+
+/// The signal in the exit code (field 52) of a `/proc/PID/stat` line: what `waitpid`
+/// would report, whose low 7 bits are the killing signal, 0 for a normal exit.
+fn exit_signal(stat: &str) -> Option<i32> {
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let exit_code: i32 = after_name.split_whitespace().nth(49)?.parse().ok()?;
+    Some(exit_code & 0x7f)
+}
+
+fn system_time(time: TimeOrNow) -> SystemTime {
+    match time {
+        TimeOrNow::SpecificTime(time) => time,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // readdirplus fills attributes during `ls -l`, saving a getattr per entry.
@@ -90,21 +232,55 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (fs, ttl, name) = (self.fs.clone(), self.ttl, name.as_bytes().to_vec());
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        self.entry_reply(
+            "lookup",
+            reply,
+            async move { fs.lookup(parent.0, &name).await },
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, timing) = (self.fs.clone(), self.timing());
         self.runtime.spawn(async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno("lookup", &e)),
+            match fs.getattr(ino.0).await {
+                Ok(attr) => reply.attr(&timing.ttl_of(&attr), &file_attr(&attr)),
+                Err(e) => reply.error(errno("getattr", &e)),
             }
         });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // FTP keeps no access time: a change of atime alone changes nothing.
+        let changes = SetAttr {
+            size,
+            mtime: mtime.map(system_time),
+            mode,
+            uid,
+            gid,
+        };
+        let (fs, timing) = (self.fs.clone(), self.timing());
         self.runtime.spawn(async move {
-            match fs.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&ttl, &file_attr(&attr)),
-                Err(e) => reply.error(errno("getattr", &e)),
+            match fs.setattr(ino.0, changes).await {
+                Ok(attr) => reply.attr(&timing.ttl_of(&attr), &file_attr(&attr)),
+                Err(e) => reply.error(errno("setattr", &e)),
             }
         });
     }
@@ -119,20 +295,139 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        let regular = mode & libc::S_IFMT == libc::S_IFREG;
+        self.entry_reply("mknod", reply, async move {
+            fs.mknod(parent.0, &name, mode & !umask, regular).await
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        self.entry_reply("mkdir", reply, async move {
+            fs.mkdir(parent.0, &name, mode & !umask).await
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        self.empty_reply(
+            "unlink",
+            reply,
+            async move { fs.unlink(parent.0, &name).await },
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
+        self.empty_reply(
+            "rmdir",
+            reply,
+            async move { fs.rmdir(parent.0, &name).await },
+        );
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.symlink() {
+            Ok(attr) => reply.entry(&self.ttl_of(&attr), &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno("symlink", &e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let (name, new_name) = (name.as_bytes().to_vec(), new_name.as_bytes().to_vec());
+        let flags = FsRenameFlags {
+            no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        self.empty_reply("rename", reply, async move {
+            fs.rename(parent.0, &name, new_parent.0, &new_name, flags)
+                .await
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _new_parent: INodeNo,
+        _new_name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.link() {
+            Ok(attr) => reply.entry(&self.ttl_of(&attr), &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno("link", &e)),
+        }
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let how = open_mode(flags);
         self.runtime.spawn(async move {
-            match fs.open(ino.0, write).await {
-                Ok(opened) => {
-                    let flags = if opened.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(opened.handle), flags)
-                }
+            match fs.open(ino.0, how).await {
+                Ok(opened) => reply.opened(FileHandle(opened.handle), fopen_flags(&opened)),
                 Err(e) => reply.error(errno("open", &e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (fs, timing, name) = (self.fs.clone(), self.timing(), name.as_bytes().to_vec());
+        let how = open_mode(OpenFlags(flags));
+        self.runtime.spawn(async move {
+            match fs.create(parent.0, &name, mode & !umask, how).await {
+                Ok((attr, opened)) => reply.created(
+                    &timing.ttl_of(&attr),
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(opened.handle),
+                    fopen_flags(&opened),
+                ),
+                Err(e) => reply.error(errno("create", &e)),
             }
         });
     }
@@ -155,6 +450,59 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(errno("read", &e)),
             }
         });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (fs, data) = (self.fs.clone(), data.to_vec());
+        self.runtime.spawn(async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(written) => reply.written(written),
+                Err(e) => reply.error(errno("write", &e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let pid = req.pid();
+        self.empty_reply("flush", reply, async move {
+            let closer = if fs.is_writing(fh.0) {
+                closer_of(pid).await
+            } else {
+                Closer::Program
+            };
+            fs.flush(fh.0, closer).await
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.empty_reply("fsync", reply, async move { fs.fsync(fh.0).await });
     }
 
     fn release(
@@ -228,7 +576,7 @@ impl Filesystem for FuseAdapter {
                         INodeNo(entry.ino),
                         entry.offset,
                         name,
-                        &self.ttl,
+                        &self.ttl_of(&entry.attr),
                         &attr,
                         Generation(0),
                     ) {
@@ -254,97 +602,43 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // FTP cannot tell free space; report an empty, read-only volume rather than invent one.
         let block = self.fs.config().block_size as u32;
-        reply.statfs(0, 0, 0, 0, 0, block, 255, block);
+        let free = if self.fs.config().read_only {
+            0
+        } else {
+            UNKNOWN_FREE_BYTES / u64::from(block)
+        };
+        reply.statfs(free, free, free, 0, 0, block, 255, block);
     }
+}
 
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
-        _ctime: Option<std::time::SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<std::time::SystemTime>,
-        _chgtime: Option<std::time::SystemTime>,
-        _bkuptime: Option<std::time::SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(Errno::EROFS);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EROFS);
+    #[test]
+    fn exit_codes_tell_a_killed_process() {
+        let stat = |name: &str, exit_code: i32| {
+            let mut fields = vec!["0"; 49];
+            fields.push("0");
+            let mut line = format!("1234 ({name}) R");
+            for field in &fields[..48] {
+                line.push(' ');
+                line.push_str(field);
+            }
+            line.push_str(&format!(" {exit_code}"));
+            line
+        };
+        assert_eq!(exit_signal(&stat("cp", libc::SIGKILL)), Some(libc::SIGKILL));
+        assert_eq!(
+            exit_signal(&stat("a (b) c", libc::SIGTERM)),
+            Some(libc::SIGTERM)
+        );
+        // exit(3): the status is in the second byte, no signal.
+        assert_eq!(exit_signal(&stat("cp", 3 << 8)), Some(0));
+        assert_eq!(exit_signal(&stat("cp", 0)), Some(0));
+        assert_eq!(exit_signal("garbage"), None);
+        // This test process is alive and well.
+        assert!(!killed_by_signal(std::process::id()));
     }
 }

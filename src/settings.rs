@@ -604,6 +604,9 @@ impl Settings {
                 .min(self.cache_size / 2)
                 .max(self.block_size),
             dir_prefetch: self.dir_prefetch,
+            read_only: true,
+            staging_dir: default_cache_dir().join("staging"),
+            atomic_uploads: true,
         }
     }
 }
@@ -630,6 +633,25 @@ pub fn markdown_table() -> String {
         ));
     }
     table
+}
+
+/// The cache directory when none is given: `$XDG_CACHE_HOME/ftpsfs`, else
+/// `~/.cache/ftpsfs`, else a directory of the user's own under /tmp.
+pub fn default_cache_dir() -> PathBuf {
+    let from_env = |key: &str| {
+        std::env::var_os(key)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(cache) = from_env("XDG_CACHE_HOME") {
+        return cache.join("ftpsfs");
+    }
+    if let Some(home) = from_env("HOME") {
+        return home.join(".cache").join("ftpsfs");
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("ftpsfs-{uid}"))
 }
 
 /// `512M`, `1G`, `65536`, `64K` → bytes.

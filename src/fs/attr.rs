@@ -36,6 +36,9 @@ pub struct Attr {
     pub gid: u32,
     /// Preferred I/O size (the block size).
     pub blksize: u32,
+    /// The file is being written, or has changes not yet on the server: what the kernel
+    /// caches of it must be checked again soon.
+    pub changing: bool,
 }
 
 /// How listing entries become attributes: the owner, mask and block size of the mount.
@@ -95,6 +98,7 @@ impl AttrPolicy {
             uid: self.uid,
             gid: self.gid,
             blksize: self.blksize,
+            changing: false,
         }
     }
 }

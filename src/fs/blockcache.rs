@@ -186,6 +186,29 @@ impl BlockCache {
         }
     }
 
+    /// Drops every block of every version of `path` (the file was replaced or deleted).
+    pub fn forget_path(&self, path: &[u8]) {
+        let mut evicted = Vec::new();
+        {
+            let mut inner = self.lock();
+            let keys: Vec<BlockKey> = inner
+                .lru
+                .iter()
+                .filter(|(key, _)| &*key.version.path == path)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in keys {
+                if let Some(old) = inner.lru.pop(&key) {
+                    inner.bytes -= old.data.len() as u64;
+                    evicted.push(old);
+                }
+            }
+        }
+        for old in evicted {
+            self.recycle(old);
+        }
+    }
+
     /// Bytes held now.
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
@@ -265,6 +288,19 @@ mod tests {
         // Small fetches never take a block-sized buffer.
         cache.insert(key("a", 10, 3), segment(0, block));
         assert_eq!(cache.buffer(16 * 1024).capacity(), 16 * 1024);
+    }
+
+    #[test]
+    fn forgetting_a_path_drops_all_its_versions() {
+        let cache = BlockCache::new(1 << 20);
+        cache.insert(key("a", 10, 0), segment(0, 10));
+        cache.insert(key("a", 11, 0), segment(0, 11));
+        cache.insert(key("b", 10, 0), segment(0, 10));
+        cache.forget_path(b"a");
+        assert!(cache.get(&key("a", 10, 0), 0, 5).is_none());
+        assert!(cache.get(&key("a", 11, 0), 0, 5).is_none());
+        assert!(cache.get(&key("b", 10, 0), 0, 5).is_some());
+        assert_eq!(cache.bytes(), 10);
     }
 
     #[test]

@@ -1,4 +1,10 @@
 //! The metadata cache: one listing per directory serves every lookup and getattr in it.
+//!
+//! What this mount changes (a file uploaded, renamed, deleted) is patched into the cached
+//! listing at once, so a read after a write sees it without asking the server. A listing
+//! that was on its way while such a change was made may not show it, so it is fetched
+//! again rather than kept (each directory counts its changes, as sshfs's write counter
+//! does).
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -12,8 +18,10 @@ use crate::ftp::Pool;
 use super::error::FsError;
 use super::failure::{Attempt, RecentFailure, RemembersFailure};
 use super::inode::join_path;
+use super::names::{is_ftpsfs_name, NAME_MAX};
+use super::sweep;
 
-/// One directory's entries as of one listing.
+/// One directory's entries as of one listing, with this mount's changes since.
 #[derive(Debug)]
 pub struct DirListing {
     /// When the listing arrived.
@@ -21,17 +29,42 @@ pub struct DirListing {
     /// Entries in server order (files, directories and symlinks only).
     pub entries: Vec<Entry>,
     index: HashMap<Vec<u8>, usize>,
+    /// ftpsfs's own temporary files, which are not shown (see `names.rs`).
+    pub leftovers: Vec<Entry>,
     /// Symlink targets learnt from `LIST -a` when the listing itself (MLSD) lacks them.
     link_targets: Mutex<Option<HashMap<Vec<u8>, Vec<u8>>>>,
     /// Whether the subdirectories' listings were already fetched ahead once.
     children_prefetched: AtomicBool,
 }
 
+impl Clone for DirListing {
+    fn clone(&self) -> Self {
+        Self {
+            fetched: self.fetched,
+            entries: self.entries.clone(),
+            index: self.index.clone(),
+            leftovers: self.leftovers.clone(),
+            link_targets: Mutex::new(
+                self.link_targets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            ),
+            children_prefetched: AtomicBool::new(self.children_prefetched.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 impl DirListing {
     fn new(entries: Vec<Entry>) -> Self {
+        let mut leftovers = Vec::new();
         let entries: Vec<Entry> = entries
             .into_iter()
             .filter(|e| {
+                if is_ftpsfs_name(&e.name) {
+                    leftovers.push(e.clone());
+                    return false;
+                }
                 // Devices, pipes and sockets cannot be downloaded; showing them would only
                 // produce read errors.
                 if e.kind == EntryKind::Other {
@@ -40,12 +73,11 @@ impl DirListing {
                 }
                 // The listing parser allows longer names than Linux: such a name could be
                 // listed but never looked up (ENAMETOOLONG), which confuses ls and rsync.
-                if e.name.len() > super::NAME_MAX {
+                if e.name.len() > NAME_MAX {
                     tracing::debug!(
                         name = %e.name[..64].escape_ascii(),
                         bytes = e.name.len(),
-                        "skipping a name longer than {} bytes",
-                        super::NAME_MAX
+                        "skipping a name longer than {NAME_MAX} bytes"
                     );
                     return false;
                 }
@@ -61,6 +93,7 @@ impl DirListing {
             fetched: Instant::now(),
             entries,
             index,
+            leftovers,
             link_targets: Mutex::new(None),
             children_prefetched: AtomicBool::new(false),
         }
@@ -70,6 +103,54 @@ impl DirListing {
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
         self.index.get(name).map(|&i| &self.entries[i])
     }
+
+    /// Shows `entry`, replacing any entry of its name.
+    fn upsert(&mut self, entry: Entry) {
+        match self.index.get(&entry.name) {
+            Some(&i) => self.entries[i] = entry,
+            None => {
+                self.index.insert(entry.name.clone(), self.entries.len());
+                self.entries.push(entry);
+            }
+        }
+        self.forget_link_target(None);
+    }
+
+    /// Stops showing `name`.
+    fn remove(&mut self, name: &[u8]) {
+        let Some(i) = self.index.remove(name) else {
+            return;
+        };
+        self.entries.swap_remove(i);
+        if let Some(moved) = self.entries.get(i) {
+            self.index.insert(moved.name.clone(), i);
+        }
+        self.forget_link_target(Some(name));
+    }
+
+    fn forget_link_target(&mut self, name: Option<&[u8]>) {
+        let targets = self
+            .link_targets
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        match (targets.as_mut(), name) {
+            (Some(targets), Some(name)) => {
+                targets.remove(name);
+            }
+            // A new entry may be a symlink whose target the cached map lacks.
+            (Some(_), None) => *targets = None,
+            (None, _) => {}
+        }
+    }
+}
+
+/// A change this mount made to a directory.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A file or directory now has this entry (created, written, renamed here).
+    Upsert(Entry),
+    /// This name is gone (deleted, or renamed away).
+    Remove(Vec<u8>),
 }
 
 #[derive(Default)]
@@ -85,31 +166,46 @@ impl RemembersFailure for SlotState {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<SlotState>>;
+/// One directory's cache entry.
+#[derive(Default)]
+struct Slot {
+    state: tokio::sync::Mutex<SlotState>,
+    /// Changes this mount made to the directory: a listing fetched while it moved may
+    /// predate one of them.
+    changes: AtomicU64,
+}
 
 /// Connections that listing ahead leaves free, so that what the user asks for now never
 /// waits behind a guess.
 const CONNECTIONS_RESERVED_FROM_PREFETCH: usize = 1;
 
+/// How often a listing is fetched again because this mount changed the directory while
+/// it was on its way; after that, the last one is returned without being kept.
+const LISTING_ATTEMPTS: usize = 2;
+
 /// Directory listings with a time to live; concurrent requests for one directory share
 /// one listing command.
 pub struct DirCache {
     ttl: Duration,
-    slots: Mutex<HashMap<Vec<u8>, Slot>>,
+    slots: Mutex<HashMap<Vec<u8>, Arc<Slot>>>,
     listings: AtomicU64,
     /// Subdirectories listed ahead per opened directory (0: none).
     prefetch_children: usize,
+    /// Whether old temporary files of earlier mounts are deleted (not on a read-only mount).
+    sweep_leftovers: bool,
 }
 
 impl DirCache {
     /// A cache whose listings are trusted for `ttl`; opening a directory lists up to
-    /// `prefetch_children` of its subdirectories ahead, on spare connections.
-    pub fn new(ttl: Duration, prefetch_children: usize) -> Self {
+    /// `prefetch_children` of its subdirectories ahead, on spare connections. With
+    /// `sweep_leftovers`, ftpsfs's own old temporary files are deleted as they are seen.
+    pub fn new(ttl: Duration, prefetch_children: usize, sweep_leftovers: bool) -> Self {
         Self {
             ttl,
             slots: Mutex::new(HashMap::new()),
             listings: AtomicU64::new(0),
             prefetch_children,
+            sweep_leftovers,
         }
     }
 
@@ -118,7 +214,7 @@ impl DirCache {
         self.listings.load(Ordering::Relaxed)
     }
 
-    fn slot(&self, path: &[u8]) -> Slot {
+    fn slot(&self, path: &[u8]) -> Arc<Slot> {
         self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -132,7 +228,7 @@ impl DirCache {
         let slot = self.slot(path);
         // Holding the slot's lock while listing makes concurrent callers wait for this
         // one listing instead of sending their own.
-        let cached = slot.lock().await;
+        let cached = slot.state.lock().await;
         if let Some(listing) = cached.listing.as_ref() {
             if listing.fetched.elapsed() < self.ttl {
                 return Ok(listing.clone());
@@ -142,15 +238,66 @@ impl DirCache {
             return Err(error);
         }
         let mut attempt = Attempt::new(cached);
-        let result = crate::with_connection!(pool, |conn| conn.list(path).await)
-            .await
-            .map(|listing| Arc::new(DirListing::new(listing.entries)))
-            .map_err(FsError::from);
+        let mut result;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let changes_before = slot.changes.load(Ordering::SeqCst);
+            result = crate::with_connection!(pool, |conn| conn.list(path).await)
+                .await
+                .map(|listing| Arc::new(DirListing::new(listing.entries)))
+                .map_err(FsError::from);
+            if result.is_ok() {
+                self.listings.fetch_add(1, Ordering::Relaxed);
+            }
+            let changed = slot.changes.load(Ordering::SeqCst) != changes_before;
+            if !changed {
+                attempt.state.listing = result.as_ref().ok().cloned();
+                break;
+            }
+            // This mount changed the directory while the listing was on its way: it
+            // may predate the change, so it is not kept.
+            attempt.state.listing = None;
+            if attempts >= LISTING_ATTEMPTS || result.is_err() {
+                break;
+            }
+        }
         attempt.finish(&result);
         let listing = result?;
-        self.listings.fetch_add(1, Ordering::Relaxed);
-        attempt.state.listing = Some(listing.clone());
+        self.sweep(pool, path, &listing);
         Ok(listing)
+    }
+
+    /// Patches `change`, made by this mount, into the cached listing of `dir`; a listing
+    /// on its way meanwhile is fetched again (see [`Self::get`]).
+    pub fn record(&self, dir: &[u8], change: Change) {
+        let slot = self.slot(dir);
+        slot.changes.fetch_add(1, Ordering::SeqCst);
+        // When a listing is on its way (the lock is held), it sees the change counted
+        // above and is fetched again.
+        if let Ok(mut state) = slot.state.try_lock() {
+            if let Some(listing) = state.listing.as_mut() {
+                let listing = Arc::make_mut(listing);
+                match change {
+                    Change::Upsert(entry) => listing.upsert(entry),
+                    Change::Remove(name) => listing.remove(&name),
+                }
+            }
+        };
+    }
+
+    /// Forgets `path` and every directory below it (a directory renamed or removed).
+    pub fn forget_tree(&self, path: &[u8]) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|dir, slot| {
+            let inside = dir == path
+                || (dir.starts_with(path)
+                    && (path.is_empty() || dir.get(path.len()) == Some(&b'/')));
+            if inside {
+                slot.changes.fetch_add(1, Ordering::SeqCst);
+            }
+            !inside
+        });
     }
 
     /// Lists the subdirectories of `path` ahead, in the background, on connections that
@@ -201,7 +348,7 @@ impl DirCache {
     async fn prefetch(&self, pool: &Pool, path: &[u8]) -> bool {
         let slot = self.slot(path);
         // A busy slot is being listed by someone else: nothing to do.
-        let Ok(mut cached) = slot.try_lock() else {
+        let Ok(mut cached) = slot.state.try_lock() else {
             return true;
         };
         if cached
@@ -215,10 +362,15 @@ impl DirCache {
             Ok(Some(conn)) => conn,
             _ => return false,
         };
+        let changes_before = slot.changes.load(Ordering::SeqCst);
         match conn.list(path).await {
             Ok(listing) => {
                 self.listings.fetch_add(1, Ordering::Relaxed);
-                cached.listing = Some(Arc::new(DirListing::new(listing.entries)));
+                if slot.changes.load(Ordering::SeqCst) == changes_before {
+                    let listing = Arc::new(DirListing::new(listing.entries));
+                    self.sweep(pool, path, &listing);
+                    cached.listing = Some(listing);
+                }
                 true
             }
             Err(e) => {
@@ -229,10 +381,37 @@ impl DirCache {
         }
     }
 
+    /// Deletes, in the background, the old temporary files a listing found.
+    fn sweep(&self, pool: &Pool, path: &[u8], listing: &DirListing) {
+        if !self.sweep_leftovers || listing.leftovers.is_empty() {
+            return;
+        }
+        let names: Vec<(Vec<u8>, Entry)> = listing
+            .leftovers
+            .iter()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect();
+        let present: Vec<Vec<u8>> = listing.entries.iter().map(|e| e.name.clone()).collect();
+        tokio::spawn(sweep::clean(pool.clone(), path.to_vec(), names, present));
+    }
+
+    /// The entry `name` of the cached listing of `dir`, without asking the server.
+    pub fn cached_entry(&self, dir: &[u8], name: &[u8]) -> Option<Entry> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dir)?
+            .clone();
+        let state = slot.state.try_lock().ok()?;
+        state.listing.as_ref()?.get(name).cloned()
+    }
+
     /// Forgets the listing of `path`, so the next request asks the server.
     pub fn invalidate(&self, path: &[u8]) {
         let slot = self.slot(path);
-        if let Ok(mut cached) = slot.try_lock() {
+        slot.changes.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut cached) = slot.state.try_lock() {
             *cached = SlotState::default();
         };
     }
@@ -274,5 +453,52 @@ impl DirCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(targets);
         target.ok_or(FsError::NoLinkTarget)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ftp::listing::{TimePrecision, Timestamp};
+
+    fn file(name: &str, size: u64) -> Entry {
+        Entry {
+            name: name.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            size: Some(size),
+            modified: Some(Timestamp {
+                unix_seconds: 0,
+                nanos: 0,
+                precision: TimePrecision::Second,
+            }),
+            mode: None,
+            link_target: None,
+        }
+    }
+
+    #[test]
+    fn temporary_files_are_hidden_and_kept_apart() {
+        let temp = String::from_utf8(super::super::names::temp_name(b"a")).unwrap();
+        let listing = DirListing::new(vec![file("a", 1), file(&temp, 2)]);
+        assert_eq!(listing.entries.len(), 1);
+        assert!(listing.get(temp.as_bytes()).is_none());
+        assert_eq!(listing.leftovers.len(), 1);
+    }
+
+    #[test]
+    fn changes_patch_the_listing() {
+        let mut listing = DirListing::new(vec![file("a", 1), file("b", 2), file("c", 3)]);
+        listing.upsert(file("b", 20));
+        listing.upsert(file("d", 4));
+        listing.remove(b"a");
+        listing.remove(b"missing");
+        let names: Vec<&[u8]> = listing.entries.iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(names.len(), 3);
+        assert_eq!(listing.get(b"b").and_then(|e| e.size), Some(20));
+        assert_eq!(listing.get(b"d").and_then(|e| e.size), Some(4));
+        assert!(listing.get(b"a").is_none());
+        for (i, entry) in listing.entries.iter().enumerate() {
+            assert_eq!(listing.index[&entry.name], i);
+        }
     }
 }

@@ -43,7 +43,22 @@ impl FtpFs {
                     ino: child,
                     offset: entries.len() as u64 + 1,
                     name: entry.name.clone(),
-                    attr: self.attrs.attr(child, Some(entry)),
+                    attr: self.attr_of(child, Some(entry)),
+                });
+            }
+            // Files created here that are not on the server yet.
+            for (child, name) in self.local_only_children(ino) {
+                if listing.get(&name).is_some() {
+                    continue;
+                }
+                let Some(file) = self.write_file(child) else {
+                    continue;
+                };
+                entries.push(DirEntry {
+                    ino: child,
+                    offset: entries.len() as u64 + 1,
+                    name,
+                    attr: self.written_attr(child, file.shown()),
                 });
             }
             Ok(self.handles.insert(Handle::Dir(Arc::new(entries))))

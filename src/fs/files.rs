@@ -1,4 +1,4 @@
-//! Open files: opening, reading and closing.
+//! Open files: opening, reading and closing. Writing is in `writes.rs`.
 
 use std::sync::Arc;
 
@@ -6,14 +6,27 @@ use super::blockcache::FileVersion;
 use super::error::FsError;
 use super::handles::Handle;
 use super::reader::{OpenFile, ReadData};
-use super::{FtpFs, Opened};
+use super::writes::{OpenMode, WriteHandle};
+use super::{Attr, FtpFs, Opened};
 use crate::ftp::listing::EntryKind;
 
 impl FtpFs {
-    /// Opens a file for reading; writing is refused (read-only mount).
-    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
-        if write {
-            return Err(FsError::ReadOnly);
+    /// Opens a file for reading, writing or both.
+    pub async fn open(&self, ino: u64, how: OpenMode) -> Result<Opened, FsError> {
+        if how.write || how.truncate {
+            return self.open_for_write(ino, how).await;
+        }
+        if let Some(file) = self.write_file(ino) {
+            // Being written here: reads see what was written, not what the server has.
+            let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle {
+                file,
+                readable: true,
+                counted: false,
+            })));
+            return Ok(Opened {
+                handle,
+                keep_cache: false,
+            });
         }
         self.within(async {
             let (node, entry) = self.entry(ino).await?;
@@ -46,7 +59,13 @@ impl FtpFs {
 
     /// Reads up to `size` bytes at `offset` from an open file.
     pub async fn read(&self, handle: u64, offset: u64, size: u32) -> Result<ReadData, FsError> {
-        let file = self.handles.read(handle)?;
+        let file = match self.handles.get(handle)? {
+            Handle::Read(file) => file,
+            Handle::Write(write) if write.readable => {
+                return self.read_written(&write.file, offset, size).await
+            }
+            Handle::Write(_) | Handle::Dir(_) => return Err(FsError::BadHandle),
+        };
         let result = self.within(self.reader.read(&file, offset, size)).await;
         if matches!(result, Err(FsError::Changed)) {
             // The listing is out of date: the next open must see the new size and mtime.
@@ -59,10 +78,37 @@ impl FtpFs {
         result
     }
 
-    /// Closes an open file, stopping its read-ahead.
+    /// Closes an open file: stops its read-ahead, or, for the last handle of a file
+    /// written, uploads what no flush did.
     pub async fn release(&self, handle: u64) {
-        if let Some(Handle::Read(file)) = self.handles.remove(handle) {
-            self.reader.release(&file).await;
+        match self.handles.remove(handle) {
+            Some(Handle::Read(file)) => self.reader.release(&file).await,
+            Some(Handle::Write(write)) if write.counted => self.release_write(write).await,
+            Some(Handle::Write(_) | Handle::Dir(_)) | None => {}
         }
+    }
+
+    /// Creates a file with mknod: regular files only (FTP has no devices or fifos); it
+    /// is uploaded, empty, at once.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        regular: bool,
+    ) -> Result<Attr, FsError> {
+        self.writable()?;
+        if !regular {
+            return Err(FsError::NotPermitted(
+                "only regular files can be created over FTP",
+            ));
+        }
+        let (_, opened) = self.create(parent, name, mode, OpenMode::default()).await?;
+        let write = self.handles.write(opened.handle)?;
+        let uploaded = self.fsync(opened.handle).await;
+        self.release(opened.handle).await;
+        drop(write);
+        uploaded?;
+        self.lookup(parent, name).await
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::error::FsError;
 use super::reader::OpenFile;
+use super::writes::WriteHandle;
 use super::DirEntry;
 
 /// What a handle stands for.
@@ -16,6 +17,8 @@ pub enum Handle {
     Dir(Arc<Vec<DirEntry>>),
     /// A file open for reading.
     Read(Arc<OpenFile>),
+    /// A file open for writing (and maybe reading).
+    Write(Arc<WriteHandle>),
 }
 
 /// The open handles of a mount.
@@ -60,6 +63,19 @@ impl HandleTable {
             Some(Handle::Read(file)) => Ok(file.clone()),
             _ => Err(FsError::BadHandle),
         }
+    }
+
+    /// The file open for writing behind `number`.
+    pub fn write(&self, number: u64) -> Result<Arc<WriteHandle>, FsError> {
+        match self.lock().get(&number) {
+            Some(Handle::Write(file)) => Ok(file.clone()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// What `number` stands for.
+    pub fn get(&self, number: u64) -> Result<Handle, FsError> {
+        self.lock().get(&number).cloned().ok_or(FsError::BadHandle)
     }
 
     /// Forgets `number`; returns what it stood for.

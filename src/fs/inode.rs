@@ -18,8 +18,9 @@ pub struct Node {
 
 /// Maps inode numbers to remote paths and back.
 ///
-/// Entries are never reused or removed while mounted: a path keeps its number even after
-/// the kernel forgets it, so `find` and `rsync` see stable inode numbers.
+/// A path keeps its number even after the kernel forgets it, so `find` and `rsync` see
+/// stable inode numbers. A name that is deleted or replaced loses its number: a new file
+/// there gets a new one, while handles still open on the old one keep theirs.
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
@@ -72,6 +73,63 @@ impl InodeTable {
         Some(ino)
     }
 
+    /// Moves `ino`, and everything below it when it is a directory, to `name` in
+    /// `new_parent`. Whatever had that path before loses it (it was replaced).
+    pub fn rename(&mut self, ino: u64, new_parent: u64, name: &[u8]) -> Option<()> {
+        let new_path = join_path(&self.nodes.get(&new_parent)?.path, name);
+        let old_path = self.nodes.get(&ino)?.path.clone();
+        if let Some(replaced) = self.by_path.remove(&new_path) {
+            if replaced != ino {
+                self.orphan_below(&new_path);
+            }
+        }
+        let mut prefix = old_path.clone();
+        prefix.push(b'/');
+        let below: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.path.starts_with(&prefix))
+            .map(|(&i, _)| i)
+            .collect();
+        for child in below {
+            let node = self.nodes.get_mut(&child)?;
+            let mut path = new_path.clone();
+            path.extend_from_slice(&node.path[old_path.len()..]);
+            self.by_path.remove(&node.path);
+            self.by_path.insert(path.clone(), child);
+            node.path = path;
+        }
+        self.by_path.remove(&old_path);
+        self.by_path.insert(new_path.clone(), ino);
+        let node = self.nodes.get_mut(&ino)?;
+        node.parent = new_parent;
+        node.name = name.to_vec();
+        node.path = new_path;
+        Some(())
+    }
+
+    /// Forgets the number of `name` in `parent` and of everything below it (deleted): a
+    /// file made there later gets a new one.
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) {
+        if let Some(dir) = self.nodes.get(&parent) {
+            let path = join_path(&dir.path, name);
+            self.by_path.remove(&path);
+            self.orphan_below(&path);
+        }
+    }
+
+    fn orphan_below(&mut self, path: &[u8]) {
+        let mut prefix = path.to_vec();
+        prefix.push(b'/');
+        self.by_path.retain(|p, _| !p.starts_with(&prefix));
+    }
+
+    /// The inode of `name` in `parent`, if it has one already.
+    pub fn existing_child(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        let path = join_path(&self.nodes.get(&parent)?.path, name);
+        self.by_path.get(&path).copied()
+    }
+
     /// Inodes handed out so far, the root included.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -108,6 +166,37 @@ mod tests {
         assert_eq!(table.child(a, b"b c"), Some(b));
         assert_eq!(table.child(999, b"x"), None);
         assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn renames_move_whole_subtrees() {
+        let mut table = InodeTable::new(b"top".to_vec());
+        let dir = table.child(ROOT_INODE, b"d").unwrap();
+        let file = table.child(dir, b"f").unwrap();
+        let sub = table.child(dir, b"sub").unwrap();
+        let deep = table.child(sub, b"g").unwrap();
+        let other = table.child(ROOT_INODE, b"e").unwrap();
+        table.rename(dir, ROOT_INODE, b"e").unwrap();
+        assert_eq!(table.get(file).unwrap().path, b"top/e/f");
+        assert_eq!(table.get(deep).unwrap().path, b"top/e/sub/g");
+        assert_eq!(
+            table.child(ROOT_INODE, b"e"),
+            Some(dir),
+            "the renamed directory"
+        );
+        assert_ne!(
+            table.child(ROOT_INODE, b"d"),
+            Some(dir),
+            "the old name is free"
+        );
+        assert!(
+            table.get(other).is_some(),
+            "the replaced inode stays for open handles"
+        );
+        table.unlink(ROOT_INODE, b"e");
+        assert_eq!(table.existing_child(ROOT_INODE, b"e"), None);
+        assert_eq!(table.existing_child(dir, b"f"), None);
+        assert_ne!(table.child(ROOT_INODE, b"e"), Some(dir));
     }
 
     #[test]

@@ -21,12 +21,18 @@ pub mod failure;
 mod files;
 pub mod handles;
 pub mod inode;
-mod namespace;
+mod names;
+pub mod namespace;
 pub mod reader;
+mod staging;
+mod sweep;
+mod upload;
+pub mod writes;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -43,11 +49,8 @@ use inode::{InodeTable, Node, ROOT_INODE};
 pub use reader::ReadData;
 use reader::{ReadConfig, Reader};
 
-/// Longest name a listing entry may have and still be shown (Linux NAME_MAX).
-const NAME_MAX: usize = 255;
-
 /// Settings of the filesystem logic.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FsConfig {
     /// How long a directory listing (and the kernel's attributes) are trusted.
     pub dir_ttl: Duration,
@@ -69,6 +72,13 @@ pub struct FsConfig {
     pub max_readahead: u64,
     /// Subdirectories listed ahead when a directory is opened (0: none).
     pub dir_prefetch: usize,
+    /// Refuse every change (EROFS).
+    pub read_only: bool,
+    /// Where staging files go (see `staging.rs`).
+    pub staging_dir: PathBuf,
+    /// Upload to a temporary name and rename it onto the final one when complete
+    /// (otherwise: straight onto the final name, for servers that cannot rename).
+    pub atomic_uploads: bool,
 }
 
 /// One entry of a directory handle.
@@ -120,6 +130,11 @@ pub struct FtpFs {
     attrs: AttrPolicy,
     /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
     opened_versions: Mutex<HashMap<u64, Arc<FileVersion>>>,
+    /// Files open for writing or with changes not yet uploaded, by inode.
+    writes: Mutex<HashMap<u64, Arc<writes::WriteFile>>>,
+    /// The server refused to rename onto an existing file once: from then on the old
+    /// file is moved aside first, without trying.
+    refuses_overwrite: AtomicBool,
 }
 
 impl FtpFs {
@@ -138,22 +153,29 @@ impl FtpFs {
                 stream_idle: Duration::from_secs(5),
             },
         );
+        let attrs = AttrPolicy {
+            uid: config.uid,
+            gid: config.gid,
+            umask: config.umask,
+            blksize: config.block_size as u32,
+            unknown_time: SystemTime::now(),
+        };
         Self {
             pool,
-            config,
             inodes: Mutex::new(InodeTable::new(root_path)),
-            dirs: Arc::new(DirCache::new(config.dir_ttl, config.dir_prefetch)),
+            dirs: Arc::new(DirCache::new(
+                config.dir_ttl,
+                config.dir_prefetch,
+                !config.read_only,
+            )),
             cache,
             reader,
             handles: HandleTable::default(),
-            attrs: AttrPolicy {
-                uid: config.uid,
-                gid: config.gid,
-                umask: config.umask,
-                blksize: config.block_size as u32,
-                unknown_time: SystemTime::now(),
-            },
+            attrs,
             opened_versions: Mutex::new(HashMap::new()),
+            writes: Mutex::new(HashMap::new()),
+            refuses_overwrite: AtomicBool::new(false),
+            config,
         }
     }
 
@@ -204,6 +226,41 @@ impl FtpFs {
             .unwrap_or_else(|e| e.into_inner())
             .child(parent, name)
             .ok_or(FsError::BadHandle)
+    }
+
+    /// The attributes of `ino` with listing entry `entry` (None: the root), as changed by
+    /// writes not yet uploaded.
+    fn attr_of(&self, ino: u64, entry: Option<&Entry>) -> Attr {
+        match self.write_file(ino) {
+            Some(file) if entry.is_some() => self.written_attr(ino, file.shown()),
+            _ => self.attrs.attr(ino, entry),
+        }
+    }
+
+    /// Files created in the directory `dir` that are not on the server yet: (inode, name).
+    fn local_only_children(&self, dir: u64) -> Vec<(u64, Vec<u8>)> {
+        let files: Vec<u64> = self
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|file| file.shown().local_only)
+            .map(|file| file.ino)
+            .collect();
+        let inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        files
+            .into_iter()
+            .filter_map(|ino| {
+                let node = inodes.get(ino)?;
+                let current = inodes.existing_child(dir, &node.name) == Some(ino);
+                (node.parent == dir && current).then(|| (ino, node.name.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether the directory `dir` holds files created here and not uploaded yet.
+    fn has_local_only_children(&self, dir: u64) -> bool {
+        !self.local_only_children(dir).is_empty()
     }
 
     /// The listing entry behind `ino` (None for the root).

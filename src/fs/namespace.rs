@@ -1,8 +1,30 @@
-//! Names: looking them up, and the attributes and symlink targets behind them.
+//! Names: looking them up, the attributes and symlink targets behind them, and changing
+//! them (mkdir, rmdir, unlink, rename).
+//!
+//! A change is made on the server first and then patched into the cached listings, so
+//! the next lookup sees it without a listing. Commands that change the server are never
+//! repeated blindly (see `ftp::Retry`): when the connection is lost before the reply,
+//! a fresh listing tells whether the change happened.
 
+use std::time::SystemTime;
+
+use super::dircache::Change;
 use super::error::FsError;
-use super::{Attr, FtpFs, NAME_MAX};
-use crate::ftp::listing::EntryKind;
+use super::inode::join_path;
+use super::names::{check_new_name, NAME_MAX};
+use super::upload;
+use super::{Attr, FtpFs};
+use crate::ftp::listing::{Entry, EntryKind};
+use crate::ftp::FtpError;
+
+/// How `rename` may replace its target (renameat2's flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenameFlags {
+    /// RENAME_NOREPLACE: fail if the target exists.
+    pub no_replace: bool,
+    /// RENAME_EXCHANGE: swap source and target (not possible over FTP).
+    pub exchange: bool,
+}
 
 impl FtpFs {
     /// Looks `name` up in the directory `parent`.
@@ -19,18 +41,41 @@ impl FtpFs {
                 return Err(FsError::NotADirectory);
             }
             let listing = self.dirs.get(&self.pool, &parent_node.path).await?;
-            let entry = listing.get(name).ok_or(FsError::NotFound)?;
-            let ino = self.child_inode(parent, name)?;
-            Ok(self.attrs.attr(ino, Some(entry)))
+            match listing.get(name) {
+                Some(entry) => {
+                    let ino = self.child_inode(parent, name)?;
+                    Ok(self.attr_of(ino, Some(entry)))
+                }
+                None => self.local_only_attr(parent, name).ok_or(FsError::NotFound),
+            }
         })
         .await
+    }
+
+    /// The attributes of a file created here and not yet uploaded, if `name` is one.
+    fn local_only_attr(&self, parent: u64, name: &[u8]) -> Option<Attr> {
+        let ino = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .existing_child(parent, name)?;
+        let shown = self.write_file(ino)?.shown();
+        shown.local_only.then(|| self.written_attr(ino, shown))
     }
 
     /// Attributes of `ino`.
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         self.within(async {
-            let (_, entry) = self.entry(ino).await?;
-            Ok(self.attrs.attr(ino, entry.as_ref()))
+            match self.entry(ino).await {
+                Ok((_, entry)) => Ok(self.attr_of(ino, entry.as_ref())),
+                Err(FsError::NotFound) => {
+                    let node = self.node(ino)?;
+                    self.local_only_attr(node.parent, &node.name)
+                        .filter(|attr| attr.ino == ino)
+                        .ok_or(FsError::NotFound)
+                }
+                Err(e) => Err(e),
+            }
         })
         .await
     }
@@ -49,5 +94,312 @@ impl FtpFs {
                 .await
         })
         .await
+    }
+
+    /// The directory `parent`'s path, checking that it is a directory.
+    async fn dir_path(&self, parent: u64) -> Result<Vec<u8>, FsError> {
+        let (node, entry) = self.entry(parent).await?;
+        if entry.is_some_and(|e| e.kind != EntryKind::Dir) {
+            return Err(FsError::NotADirectory);
+        }
+        Ok(node.path)
+    }
+
+    /// Whether `name` exists in `dir` according to a listing fetched now: the way to
+    /// learn the outcome of a change whose reply was lost.
+    async fn exists_now(&self, dir: &[u8], name: &[u8]) -> Result<Option<Entry>, FsError> {
+        self.dirs.invalidate(dir);
+        let listing = self.dirs.get(&self.pool, dir).await?;
+        Ok(listing.get(name).cloned())
+    }
+
+    /// Creates the directory `name` in `parent` (MKD).
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> Result<Attr, FsError> {
+        self.writable()?;
+        check_new_name(name)?;
+        let pool = &self.pool;
+        self.within(async {
+            let dir = self.dir_path(parent).await?;
+            let listing = self.dirs.get(pool, &dir).await?;
+            if listing.get(name).is_some() || self.local_only_attr(parent, name).is_some() {
+                return Err(FsError::AlreadyExists);
+            }
+            let path = join_path(&dir, name);
+            let made = crate::with_connection!(pool, |conn| conn.make_dir(&path).await).await;
+            match made {
+                Ok(()) => {}
+                Err(e @ FtpError::Unconfirmed { .. }) => {
+                    if self.exists_now(&dir, name).await?.map(|e| e.kind) != Some(EntryKind::Dir) {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // Servers make directories 0755 (umask 022); ask only for something else.
+            let mode = mode & 0o7777;
+            let mut shown_mode = None;
+            if mode != 0o755 {
+                let metadata = upload::Metadata {
+                    mtime: None,
+                    mode: Some(mode),
+                };
+                let applied = crate::with_connection!(pool, |conn| upload::apply_metadata(
+                    conn, &path, metadata
+                )
+                .await)
+                .await;
+                shown_mode = applied.ok().and_then(|applied| applied.mode);
+            }
+            let entry = Entry {
+                name: name.to_vec(),
+                kind: EntryKind::Dir,
+                size: None,
+                modified: Some(super::writes::timestamp(SystemTime::now())),
+                mode: shown_mode,
+                link_target: None,
+            };
+            self.dirs.record(&dir, Change::Upsert(entry.clone()));
+            let ino = self.child_inode(parent, name)?;
+            Ok(self.attr_of(ino, Some(&entry)))
+        })
+        .await
+    }
+
+    /// Removes the empty directory `name` from `parent` (RMD).
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.writable()?;
+        let pool = &self.pool;
+        self.within(async {
+            let dir = self.dir_path(parent).await?;
+            let listing = self.dirs.get(pool, &dir).await?;
+            let entry = listing.get(name).ok_or(FsError::NotFound)?;
+            if entry.kind != EntryKind::Dir {
+                return Err(FsError::NotADirectory);
+            }
+            let path = join_path(&dir, name);
+            // vsftpd says only "Remove directory operation failed." for a full directory:
+            // the listing says why.
+            let inside = self.dirs.get(pool, &path).await?;
+            let ino = self.child_inode(parent, name)?;
+            if !inside.entries.is_empty() || self.has_local_only_children(ino) {
+                return Err(FsError::NotEmpty);
+            }
+            let removed = crate::with_connection!(pool, |conn| conn.remove_dir(&path).await).await;
+            match removed {
+                Ok(()) => {}
+                Err(e @ FtpError::Unconfirmed { .. }) => {
+                    if self.exists_now(&dir, name).await?.is_some() {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.dirs.record(&dir, Change::Remove(name.to_vec()));
+            self.dirs.forget_tree(&path);
+            self.inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unlink(parent, name);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes the file `name` from `parent` (DELE).
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.writable()?;
+        let pool = &self.pool;
+        self.within(async {
+            let dir = self.dir_path(parent).await?;
+            let listing = self.dirs.get(pool, &dir).await?;
+            let ino = self
+                .inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .existing_child(parent, name);
+            let local_only = self.local_only_attr(parent, name).is_some();
+            if let Some(ino) = ino {
+                // Open for writing: its changes go nowhere now, as on a local disk.
+                self.discard_writes(ino).await;
+            }
+            if local_only && listing.get(name).is_none() {
+                self.forget_name(parent, name, ino);
+                return Ok(());
+            }
+            let entry = listing.get(name).ok_or(FsError::NotFound)?;
+            if entry.kind == EntryKind::Dir {
+                return Err(FsError::IsADirectory);
+            }
+            let path = join_path(&dir, name);
+            let deleted = crate::with_connection!(pool, |conn| conn.delete(&path).await).await;
+            match deleted {
+                Ok(()) => {}
+                Err(e @ FtpError::Unconfirmed { .. }) => {
+                    if self.exists_now(&dir, name).await?.is_some() {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.dirs.record(&dir, Change::Remove(name.to_vec()));
+            self.forget_name(parent, name, ino);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets the inode and cached data of a deleted name.
+    fn forget_name(&self, parent: u64, name: &[u8], ino: Option<u64>) {
+        if let (Some(ino), Ok(node)) = (ino, self.node(parent)) {
+            self.forget_file_data(ino, &join_path(&node.path, name));
+        }
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unlink(parent, name);
+    }
+
+    /// Renames `name` in `parent` to `new_name` in `new_parent` (RNFR, RNTO), replacing
+    /// a file there. Servers that refuse to rename onto a file get it moved aside first.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        if flags.exchange {
+            return Err(FsError::InvalidRequest("RENAME_EXCHANGE"));
+        }
+        check_new_name(new_name)?;
+        let pool = &self.pool;
+        let (dir, new_dir, source, target) = self
+            .within(async {
+                let dir = self.dir_path(parent).await?;
+                let new_dir = self.dir_path(new_parent).await?;
+                let source = self.dirs.get(pool, &dir).await?.get(name).cloned();
+                let target = self.dirs.get(pool, &new_dir).await?.get(new_name).cloned();
+                Ok((dir, new_dir, source, target))
+            })
+            .await?;
+        let ino = self.child_inode(parent, name)?;
+        let local_only = self.local_only_attr(parent, name).is_some();
+        if source.is_none() && !local_only {
+            return Err(FsError::NotFound);
+        }
+        let target_local = self.local_only_attr(new_parent, new_name);
+        if flags.no_replace && (target.is_some() || target_local.is_some()) {
+            return Err(FsError::AlreadyExists);
+        }
+        let source_is_dir = source.as_ref().is_some_and(|e| e.kind == EntryKind::Dir);
+        if let Some(target) = &target {
+            match (source_is_dir, target.kind == EntryKind::Dir) {
+                (true, false) => return Err(FsError::NotADirectory),
+                (false, true) => return Err(FsError::IsADirectory),
+                (true, true) => {
+                    let inside = self.dirs.get(pool, &join_path(&new_dir, new_name)).await?;
+                    if !inside.entries.is_empty() {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        if dir == new_dir && name == new_name {
+            return Ok(());
+        }
+        // Changes not uploaded yet go up first, under the old name, so that the server
+        // renames what the program wrote (a file created here gets to the server so).
+        self.commit_writes(ino).await?;
+        let source = match source {
+            Some(source) => source,
+            None => self
+                .dirs
+                .cached_entry(&dir, name)
+                .ok_or(FsError::NotFound)?,
+        };
+        let replaced = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .existing_child(new_parent, new_name);
+        if let Some(replaced) = replaced.filter(|&r| r != ino) {
+            self.discard_writes(replaced).await;
+        }
+        let from = join_path(&dir, name);
+        let to = join_path(&new_dir, new_name);
+        let refuses = self
+            .refuses_overwrite
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let target_exists = target.is_some() || target_local.is_some();
+        let renamed = self
+            .within(async {
+                let mut conn = pool.get().await?;
+                upload::rename_replacing(
+                    &mut conn,
+                    &new_dir,
+                    &from,
+                    new_name,
+                    target_exists,
+                    refuses,
+                )
+                .await
+            })
+            .await;
+        match renamed {
+            Ok(refused) => {
+                if refused {
+                    self.refuses_overwrite
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Err(e)
+                if e.remote()
+                    .is_some_and(|e| matches!(e, FtpError::Unconfirmed { .. })) =>
+            {
+                let gone = self.exists_now(&dir, name).await?.is_none();
+                let there = self.exists_now(&new_dir, new_name).await?.is_some();
+                if !(gone && there) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.forget_file_data(ino, &from);
+        if let Some(replaced) = replaced.filter(|&r| r != ino) {
+            self.forget_file_data(replaced, &to);
+        }
+        self.dirs.record(&dir, Change::Remove(name.to_vec()));
+        let mut entry = source;
+        entry.name = new_name.to_vec();
+        self.dirs.record(&new_dir, Change::Upsert(entry));
+        if source_is_dir {
+            self.dirs.forget_tree(&from);
+            self.dirs.forget_tree(&to);
+        }
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rename(ino, new_parent, new_name)
+            .ok_or(FsError::BadHandle)?;
+        Ok(())
+    }
+
+    /// Symbolic links cannot be made over FTP.
+    pub fn symlink(&self) -> Result<Attr, FsError> {
+        self.writable()?;
+        Err(FsError::NotPermitted(
+            "symbolic links cannot be created over FTP",
+        ))
+    }
+
+    /// Hard links cannot be made over FTP.
+    pub fn link(&self) -> Result<Attr, FsError> {
+        self.writable()?;
+        Err(FsError::NotPermitted(
+            "hard links cannot be created over FTP",
+        ))
     }
 }

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use ftpsfs::ftp::{self, ConnectOptions, Secret, Security, Timeouts, TlsOptions, TlsVersions};
 
+pub mod local;
 pub mod mount;
 #[path = "../support/strict_server.rs"]
 pub mod strict_server;

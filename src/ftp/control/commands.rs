@@ -197,6 +197,24 @@ impl ControlConnection {
             })
     }
 
+    /// The size of a file as the server stores it, to check an upload: SIZE, or the
+    /// size fact of MLST where SIZE is unknown; None when the server has neither.
+    pub async fn stored_size(&mut self, path: &[u8]) -> Result<Option<u64>, FtpError> {
+        match self.size(path).await {
+            Ok(size) => return Ok(Some(size)),
+            Err(e) if !e.is_unsupported() => return Err(e),
+            Err(_) => {}
+        }
+        if !self.features.mlsd {
+            return Ok(None);
+        }
+        match self.stat(path).await {
+            Ok(entry) => Ok(entry.size),
+            Err(e) if e.is_unsupported() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The modification time of a file (MDTM, RFC 3659), UTC.
     pub async fn modified(&mut self, path: &[u8]) -> Result<Timestamp, FtpError> {
         let reply = self.path_command(&verb::MDTM, path, 213).await?;

@@ -1,0 +1,118 @@
+//! Staging files: the local copy of a file changed anywhere but at its end.
+//!
+//! A file written in order goes to the server as it is written (see `writes.rs`). Random
+//! writes, `O_RDWR`, appends to an existing file and truncation to any size need the whole
+//! file at hand, so it is copied into a staging file under the cache directory, changed
+//! there, and uploaded from it at close. Staging files have no name (`O_TMPFILE`, or
+//! unlinked at once where the filesystem lacks it), so a crash leaves none behind.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::Path;
+
+/// A file's whole content, on local disk.
+#[derive(Debug)]
+pub struct Staging {
+    file: File,
+    len: u64,
+}
+
+impl Staging {
+    /// An empty staging file in `dir` (created, with its parents, if missing; private to
+    /// the user, since it holds their data).
+    pub fn create(dir: &Path) -> io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(file) => file,
+            // Filesystems without O_TMPFILE: a fresh name, unlinked at once.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let path = dir.join(format!("staging-{:016x}", super::names::unique()));
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                std::fs::remove_file(&path)?;
+                file
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self { file, len: 0 })
+    }
+
+    /// Bytes in the file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes `data` at `offset`, growing the file (with zeros in any gap) as needed.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)?;
+        self.len = self.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+
+    /// Up to `size` bytes at `offset` (fewer at the end).
+    pub fn read_at(&self, offset: u64, size: usize) -> io::Result<Vec<u8>> {
+        let end = self.len.min(offset.saturating_add(size as u64));
+        let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self
+                .file
+                .read_at(&mut buf[filled..], offset + filled as u64)?
+            {
+                // Shorter than we wrote: a hole at the end reads as zeros.
+                0 => break,
+                n => filled += n,
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Cuts or extends (with zeros) the file to `len` bytes.
+    pub fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_files_grow_shrink_and_leave_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("ftpsfs-staging-test-{}", std::process::id()));
+        let mut staging = Staging::create(&dir).unwrap();
+        staging.write_at(0, b"hello").unwrap();
+        staging.write_at(10, b"world").unwrap();
+        assert_eq!(staging.len(), 15);
+        assert_eq!(staging.read_at(0, 100).unwrap(), b"hello\0\0\0\0\0world");
+        staging.set_len(3).unwrap();
+        assert_eq!(staging.read_at(0, 100).unwrap(), b"hel");
+        staging.set_len(6).unwrap();
+        assert_eq!(staging.read_at(2, 100).unwrap(), b"l\0\0\0");
+        assert_eq!(staging.read_at(6, 10).unwrap(), b"");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no names");
+        drop(staging);
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}

@@ -1,0 +1,363 @@
+//! Getting a file's new content onto the server without ever losing the old one.
+//!
+//! Every upload goes to a temporary name in the file's directory (see `names.rs`). Only
+//! when the server has said 226 and reports the size that was sent is the temporary file
+//! renamed onto the final name, so a failed or cut-off upload never leaves a short file
+//! under it, and an overwritten file keeps its old content until the new one is whole.
+//! Servers that refuse to rename onto an existing file (FileZilla Server, ProFTPD with
+//! `AllowOverwrite off`, IIS) get the old file moved aside first, and back if the new one
+//! cannot be renamed in.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::ftp::pool::worth_retrying;
+use crate::ftp::{ControlConnection, FtpError, Pool, PooledConnection, UploadConnection};
+
+use super::error::FsError;
+use super::inode::join_path;
+use super::names::{aside_name, shown};
+use super::staging::Staging;
+
+/// Bytes sent per write to the data connection, from staging files and runs of zeros.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+/// Writes a streamed upload may have queued before the writer waits: with the kernel's
+/// writes of up to 1 MiB, at most this many MiB of a file are in memory at once.
+const STREAM_QUEUE: usize = 8;
+
+/// Starts an upload to `path` (STOR) on a pooled connection. A connection that breaks
+/// before STOR goes out (no TLS ticket left, a stale connection) is replaced: nothing has
+/// happened on the server yet.
+pub async fn start(
+    pool: &Pool,
+    path: &[u8],
+) -> Result<(PooledConnection, UploadConnection), FtpError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut conn = pool.get().await?;
+        match conn.store(path).await {
+            Ok(upload) => return Ok((conn, upload)),
+            Err(e) if attempts < 3 && worth_retrying(&e) && !conn.sent_mutation() => {
+                tracing::debug!(
+                    conn = conn.id(),
+                    "upload could not start ({e}); on another connection"
+                );
+                if e.connection_lost() {
+                    pool.discard_idle();
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Ends an upload: the server's final reply, then the size it stores for `path` compared
+/// with the bytes sent. Returns that size.
+pub async fn finish(
+    conn: &mut PooledConnection,
+    upload: UploadConnection,
+    path: &[u8],
+) -> Result<u64, FsError> {
+    let sent = upload.sent();
+    conn.finish_upload(upload).await?;
+    match conn.stored_size(path).await? {
+        Some(size) if size == sent => Ok(size),
+        Some(size) => Err(FtpError::Protocol {
+            step: format!("checking the upload of {}", shown(path)),
+            detail: format!("the server stores {size} bytes of the {sent} sent"),
+        }
+        .into()),
+        None => {
+            tracing::debug!(path = %shown(path), "the server reports no sizes; trusting its 226");
+            Ok(sent)
+        }
+    }
+}
+
+/// Sends `len` zeros.
+async fn send_zeros(upload: &mut UploadConnection, mut len: u64) -> Result<(), FtpError> {
+    let zeros = vec![0u8; UPLOAD_CHUNK.min(len as usize)];
+    while len > 0 {
+        let n = zeros.len().min(len as usize);
+        upload.write_all(&zeros[..n]).await?;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+/// Uploads `len` zeros, or the staging file when there is one, to `path`; returns the
+/// connection (for the rename that follows) and the size the server stores.
+pub async fn upload(
+    pool: &Pool,
+    path: &[u8],
+    staging: Option<&Staging>,
+    len: u64,
+) -> Result<(PooledConnection, u64), FsError> {
+    /// Why sending stopped.
+    enum Stopped {
+        Network(FtpError),
+        Staging(std::io::Error),
+    }
+    let (mut conn, mut upload) = start(pool, path).await?;
+    let sent = async {
+        match staging {
+            None => send_zeros(&mut upload, len).await.map_err(Stopped::Network),
+            Some(staging) => {
+                let mut offset = 0;
+                while offset < staging.len() {
+                    let chunk = staging
+                        .read_at(offset, UPLOAD_CHUNK)
+                        .map_err(Stopped::Staging)?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    upload.write_all(&chunk).await.map_err(Stopped::Network)?;
+                    offset += chunk.len() as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+    .await;
+    match sent {
+        Ok(()) => {
+            let size = finish(&mut conn, upload, path).await?;
+            Ok((conn, size))
+        }
+        Err(Stopped::Network(e)) => Err(conn.failed_upload(upload, e).await.into()),
+        Err(Stopped::Staging(e)) => {
+            // The local copy failed: what went up must not land.
+            let _ = conn.abandon_upload(upload).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// An upload running while its file is written, in order: each write is queued for a
+/// task that sends it on the data connection.
+pub struct StreamUpload {
+    /// Where it goes: a temporary name, or the final one without atomic uploads.
+    pub path: Vec<u8>,
+    /// Bytes queued so far: the next write in order starts here.
+    pub position: u64,
+    queue: Option<mpsc::Sender<Vec<u8>>>,
+    task: JoinHandle<Result<(PooledConnection, u64), FsError>>,
+    /// Longest wait for the task to take a write.
+    data_timeout: Duration,
+}
+
+impl StreamUpload {
+    /// Starts the upload task for `path`; its STOR goes out with the first write.
+    pub fn start(pool: &Pool, path: Vec<u8>, data_timeout: Duration) -> Self {
+        let (queue, mut writes) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+        let task_pool = pool.clone();
+        let task_path = path.clone();
+        let task = tokio::spawn(async move {
+            let (mut conn, mut upload) = start(&task_pool, &task_path).await?;
+            while let Some(data) = writes.recv().await {
+                if let Err(e) = upload.write_all(&data).await {
+                    return Err(conn.failed_upload(upload, e).await.into());
+                }
+            }
+            let size = finish(&mut conn, upload, &task_path).await?;
+            Ok((conn, size))
+        });
+        Self {
+            path,
+            position: 0,
+            queue: Some(queue),
+            task,
+            data_timeout,
+        }
+    }
+
+    /// Queues `data`, the next bytes in order. When the upload has failed, its error.
+    pub async fn send(&mut self, data: Vec<u8>) -> Result<(), FsError> {
+        let len = data.len() as u64;
+        let queue = self.queue.as_ref().ok_or(FsError::BadHandle)?;
+        match tokio::time::timeout(self.data_timeout, queue.send(data)).await {
+            Ok(Ok(())) => {
+                self.position += len;
+                Ok(())
+            }
+            // The task ended: it failed, and says why.
+            Ok(Err(_)) => Err(self.failure().await),
+            Err(_) => Err(FsError::TimedOut(self.data_timeout)),
+        }
+    }
+
+    /// Queues `len` zeros (a hole the writer skipped, or a file extended by truncate).
+    pub async fn send_zeros(&mut self, mut len: u64) -> Result<(), FsError> {
+        while len > 0 {
+            let n = len.min(UPLOAD_CHUNK as u64);
+            self.send(vec![0u8; n as usize]).await?;
+            len -= n;
+        }
+        Ok(())
+    }
+
+    /// The error of a task that ended early.
+    async fn failure(&mut self) -> FsError {
+        self.queue = None;
+        match (&mut self.task).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => FsError::from(FtpError::Protocol {
+                step: "streaming an upload".into(),
+                detail: "the upload ended before its data did".into(),
+            }),
+            Err(e) => FsError::from(FtpError::Protocol {
+                step: "streaming an upload".into(),
+                detail: format!("the upload task failed: {e}"),
+            }),
+        }
+    }
+
+    /// Ends the data: the server confirms and reports the size. Returns the connection,
+    /// for what follows, and that size.
+    pub async fn finish(mut self) -> Result<(PooledConnection, u64), FsError> {
+        self.queue = None;
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(FsError::from(FtpError::Protocol {
+                step: "streaming an upload".into(),
+                detail: format!("the upload task failed: {e}"),
+            })),
+        }
+    }
+
+    /// Gives the upload up: its connection is dropped mid-transfer, so the server cannot
+    /// take the file for whole, and the temporary file is deleted in the background.
+    pub fn abandon(self, pool: &Pool) {
+        self.task.abort();
+        discard(pool, self.path);
+    }
+}
+
+/// Deletes a temporary file in the background; if that fails (the server is gone), a
+/// later mount's sweep deletes it (see `sweep.rs`).
+pub fn discard(pool: &Pool, temp: Vec<u8>) {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let result = crate::with_connection!(pool, |conn| match conn.delete(&temp).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        })
+        .await;
+        match result {
+            Ok(()) => tracing::debug!(path = %shown(&temp), "temporary file deleted"),
+            Err(e) => tracing::info!(
+                path = %shown(&temp),
+                "temporary file left for a later sweep: {e}"
+            ),
+        }
+    });
+}
+
+/// What to set on an uploaded file before it takes its final name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metadata {
+    /// Modification time the program set.
+    pub mtime: Option<SystemTime>,
+    /// Permission bits the program asked for.
+    pub mode: Option<u32>,
+}
+
+/// Sets `metadata` on `path`: best effort, since the data is what matters; a server that
+/// cannot set times or modes leaves the file as it is (logged). Returns what was set.
+pub async fn apply_metadata(
+    conn: &mut ControlConnection,
+    path: &[u8],
+    metadata: Metadata,
+) -> Result<Metadata, FtpError> {
+    let mut applied = Metadata::default();
+    if let Some(mtime) = metadata.mtime {
+        let seconds = unix_seconds(mtime);
+        match conn.set_modified(path, seconds).await {
+            Ok(()) => applied.mtime = Some(mtime),
+            Err(e) if e.breaks_connection() => return Err(e),
+            Err(e) => tracing::warn!(path = %shown(path), "modification time not set: {e}"),
+        }
+    }
+    if let Some(mode) = metadata.mode {
+        match conn.set_mode(path, mode).await {
+            Ok(()) => applied.mode = Some(mode),
+            Err(e) if e.breaks_connection() => return Err(e),
+            Err(e) if e.is_unsupported() => {
+                tracing::debug!(path = %shown(path), "the server has no SITE CHMOD: {e}")
+            }
+            Err(e) => tracing::warn!(path = %shown(path), "permissions not set: {e}"),
+        }
+    }
+    Ok(applied)
+}
+
+/// Seconds since 1970 of `time` (negative before).
+pub fn unix_seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => after.as_secs() as i64,
+        Err(before) => -(before.duration().as_secs() as i64),
+    }
+}
+
+/// Whether a failed rename onto an existing file may be the server's refusal to replace
+/// it (FileZilla Server: 553 "File exists"; ProFTPD with `AllowOverwrite off`: 550
+/// "Rename permission denied"): RNTO was refused, after RNFR had found the source.
+fn refuses_replacing(error: &FtpError) -> bool {
+    matches!(error, FtpError::Rejected { command, .. } if command.starts_with("RNTO"))
+}
+
+/// Renames `from` onto `to` in `dir`, replacing any file there. Where the server refuses
+/// to replace (`target_exists` and a refusal, or `refuses_overwrite` learnt earlier), the
+/// target is moved aside, `from` renamed in, and the old file deleted; if the rename in
+/// fails, the old file is put back. Returns whether the server refused to replace.
+pub async fn rename_replacing(
+    conn: &mut ControlConnection,
+    dir: &[u8],
+    from: &[u8],
+    to_name: &[u8],
+    target_exists: bool,
+    refuses_overwrite: bool,
+) -> Result<bool, FsError> {
+    let to = join_path(dir, to_name);
+    if !(target_exists && refuses_overwrite) {
+        match conn.rename(from, &to).await {
+            Ok(()) => return Ok(false),
+            Err(e) if target_exists && refuses_replacing(&e) => {
+                tracing::debug!(to = %shown(&to), "the server refuses to rename onto a file ({e}); moving it aside");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let aside = join_path(dir, &aside_name(to_name));
+    match conn.rename(&to, &aside).await {
+        Ok(()) => {}
+        // The target went away meanwhile: nothing to move aside.
+        Err(e) if e.is_not_found() => {
+            conn.rename(from, &to).await?;
+            return Ok(true);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match conn.rename(from, &to).await {
+        Ok(()) => {
+            if let Err(e) = conn.delete(&aside).await {
+                tracing::info!(path = %shown(&aside), "old version left for a later sweep: {e}");
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            if let Err(back) = conn.rename(&aside, &to).await {
+                tracing::error!(
+                    "{} is missing: its old version is {} (a later mount puts it back): {back}",
+                    shown(&to),
+                    shown(&aside)
+                );
+            }
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,969 @@
+//! Files open for writing: what each will upload at close, and how.
+//!
+//! A file has one [`WriteFile`] while it is open for writing (by any number of handles)
+//! or has changes not yet on the server. Its content is one of:
+//! - what the server has ([`Content::Server`]): opened for writing, nothing changed yet;
+//! - zeros ([`Content::Zeros`]): new, truncated, or extended by truncate, nothing written;
+//! - an upload streaming as it is written ([`Content::Streaming`]): every write so far
+//!   came in order, so `cp` of a large file runs at network speed;
+//! - a local staging file ([`Content::Staged`]): anything else (random writes, appends
+//!   to an existing file, truncation, reads of a file being written).
+//!
+//! A stream that meets a write out of order becomes a staging file (filled from what it
+//! uploaded so far), so the program never sees an error for writing out of order.
+//! At close (flush) the content lands atomically (see `upload.rs`) and its result is
+//! the result of `close()`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::ftp::listing::{Entry, EntryKind, TimePrecision, Timestamp};
+
+use super::attr::Attr;
+use super::blockcache::FileVersion;
+use super::dircache::Change;
+use super::error::FsError;
+use super::handles::Handle;
+use super::inode::join_path;
+use super::names::{shown, temp_name};
+use super::reader::{OpenFile, ReadData};
+use super::staging::Staging;
+use super::upload::{self, Metadata, StreamUpload};
+use super::{FtpFs, Opened};
+
+/// What a file being written holds now; see the module documentation.
+pub enum Content {
+    /// What the server has (the state's `base`).
+    Server,
+    /// `size` zeros.
+    Zeros,
+    /// An upload receiving the writes as they come.
+    Streaming(StreamUpload),
+    /// The whole content, locally.
+    Staged(Staging),
+}
+
+/// What `stat` shows of a file being written, readable while an upload holds its state.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown {
+    /// Bytes in the file now.
+    pub size: u64,
+    /// Modification time: the last write, or the time the program set.
+    pub mtime: SystemTime,
+    /// Permission bits, when known.
+    pub mode: Option<u32>,
+    /// Whether the file exists only here so far (created, not yet uploaded).
+    pub local_only: bool,
+}
+
+/// The write state of one file.
+pub struct WriteState {
+    content: Content,
+    /// Bytes in the file now.
+    size: u64,
+    /// The content differs from the server's: the next flush uploads it.
+    dirty: bool,
+    /// A write or truncate came since the last upload (not only the open's O_TRUNC,
+    /// which a shell's `>` closes once before the program writes anything).
+    written: bool,
+    /// The file exists on the server (it did when opened, or an upload of it landed).
+    on_server: bool,
+    /// The server's version, for reading and staging [`Content::Server`].
+    base: Option<Arc<FileVersion>>,
+    /// A reader of `base`, made on first use.
+    base_reader: Option<Arc<OpenFile>>,
+    /// Modification time the program set, to send with the next upload.
+    set_mtime: Option<SystemTime>,
+    /// Permission bits the program asked for, to send with the next upload.
+    set_mode: Option<u32>,
+    /// Mode of the server's file (from its listing).
+    mode: Option<u32>,
+    /// Nothing is uploaded any more: the file was deleted, or its writer was killed.
+    discarded: bool,
+    /// A failed upload: the next writes and the flush report it.
+    failure: Option<FsError>,
+    /// Last change, shown as the modification time.
+    changed_at: SystemTime,
+}
+
+/// One file open for writing, or with changes not yet on the server.
+pub struct WriteFile {
+    /// The file's inode.
+    pub ino: u64,
+    state: tokio::sync::Mutex<WriteState>,
+    shown: Mutex<Shown>,
+    /// Handles open for writing (counted under the mount's map of write files).
+    opens: Mutex<usize>,
+}
+
+/// A handle on a file being written: the file, and how it was opened.
+pub struct WriteHandle {
+    /// The file.
+    pub file: Arc<WriteFile>,
+    /// Opened for reading (O_RDWR, or read-only while another handle writes).
+    pub readable: bool,
+    /// Opened for writing, and counted among the file's writers.
+    pub counted: bool,
+}
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenMode {
+    /// For reading.
+    pub read: bool,
+    /// For writing.
+    pub write: bool,
+    /// O_TRUNC.
+    pub truncate: bool,
+}
+
+/// Who closes a file: `close()` by a program, or the kernel for a process that was
+/// killed, whose half-written file must not be taken for whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    /// A program closing its file.
+    Program,
+    /// The kernel closing the files of a process killed by a signal.
+    KilledProcess,
+}
+
+/// Attribute changes asked by `setattr`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// New size (truncate).
+    pub size: Option<u64>,
+    /// New modification time.
+    pub mtime: Option<SystemTime>,
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+}
+
+impl WriteFile {
+    fn new(ino: u64, state: WriteState) -> Self {
+        let shown = Shown {
+            size: state.size,
+            mtime: state.set_mtime.unwrap_or(state.changed_at),
+            mode: state.set_mode.or(state.mode),
+            local_only: !state.on_server,
+        };
+        Self {
+            ino,
+            state: tokio::sync::Mutex::new(state),
+            shown: Mutex::new(shown),
+            opens: Mutex::new(0),
+        }
+    }
+
+    /// What `stat` shows now.
+    pub fn shown(&self) -> Shown {
+        *self.shown.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, state: &WriteState) {
+        let local_only = !state.on_server && !state.discarded;
+        *self.shown.lock().unwrap_or_else(|e| e.into_inner()) = Shown {
+            size: state.size,
+            mtime: state.set_mtime.unwrap_or(state.changed_at),
+            mode: state.set_mode.or(state.mode),
+            local_only,
+        };
+    }
+}
+
+/// A time as a listing entry holds it.
+pub(super) fn timestamp(time: SystemTime) -> Timestamp {
+    let (unix_seconds, nanos) = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => (-(e.duration().as_secs() as i64), 0),
+    };
+    Timestamp {
+        unix_seconds,
+        nanos,
+        precision: TimePrecision::Second,
+    }
+}
+
+impl FtpFs {
+    /// Fails with EROFS on a read-only mount.
+    pub(super) fn writable(&self) -> Result<(), FsError> {
+        if self.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The write file of `ino`, if it is open for writing or has changes.
+    pub(super) fn write_file(&self, ino: u64) -> Option<Arc<WriteFile>> {
+        self.writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned()
+    }
+
+    /// The write file of `ino` for a new write handle, made from `make` if there is
+    /// none; counts the handle.
+    fn open_write_file(&self, ino: u64, make: impl FnOnce() -> WriteState) -> Arc<WriteFile> {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let file = writes
+            .entry(ino)
+            .or_insert_with(|| Arc::new(WriteFile::new(ino, make())))
+            .clone();
+        *file.opens.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        file
+    }
+
+    /// The write file of `ino` for one more write handle, if it has one.
+    fn reopen_write_file(&self, ino: u64) -> Option<Arc<WriteFile>> {
+        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let file = writes.get(&ino)?.clone();
+        *file.opens.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Some(file)
+    }
+
+    /// Counts a write handle closed; true when it was the last.
+    fn close_write_file(&self, file: &WriteFile) -> bool {
+        let _writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut opens = file.opens.lock().unwrap_or_else(|e| e.into_inner());
+        *opens = opens.saturating_sub(1);
+        *opens == 0
+    }
+
+    /// Forgets the write file of `ino` once no handle has it open.
+    fn forget_write_file(&self, file: &WriteFile) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        if *file.opens.lock().unwrap_or_else(|e| e.into_inner()) == 0 {
+            writes.remove(&file.ino);
+        }
+    }
+
+    /// The attributes of a file being written.
+    pub(super) fn written_attr(&self, ino: u64, shown: Shown) -> Attr {
+        let mut attr = self.attrs.attr(
+            ino,
+            Some(&Entry {
+                name: Vec::new(),
+                kind: EntryKind::File,
+                size: Some(shown.size),
+                modified: Some(timestamp(shown.mtime)),
+                mode: shown.mode,
+                link_target: None,
+            }),
+        );
+        attr.changing = true;
+        attr
+    }
+
+    /// Creates `name` in `parent` and opens it for writing. The file exists only in this
+    /// mount until its first upload lands (at close).
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        how: OpenMode,
+    ) -> Result<(Attr, Opened), FsError> {
+        self.writable()?;
+        super::names::check_new_name(name)?;
+        self.within(async {
+            let (_, parent_entry) = self.entry(parent).await?;
+            if parent_entry.is_some_and(|e| e.kind != EntryKind::Dir) {
+                return Err(FsError::NotADirectory);
+            }
+            Ok(())
+        })
+        .await?;
+        // A name deleted or replaced before gets a new inode: handles on the old one stay
+        // with the old one.
+        let ino = {
+            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            inodes.unlink(parent, name);
+            inodes.child(parent, name).ok_or(FsError::BadHandle)?
+        };
+        let now = SystemTime::now();
+        let requested = mode & 0o7777;
+        let file = self.open_write_file(ino, || WriteState {
+            content: Content::Zeros,
+            size: 0,
+            dirty: true,
+            written: false,
+            on_server: false,
+            base: None,
+            base_reader: None,
+            set_mtime: None,
+            // Servers create files 0644 (umask 022); ask only for something else.
+            set_mode: (requested != 0o644).then_some(requested),
+            mode: Some(requested),
+            discarded: false,
+            failure: None,
+            changed_at: now,
+        });
+        let attr = self.written_attr(ino, file.shown());
+        let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle {
+            file,
+            readable: how.read,
+            counted: true,
+        })));
+        tracing::debug!(ino, name = %shown(name), "created");
+        Ok((
+            attr,
+            Opened {
+                handle,
+                keep_cache: false,
+            },
+        ))
+    }
+
+    /// Opens `ino` for writing (and maybe reading).
+    pub(super) async fn open_for_write(&self, ino: u64, how: OpenMode) -> Result<Opened, FsError> {
+        self.writable()?;
+        let file = match self.reopen_write_file(ino) {
+            Some(file) => file,
+            None => {
+                let (node, entry) = self.within(self.entry(ino)).await?;
+                let entry = entry.ok_or(FsError::IsADirectory)?;
+                if entry.kind == EntryKind::Dir {
+                    return Err(FsError::IsADirectory);
+                }
+                let base = Arc::new(FileVersion {
+                    path: node.path.clone().into(),
+                    size: entry.size.unwrap_or(0),
+                    mtime: entry.modified.map_or((0, 0), |t| (t.unix_seconds, t.nanos)),
+                });
+                let shown_mtime = entry
+                    .modified
+                    .map_or(SystemTime::now(), |t| super::attr::system_time(&t));
+                self.open_write_file(ino, || WriteState {
+                    content: Content::Server,
+                    size: base.size,
+                    dirty: false,
+                    written: false,
+                    on_server: true,
+                    base: Some(base),
+                    base_reader: None,
+                    set_mtime: None,
+                    set_mode: None,
+                    mode: entry.mode,
+                    discarded: false,
+                    failure: None,
+                    changed_at: shown_mtime,
+                })
+            }
+        };
+        if how.truncate {
+            let mut state = file.state.lock().await;
+            self.truncate_locked(ino, &mut state, 0).await?;
+            // A shell's `>` closes the file once before the program writes: the
+            // truncation alone waits for the last close.
+            state.written = false;
+            file.publish(&state);
+        }
+        let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle {
+            file,
+            readable: how.read,
+            counted: true,
+        })));
+        Ok(Opened {
+            handle,
+            keep_cache: false,
+        })
+    }
+
+    /// Writes `data` at `offset` of an open file.
+    pub async fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let file = self.handles.write(handle)?.file.clone();
+        let mut state = file.state.lock().await;
+        if let Some(failure) = &state.failure {
+            return Err(failure.clone());
+        }
+        let result = self.write_locked(file.ino, &mut state, offset, data).await;
+        if let Err(e) = &result {
+            self.fail(&mut state, e.clone());
+        }
+        file.publish(&state);
+        result.map(|()| data.len() as u32)
+    }
+
+    async fn write_locked(
+        &self,
+        ino: u64,
+        state: &mut WriteState,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), FsError> {
+        state.dirty = true;
+        state.written = true;
+        state.changed_at = SystemTime::now();
+        let end = offset + data.len() as u64;
+        if state.discarded {
+            // Deleted while open: the writes go nowhere, as on a local disk.
+            state.size = state.size.max(end);
+            return Ok(());
+        }
+        if matches!(state.content, Content::Zeros) && state.size <= offset {
+            let path = self.upload_path(ino)?;
+            tracing::debug!(ino, path = %shown(&path), "streaming the upload as it is written");
+            state.content = Content::Streaming(StreamUpload::start(
+                &self.pool,
+                path,
+                self.config.data_timeout,
+            ));
+        }
+        if let Content::Streaming(stream) = &mut state.content {
+            if offset >= stream.position {
+                let gap = offset - stream.position;
+                stream.send_zeros(gap).await?;
+                stream.send(data.to_vec()).await?;
+                state.size = state.size.max(end);
+                return Ok(());
+            }
+            tracing::debug!(ino, offset, "a write out of order: staging the file");
+        }
+        let staging = self.staged(ino, state).await?;
+        staging.write_at(offset, data)?;
+        state.size = staging.len();
+        Ok(())
+    }
+
+    /// Where an upload of `ino` goes: a fresh temporary name beside it, or its own name
+    /// without atomic uploads.
+    fn upload_path(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let node = self.node(ino)?;
+        let parent = self.node(node.parent)?;
+        Ok(if self.config.atomic_uploads {
+            join_path(&parent.path, &temp_name(&node.name))
+        } else {
+            node.path
+        })
+    }
+
+    /// The staging file of a file being written, made now if need be: filled from what
+    /// the server has, or from what a stream uploaded so far.
+    async fn staged<'s>(
+        &self,
+        ino: u64,
+        state: &'s mut WriteState,
+    ) -> Result<&'s mut Staging, FsError> {
+        if !matches!(state.content, Content::Staged(_)) {
+            let mut staging = Staging::create(&self.config.staging_dir)?;
+            match std::mem::replace(&mut state.content, Content::Zeros) {
+                Content::Server => {
+                    if let Some(base) = state.base.clone() {
+                        self.fill(&mut staging, base).await?;
+                    }
+                }
+                Content::Zeros | Content::Staged(_) => {}
+                Content::Streaming(stream) => {
+                    // What was streamed is on the server whole; it comes back to the
+                    // staging file, and its temporary file goes.
+                    let path = stream.path.clone();
+                    let (conn, uploaded) = stream.finish().await?;
+                    drop(conn);
+                    let version = Arc::new(FileVersion {
+                        path: path.clone().into(),
+                        size: uploaded,
+                        // A version no listing will ever show, so no stale block is hit.
+                        mtime: (-1, super::names::unique() as u32),
+                    });
+                    let filled = self.fill(&mut staging, version).await;
+                    if self.config.atomic_uploads {
+                        upload::discard(&self.pool, path);
+                    }
+                    filled?;
+                }
+            }
+            staging.set_len(state.size)?;
+            tracing::debug!(ino, size = state.size, "staging file ready");
+            state.content = Content::Staged(staging);
+        }
+        match &mut state.content {
+            Content::Staged(staging) => Ok(staging),
+            _ => unreachable!("staged above"),
+        }
+    }
+
+    /// Copies `version` from the server (through the block cache) into `staging`.
+    async fn fill(&self, staging: &mut Staging, version: Arc<FileVersion>) -> Result<(), FsError> {
+        let reader = OpenFile::new(0, version.clone());
+        let chunk = self.config.block_size.min(u64::from(u32::MAX)) as u32;
+        let mut offset = 0;
+        while offset < version.size {
+            let data = self.reader.read(&reader, offset, chunk).await?;
+            if data.is_empty() {
+                return Err(FsError::Changed);
+            }
+            staging.write_at(offset, &data)?;
+            offset += data.len() as u64;
+        }
+        self.reader.release(&reader).await;
+        Ok(())
+    }
+
+    /// Sets the size of a file being written.
+    async fn truncate_locked(
+        &self,
+        ino: u64,
+        state: &mut WriteState,
+        size: u64,
+    ) -> Result<(), FsError> {
+        state.dirty = true;
+        state.written = true;
+        state.changed_at = SystemTime::now();
+        match &state.content {
+            // Nothing of the old content is needed.
+            _ if size == 0 => {
+                if let Content::Streaming(stream) =
+                    std::mem::replace(&mut state.content, Content::Zeros)
+                {
+                    stream.abandon(&self.pool);
+                }
+                state.content = Content::Zeros;
+            }
+            Content::Zeros => {}
+            // Growing a stream: zeros follow at its end.
+            Content::Streaming(stream) if size >= stream.position => {}
+            Content::Server | Content::Streaming(_) | Content::Staged(_) => {
+                self.staged(ino, state).await?.set_len(size)?;
+            }
+        }
+        state.size = size;
+        Ok(())
+    }
+
+    /// Reads `size` bytes at `offset` of a file being written.
+    pub(super) async fn read_written(
+        &self,
+        file: &WriteFile,
+        offset: u64,
+        size: u32,
+    ) -> Result<ReadData, FsError> {
+        let mut state = file.state.lock().await;
+        if offset >= state.size {
+            return Ok(ReadData::Owned(Vec::new()));
+        }
+        let len = (state.size - offset).min(u64::from(size)) as usize;
+        if matches!(state.content, Content::Streaming(_)) {
+            self.staged(file.ino, &mut state).await?;
+        }
+        match &mut state.content {
+            Content::Zeros => Ok(ReadData::Owned(vec![0; len])),
+            Content::Staged(staging) => Ok(ReadData::Owned(staging.read_at(offset, len)?)),
+            Content::Server => {
+                let reader = match (&state.base_reader, &state.base) {
+                    (Some(reader), _) => reader.clone(),
+                    (None, Some(base)) => {
+                        let reader = Arc::new(OpenFile::new(file.ino, base.clone()));
+                        state.base_reader = Some(reader.clone());
+                        reader
+                    }
+                    (None, None) => return Ok(ReadData::Owned(Vec::new())),
+                };
+                drop(state);
+                self.reader.read(&reader, offset, len as u32).await
+            }
+            Content::Streaming(_) => unreachable!("staged above"),
+        }
+    }
+
+    /// Records a failed upload: the new content is gone (what the server has stays), and
+    /// the error answers the next writes and the flush.
+    fn fail(&self, state: &mut WriteState, error: FsError) {
+        tracing::debug!("upload failed: {error}");
+        if let Content::Streaming(stream) = std::mem::replace(&mut state.content, Content::Server) {
+            stream.abandon(&self.pool);
+        }
+        state.dirty = false;
+        state.written = false;
+        state.failure = Some(error);
+    }
+
+    /// Whether `handle` is open for writing: then who closes it matters (see [`Closer`]).
+    pub fn is_writing(&self, handle: u64) -> bool {
+        self.handles.write(handle).is_ok_and(|write| write.counted)
+    }
+
+    /// Ends a use of an open file (`close()`, or the kernel closing a killed process's
+    /// files): uploads what was written, and returns the upload's result.
+    pub async fn flush(&self, handle: u64, closer: Closer) -> Result<(), FsError> {
+        let Ok(write) = self.handles.write(handle) else {
+            return Ok(());
+        };
+        if !write.counted {
+            return Ok(());
+        }
+        let file = write.file.clone();
+        let mut state = file.state.lock().await;
+        if closer == Closer::KilledProcess {
+            if state.dirty && !state.discarded {
+                tracing::info!(
+                    ino = file.ino,
+                    "the writer was killed: its changes are not uploaded"
+                );
+                self.discard(&mut state);
+                file.publish(&state);
+            }
+            return Ok(());
+        }
+        if let Some(failure) = &state.failure {
+            return Err(failure.clone());
+        }
+        if state.written {
+            self.commit(&file, &mut state).await?;
+        }
+        Ok(())
+    }
+
+    /// Completes the upload of an open file now (fsync).
+    pub async fn fsync(&self, handle: u64) -> Result<(), FsError> {
+        let Ok(write) = self.handles.write(handle) else {
+            return Ok(());
+        };
+        let file = write.file.clone();
+        let mut state = file.state.lock().await;
+        if let Some(failure) = &state.failure {
+            return Err(failure.clone());
+        }
+        self.commit(&file, &mut state).await
+    }
+
+    /// Drops the changes of a file: a new file disappears, and an existing one keeps what
+    /// the server has.
+    fn discard(&self, state: &mut WriteState) {
+        if let Content::Streaming(stream) = std::mem::replace(&mut state.content, Content::Server) {
+            stream.abandon(&self.pool);
+        }
+        state.discarded = true;
+        state.dirty = false;
+        state.written = false;
+    }
+
+    /// Uploads a file's content if it changed, atomically (see `upload.rs`).
+    async fn commit(&self, file: &WriteFile, state: &mut WriteState) -> Result<(), FsError> {
+        if !state.dirty || state.discarded {
+            return Ok(());
+        }
+        let result = self.upload_and_land(file.ino, state).await;
+        match &result {
+            Ok(()) => {}
+            Err(e) => self.fail(state, e.clone()),
+        }
+        file.publish(state);
+        result
+    }
+
+    async fn upload_and_land(&self, ino: u64, state: &mut WriteState) -> Result<(), FsError> {
+        let node = self.node(ino)?;
+        let parent = self.node(node.parent)?;
+        let (dir, name) = (parent.path, node.name);
+        let final_path = join_path(&dir, &name);
+        let metadata = Metadata {
+            mtime: state.set_mtime,
+            mode: state.set_mode,
+        };
+        let size = state.size;
+        let (mut conn, uploaded, path) = match &mut state.content {
+            Content::Streaming(_) => {
+                let Content::Streaming(mut stream) =
+                    std::mem::replace(&mut state.content, Content::Server)
+                else {
+                    unreachable!("matched above")
+                };
+                let path = stream.path.clone();
+                let finished = async {
+                    if stream.position < size {
+                        stream.send_zeros(size - stream.position).await?;
+                    }
+                    stream.finish().await
+                }
+                .await;
+                match finished {
+                    Ok((conn, uploaded)) => (conn, uploaded, path),
+                    Err(e) => {
+                        if self.config.atomic_uploads {
+                            upload::discard(&self.pool, path);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Content::Staged(staging) => {
+                let path = self.upload_path(ino)?;
+                match upload::upload(&self.pool, &path, Some(staging), 0).await {
+                    Ok((conn, uploaded)) => (conn, uploaded, path),
+                    Err(e) => return Err(self.discard_after(e, path)),
+                }
+            }
+            Content::Zeros => {
+                let path = self.upload_path(ino)?;
+                match upload::upload(&self.pool, &path, None, size).await {
+                    Ok((conn, uploaded)) => (conn, uploaded, path),
+                    Err(e) => return Err(self.discard_after(e, path)),
+                }
+            }
+            Content::Server => {
+                state.dirty = false;
+                return Ok(());
+            }
+        };
+        let landed = async {
+            let applied = upload::apply_metadata(&mut conn, &path, metadata).await?;
+            if path != final_path {
+                let target_exists =
+                    state.on_server || self.dirs.cached_entry(&dir, &name).is_some();
+                let refused = upload::rename_replacing(
+                    &mut conn,
+                    &dir,
+                    &path,
+                    &name,
+                    target_exists,
+                    self.refuses_overwrite.load(Ordering::Relaxed),
+                )
+                .await?;
+                if refused {
+                    self.refuses_overwrite.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok::<Metadata, FsError>(applied)
+        }
+        .await;
+        let applied = match landed {
+            Ok(applied) => applied,
+            Err(e) => {
+                drop(conn);
+                return Err(self.discard_after(e, path));
+            }
+        };
+        tracing::debug!(ino, path = %shown(&final_path), bytes = uploaded, "upload landed");
+        let mtime = applied.mtime.unwrap_or(state.changed_at);
+        // A mode the server could not set is not shown: the file has the server's.
+        let mode = match state.set_mode {
+            Some(_) => applied.mode,
+            None => state.mode,
+        };
+        self.dirs.record(
+            &dir,
+            Change::Upsert(Entry {
+                name: name.clone(),
+                kind: EntryKind::File,
+                size: Some(uploaded),
+                modified: Some(timestamp(mtime)),
+                mode,
+                link_target: None,
+            }),
+        );
+        self.forget_file_data(ino, &final_path);
+        let stamp = timestamp(mtime);
+        state.base = Some(Arc::new(FileVersion {
+            path: final_path.into(),
+            size: uploaded,
+            mtime: (stamp.unix_seconds, stamp.nanos),
+        }));
+        state.base_reader = None;
+        if !matches!(state.content, Content::Staged(_)) {
+            state.content = Content::Server;
+        }
+        state.on_server = true;
+        state.dirty = false;
+        state.written = false;
+        state.set_mtime = None;
+        state.set_mode = None;
+        state.mode = mode;
+        Ok(())
+    }
+
+    /// After a failed upload to `path`: deletes it when it is a temporary file.
+    fn discard_after(&self, error: FsError, path: Vec<u8>) -> FsError {
+        if self.config.atomic_uploads {
+            upload::discard(&self.pool, path);
+        }
+        error
+    }
+
+    /// Closes a write handle; the last one uploads what no flush did (a file created or
+    /// truncated and never written) and forgets the file's write state.
+    pub(super) async fn release_write(&self, write: Arc<WriteHandle>) {
+        let file = write.file.clone();
+        drop(write);
+        if !self.close_write_file(&file) {
+            return;
+        }
+        {
+            let mut state = file.state.lock().await;
+            if state.dirty && !state.discarded && state.failure.is_none() {
+                if let Err(e) = self.commit(&file, &mut state).await {
+                    tracing::warn!(
+                        ino = file.ino,
+                        "changes not uploaded at the last close: {e}"
+                    );
+                }
+            }
+            if let Content::Streaming(stream) =
+                std::mem::replace(&mut state.content, Content::Server)
+            {
+                stream.abandon(&self.pool);
+            }
+        }
+        self.forget_write_file(&file);
+    }
+
+    /// Changes attributes: size (truncate), modification time, permission bits; owner
+    /// and group only to what they already show.
+    pub async fn setattr(&self, ino: u64, changes: SetAttr) -> Result<Attr, FsError> {
+        self.writable()?;
+        if changes.uid.is_some_and(|uid| uid != self.config.uid)
+            || changes.gid.is_some_and(|gid| gid != self.config.gid)
+        {
+            return Err(FsError::NotPermitted("changing the owner or group"));
+        }
+        let file = self.write_file(ino);
+        if let Some(size) = changes.size {
+            self.set_size(ino, file.clone(), size).await?;
+        }
+        if changes.mtime.is_some() || changes.mode.is_some() {
+            let pending = match &file {
+                Some(file) => {
+                    let mut state = file.state.lock().await;
+                    let pending = state.dirty || !state.on_server;
+                    if pending {
+                        if let Some(mtime) = changes.mtime {
+                            state.set_mtime = Some(mtime);
+                        }
+                        if let Some(mode) = changes.mode {
+                            state.set_mode = Some(mode & 0o7777);
+                        }
+                        file.publish(&state);
+                    }
+                    pending
+                }
+                None => false,
+            };
+            if !pending {
+                self.set_metadata_now(ino, changes).await?;
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    /// Truncates a file: one open for writing changes at its next flush; one that is not
+    /// is uploaded now, so that truncate(2) reports the result.
+    async fn set_size(
+        &self,
+        ino: u64,
+        file: Option<Arc<WriteFile>>,
+        size: u64,
+    ) -> Result<(), FsError> {
+        let (file, temporary) = match file {
+            Some(file) => (file, false),
+            None => {
+                let opened = self
+                    .open_for_write(
+                        ino,
+                        OpenMode {
+                            read: false,
+                            write: true,
+                            truncate: false,
+                        },
+                    )
+                    .await?;
+                let Ok(write) = self.handles.write(opened.handle) else {
+                    return Err(FsError::BadHandle);
+                };
+                let file = write.file.clone();
+                self.handles.remove(opened.handle);
+                (file, true)
+            }
+        };
+        let result = async {
+            let mut state = file.state.lock().await;
+            if let Some(failure) = &state.failure {
+                return Err(failure.clone());
+            }
+            let cut = self.truncate_locked(ino, &mut state, size).await;
+            file.publish(&state);
+            cut?;
+            if temporary {
+                self.commit(&file, &mut state).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if temporary && self.close_write_file(&file) {
+            self.forget_write_file(&file);
+        }
+        result
+    }
+
+    /// Sets the modification time and mode of a file the server has, now.
+    async fn set_metadata_now(&self, ino: u64, changes: SetAttr) -> Result<(), FsError> {
+        let (node, entry) = self.within(self.entry(ino)).await?;
+        let Some(mut entry) = entry else {
+            // The root: FTP cannot change its times or mode; as for a server that lacks
+            // the commands, the request is a no-op.
+            return Ok(());
+        };
+        let parent = self.node(node.parent)?;
+        let metadata = Metadata {
+            mtime: changes.mtime,
+            mode: changes.mode.map(|m| m & 0o7777),
+        };
+        let pool = &self.pool;
+        let applied = self
+            .within(async {
+                crate::with_connection!(pool, |conn| upload::apply_metadata(
+                    conn, &node.path, metadata
+                )
+                .await)
+                .await
+                .map_err(FsError::from)
+            })
+            .await?;
+        if let Some(mtime) = applied.mtime {
+            entry.modified = Some(timestamp(mtime));
+        }
+        if let Some(mode) = applied.mode {
+            entry.mode = Some(mode);
+        }
+        self.dirs.record(&parent.path, Change::Upsert(entry));
+        Ok(())
+    }
+
+    /// Forgets cached data of `ino` at `path`: its blocks, and the version the kernel's
+    /// page cache was kept for.
+    pub(super) fn forget_file_data(&self, ino: u64, path: &[u8]) {
+        self.cache.forget_path(path);
+        self.opened_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+    }
+
+    /// Stops the pending changes of `ino` (it is being deleted or replaced): nothing of
+    /// it is uploaded any more.
+    pub(super) async fn discard_writes(&self, ino: u64) {
+        if let Some(file) = self.write_file(ino) {
+            let mut state = file.state.lock().await;
+            self.discard(&mut state);
+            file.publish(&state);
+        }
+    }
+
+    /// Uploads the pending changes of `ino` now (before it is renamed).
+    pub(super) async fn commit_writes(&self, ino: u64) -> Result<(), FsError> {
+        if let Some(file) = self.write_file(ino) {
+            let mut state = file.state.lock().await;
+            if let Some(failure) = &state.failure {
+                return Err(failure.clone());
+            }
+            if state.written || (state.dirty && !state.on_server) {
+                self.commit(&file, &mut state).await?;
+            }
+        }
+        Ok(())
+    }
+}

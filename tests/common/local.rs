@@ -1,0 +1,252 @@
+//! A filesystem under test without FUSE, root or the test servers: [`FtpFs`] over a pool
+//! that talks to an in-process strict server serving a fresh temporary directory, with a
+//! certificate authority generated here. For fast tests of the filesystem's semantics.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
+use openssl::x509::{X509Name, X509};
+
+use ftpsfs::fs::{FsConfig, FtpFs};
+use ftpsfs::ftp::{self, ConnectOptions, Pool, PoolOptions, Secret, Security, Timeouts};
+use ftpsfs::ftp::{TlsOptions, TlsVersions};
+
+use super::mount::scratch_dir;
+use super::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
+use super::Tls;
+
+/// PEM files of a CA and a certificate for 127.0.0.1 it signed, made once per process.
+pub struct LocalCerts {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn ec_key() -> PKey<Private> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
+    PKey::from_ec_key(EcKey::generate(&group).expect("EC key")).expect("PKey")
+}
+
+fn name(common: &str) -> X509Name {
+    let mut name = X509Name::builder().expect("name");
+    name.append_entry_by_text("O", "ftpsfs tests").expect("O");
+    name.append_entry_by_text("CN", common).expect("CN");
+    name.build()
+}
+
+/// The generated certificates.
+pub fn certs() -> &'static LocalCerts {
+    static CERTS: OnceLock<LocalCerts> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = scratch_dir("certs");
+        let ca_key = ec_key();
+        let mut ca = X509::builder().expect("builder");
+        ca.set_version(2).unwrap();
+        ca.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
+        ca.set_subject_name(&name("ftpsfs local test CA")).unwrap();
+        ca.set_issuer_name(&name("ftpsfs local test CA")).unwrap();
+        ca.set_pubkey(&ca_key).unwrap();
+        ca.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        ca.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        ca.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        ca.append_extension(
+            KeyUsage::new()
+                .critical()
+                .key_cert_sign()
+                .crl_sign()
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        ca.sign(&ca_key, MessageDigest::sha256()).unwrap();
+        let ca = ca.build();
+
+        let key = ec_key();
+        let mut cert = X509::builder().expect("builder");
+        cert.set_version(2).unwrap();
+        cert.set_serial_number(&BigNum::from_u32(2).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
+        cert.set_subject_name(&name("localhost")).unwrap();
+        cert.set_issuer_name(ca.subject_name()).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .ip("127.0.0.1")
+            .dns("localhost")
+            .build(&cert.x509v3_context(Some(&ca), None))
+            .unwrap();
+        cert.append_extension(san).unwrap();
+        cert.sign(&ca_key, MessageDigest::sha256()).unwrap();
+        let cert = cert.build();
+
+        let write = |file: &str, pem: Vec<u8>| {
+            let path = dir.join(file);
+            fs::write(&path, pem).unwrap();
+            path
+        };
+        LocalCerts {
+            ca: write("ca.pem", ca.to_pem().unwrap()),
+            cert: write("server.pem", cert.to_pem().unwrap()),
+            key: write("server.key", key.private_key_to_pem_pkcs8().unwrap()),
+        }
+    })
+}
+
+/// The user and password of local servers.
+pub const USER: &str = "local";
+pub const PASSWORD: &str = "local-secret";
+
+/// Connection options for a local server on `port`.
+pub fn options(port: u16, tls: Tls) -> ConnectOptions {
+    let tls_options = TlsOptions {
+        ca_file: Some(certs().ca.clone()),
+        insecure: false,
+        fingerprint: None,
+        versions: match tls {
+            Tls::V12 => TlsVersions::Tls12Only,
+            Tls::V13 => TlsVersions::Tls13Only,
+        },
+    };
+    ConnectOptions {
+        host: "127.0.0.1".into(),
+        port,
+        security: Security::ExplicitTls,
+        user: USER.into(),
+        password: Secret::new(PASSWORD.into()),
+        tls: ftp::tls::base_config(&tls_options).expect("TLS config"),
+        // Short, so that a test of a failure does not wait long.
+        timeouts: Timeouts::uniform(Duration::from_secs(5)),
+        trust_pasv_address: false,
+        resume_data_sessions: true,
+    }
+}
+
+/// A filesystem over a writable strict server that serves a directory of its own.
+pub struct LocalFs {
+    pub fs: Arc<FtpFs>,
+    pub server: StrictServer,
+    /// What the server serves: the "server's disk".
+    pub root: PathBuf,
+    /// Where staging files go.
+    pub staging: PathBuf,
+    dir: PathBuf,
+}
+
+/// How to set a local filesystem up.
+pub struct LocalConfig {
+    pub tls: Tls,
+    pub read_only: bool,
+    pub atomic_uploads: bool,
+    /// Let the server rename onto existing files (the strict server refuses, like
+    /// FileZilla Server).
+    pub rename_over_existing: bool,
+    pub dir_ttl: Duration,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            tls: Tls::V13,
+            read_only: false,
+            atomic_uploads: true,
+            rename_over_existing: false,
+            dir_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LocalFs {
+    pub fn new() -> Self {
+        Self::with(LocalConfig::default())
+    }
+
+    pub fn with(config: LocalConfig) -> Self {
+        let dir = scratch_dir("fs-layer");
+        let root = dir.join("server");
+        let staging = dir.join("staging");
+        fs::create_dir_all(&root).unwrap();
+        let certs = certs();
+        let server = StrictServer::start(StrictServerOptions {
+            writable: true,
+            rename_over_existing: config.rename_over_existing,
+            io_timeout: Duration::from_secs(5),
+            ..StrictServerOptions::new(
+                &root,
+                &certs.cert,
+                &certs.key,
+                match config.tls {
+                    Tls::V12 => TlsVersion::Tls12,
+                    Tls::V13 => TlsVersion::Tls13,
+                },
+                USER,
+                PASSWORD,
+            )
+        })
+        .expect("start the strict server");
+        let pool = Pool::new(options(server.port(), config.tls), PoolOptions::default());
+        let fs = FtpFs::new(
+            pool,
+            Vec::new(),
+            FsConfig {
+                dir_ttl: config.dir_ttl,
+                block_size: 1 << 20,
+                cache_size: 64 << 20,
+                uid: 1000,
+                gid: 1000,
+                umask: 0o022,
+                op_timeout: Duration::from_secs(10),
+                data_timeout: Duration::from_secs(5),
+                max_readahead: 8 << 20,
+                dir_prefetch: 0,
+                read_only: config.read_only,
+                staging_dir: staging.clone(),
+                atomic_uploads: config.atomic_uploads,
+            },
+        );
+        Self {
+            fs: Arc::new(fs),
+            server,
+            root,
+            staging,
+            dir,
+        }
+    }
+
+    /// A path on the server's disk.
+    pub fn on_server(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// The names in a directory of the server's disk, sorted, hidden ones included.
+    pub fn server_names(&self, relative: impl AsRef<Path>) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.root.join(relative))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for LocalFs {
+    fn drop(&mut self) {
+        self.server.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

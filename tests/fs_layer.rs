@@ -1,0 +1,712 @@
+//! The filesystem logic's write semantics, without FUSE or root: [`FtpFs`] over a pool
+//! that talks to an in-process strict server (FileZilla Server's TLS rules, and its
+//! refusal to rename onto an existing file) serving a temporary directory.
+//!
+//! Each test checks what reached the server's disk, not only what the filesystem says.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::local::{LocalConfig, LocalFs};
+use common::strict_server::DropAt;
+use common::Tls;
+use ftpsfs::fs::inode::ROOT_INODE;
+use ftpsfs::fs::namespace::RenameFlags;
+use ftpsfs::fs::writes::{Closer, OpenMode, SetAttr};
+use ftpsfs::fs::{FsError, FtpFs};
+
+const WRITE: OpenMode = OpenMode {
+    read: false,
+    write: true,
+    truncate: false,
+};
+const TRUNCATE: OpenMode = OpenMode {
+    read: false,
+    write: true,
+    truncate: true,
+};
+const READ: OpenMode = OpenMode {
+    read: true,
+    write: false,
+    truncate: false,
+};
+
+/// Writes `data` to a new file `name` in `parent` in pieces of `piece` bytes, in order,
+/// and closes it; returns the file's inode and the close's result.
+async fn write_new(
+    fs: &FtpFs,
+    parent: u64,
+    name: &str,
+    data: &[u8],
+    piece: usize,
+) -> (u64, Result<(), FsError>) {
+    let (attr, opened) = fs
+        .create(parent, name.as_bytes(), 0o644, WRITE)
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    for (i, chunk) in data.chunks(piece.max(1)).enumerate() {
+        if let Err(e) = fs.write(opened.handle, (i * piece) as u64, chunk).await {
+            let closed = fs.flush(opened.handle, Closer::Program).await;
+            fs.release(opened.handle).await;
+            return (attr.ino, Err(closed.err().unwrap_or(e)));
+        }
+    }
+    let closed = fs.flush(opened.handle, Closer::Program).await;
+    fs.release(opened.handle).await;
+    (attr.ino, closed)
+}
+
+/// The whole content of `ino`, read through the filesystem.
+async fn read_all(fs: &FtpFs, ino: u64) -> Vec<u8> {
+    let opened = fs.open(ino, READ).await.expect("open for reading");
+    let mut out = Vec::new();
+    loop {
+        let data = fs
+            .read(opened.handle, out.len() as u64, 256 * 1024)
+            .await
+            .expect("read");
+        if data.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&data);
+    }
+    fs.release(opened.handle).await;
+    out
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Waits until `check` holds (background deletes), at most 5 s.
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not after 5 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn no_temporary_files(local: &LocalFs, dir: &str) -> bool {
+    local
+        .server_names(dir)
+        .iter()
+        .all(|name| !name.starts_with(".ftpsfs-"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_file_lands_whole_and_nothing_else_is_left() {
+    let local = LocalFs::new();
+    let data = pattern(5 * 1024 * 1024 + 17, 1);
+    let (ino, closed) = write_new(&local.fs, ROOT_INODE, "big.bin", &data, 128 * 1024).await;
+    closed.expect("close");
+    assert_eq!(fs::read(local.on_server("big.bin")).unwrap(), data);
+    assert_eq!(local.server_names(""), ["big.bin"]);
+    let attr = local.fs.lookup(ROOT_INODE, b"big.bin").await.unwrap();
+    assert_eq!((attr.ino, attr.size), (ino, data.len() as u64));
+    assert_eq!(read_all(&local.fs, ino).await, data, "read after write");
+    assert_eq!(
+        fs::read_dir(&local.staging).map_or(0, |d| d.count()),
+        0,
+        "a file written in order needs no staging file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overwritten_file_keeps_its_old_content_until_the_new_one_is_complete() {
+    let local = LocalFs::new();
+    fs::write(local.on_server("doc.txt"), b"old content").unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"doc.txt").await.unwrap();
+    let opened = local.fs.open(attr.ino, TRUNCATE).await.unwrap();
+    let new = pattern(3 * 1024 * 1024, 2);
+    for (i, chunk) in new.chunks(64 * 1024).enumerate() {
+        local
+            .fs
+            .write(opened.handle, (i * 64 * 1024) as u64, chunk)
+            .await
+            .unwrap();
+        assert_eq!(
+            fs::read(local.on_server("doc.txt")).unwrap(),
+            b"old content",
+            "the final name changed before the upload was complete"
+        );
+    }
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    assert_eq!(fs::read(local.on_server("doc.txt")).unwrap(), new);
+    // The strict server refuses to rename onto a file, like FileZilla Server: the old
+    // one was moved aside and deleted.
+    assert_eq!(local.server_names(""), ["doc.txt"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_out_of_order_fall_back_to_a_staging_file() {
+    let local = LocalFs::new();
+    let (attr, opened) = local
+        .fs
+        .create(ROOT_INODE, b"random.bin", 0o644, WRITE)
+        .await
+        .unwrap();
+    let mut expected = pattern(2 * 1024 * 1024, 3);
+    local.fs.write(opened.handle, 0, &expected).await.unwrap();
+    // Back to the start: the stream cannot take this, the staging file can.
+    local.fs.write(opened.handle, 10, b"XYZ").await.unwrap();
+    expected[10..13].copy_from_slice(b"XYZ");
+    // A hole past the end reads as zeros.
+    local
+        .fs
+        .write(opened.handle, expected.len() as u64 + 100, b"end")
+        .await
+        .unwrap();
+    expected.extend_from_slice(&[0; 100]);
+    expected.extend_from_slice(b"end");
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    assert_eq!(fs::read(local.on_server("random.bin")).unwrap(), expected);
+    assert_eq!(read_all(&local.fs, attr.ino).await, expected);
+    eventually("the streamed part's temporary file deleted", || {
+        no_temporary_files(&local, "")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_and_truncation_change_the_file_on_the_server() {
+    let local = LocalFs::new();
+    fs::write(local.on_server("log.txt"), b"line 1\n").unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"log.txt").await.unwrap();
+    // `>>`: opened without O_TRUNC, written at the end.
+    let opened = local.fs.open(attr.ino, WRITE).await.unwrap();
+    local.fs.write(opened.handle, 7, b"line 2\n").await.unwrap();
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    assert_eq!(
+        fs::read(local.on_server("log.txt")).unwrap(),
+        b"line 1\nline 2\n"
+    );
+
+    // truncate(2) without an open file: uploaded at once.
+    let shrunk = local
+        .fs
+        .setattr(
+            attr.ino,
+            SetAttr {
+                size: Some(4),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(shrunk.size, 4);
+    assert_eq!(fs::read(local.on_server("log.txt")).unwrap(), b"line");
+    local
+        .fs
+        .setattr(
+            attr.ino,
+            SetAttr {
+                size: Some(6),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(fs::read(local.on_server("log.txt")).unwrap(), b"line\0\0");
+    local
+        .fs
+        .setattr(
+            attr.ino,
+            SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(fs::read(local.on_server("log.txt")).unwrap(), b"");
+    assert_eq!(local.server_names(""), ["log.txt"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_redirect_uploads_once_with_the_data() {
+    let local = LocalFs::new();
+    fs::write(local.on_server("out.txt"), b"previous").unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"out.txt").await.unwrap();
+    // `echo hi > out.txt`: open with O_TRUNC, the shell's close of its copy of the
+    // descriptor, then the program's write and close.
+    let opened = local.fs.open(attr.ino, TRUNCATE).await.unwrap();
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read(local.on_server("out.txt")).unwrap(),
+        b"previous",
+        "the truncation alone was uploaded"
+    );
+    local.fs.write(opened.handle, 0, b"hi\n").await.unwrap();
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    assert_eq!(fs::read(local.on_server("out.txt")).unwrap(), b"hi\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_new_file_is_created_at_its_last_close() {
+    let local = LocalFs::new();
+    let (attr, opened) = local
+        .fs
+        .create(ROOT_INODE, b"empty", 0o600, WRITE)
+        .await
+        .unwrap();
+    // Visible in this mount at once.
+    assert_eq!(
+        local.fs.lookup(ROOT_INODE, b"empty").await.unwrap().ino,
+        attr.ino
+    );
+    let dir = local.fs.opendir(ROOT_INODE).await.unwrap();
+    let names: Vec<Vec<u8>> = local
+        .fs
+        .readdir(dir, 0)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    local.fs.releasedir(dir);
+    assert!(names.contains(&b"empty".to_vec()), "{names:?}");
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    let meta = fs::metadata(local.on_server("empty")).unwrap();
+    assert_eq!(meta.len(), 0);
+    // FileZilla Server cannot set modes: the file has the server's, and shows it.
+    assert_eq!(meta.mode() & 0o777, 0o644);
+    let shown = local.fs.lookup(ROOT_INODE, b"empty").await.unwrap();
+    assert_eq!(shown.perm, 0o644);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_writer_leaves_the_server_as_it_was() {
+    let local = LocalFs::new();
+    fs::write(local.on_server("keep.txt"), b"precious").unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"keep.txt").await.unwrap();
+    let opened = local.fs.open(attr.ino, TRUNCATE).await.unwrap();
+    local
+        .fs
+        .write(opened.handle, 0, &pattern(1024 * 1024, 4))
+        .await
+        .unwrap();
+    local
+        .fs
+        .flush(opened.handle, Closer::KilledProcess)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+
+    let (_, created) = local
+        .fs
+        .create(ROOT_INODE, b"half.bin", 0o644, WRITE)
+        .await
+        .unwrap();
+    local
+        .fs
+        .write(created.handle, 0, &pattern(512 * 1024, 5))
+        .await
+        .unwrap();
+    local
+        .fs
+        .flush(created.handle, Closer::KilledProcess)
+        .await
+        .unwrap();
+    local.fs.release(created.handle).await;
+
+    assert_eq!(fs::read(local.on_server("keep.txt")).unwrap(), b"precious");
+    assert!(matches!(
+        local.fs.lookup(ROOT_INODE, b"half.bin").await,
+        Err(FsError::NotFound)
+    ));
+    eventually("the streams' temporary files deleted", || {
+        local.server_names("") == ["keep.txt"]
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_and_a_quota_give_their_errno_at_close_and_keep_the_old_file() {
+    let local = LocalFs::new();
+    fs::write(local.on_server("data.bin"), b"old").unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"data.bin").await.unwrap();
+    for (reply, errno) in [(452, libc::ENOSPC), (552, libc::EDQUOT)] {
+        local.server.set_space_left(Some(100_000), reply);
+        let opened = local.fs.open(attr.ino, TRUNCATE).await.unwrap();
+        let data = pattern(1024 * 1024, 6);
+        let mut failed = None;
+        for (i, chunk) in data.chunks(64 * 1024).enumerate() {
+            if let Err(e) = local
+                .fs
+                .write(opened.handle, (i * 65536) as u64, chunk)
+                .await
+            {
+                failed = Some(e);
+                break;
+            }
+        }
+        let closed = local.fs.flush(opened.handle, Closer::Program).await;
+        local.fs.release(opened.handle).await;
+        let error = closed.err().or(failed).expect("the upload must fail");
+        assert_eq!(error.errno(), errno, "{reply}: {error}");
+        assert_eq!(fs::read(local.on_server("data.bin")).unwrap(), b"old");
+        local.server.set_space_left(None, 452);
+        eventually("the cut-off temporary file deleted", || {
+            local.server_names("") == ["data.bin"]
+        });
+    }
+    // The same filesystem goes on working.
+    let (_, closed) = write_new(&local.fs, ROOT_INODE, "after.txt", b"fine", 4).await;
+    closed.unwrap();
+    assert_eq!(fs::read(local.on_server("after.txt")).unwrap(), b"fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_are_made_removed_and_renamed() {
+    let local = LocalFs::new();
+    let dir = local.fs.mkdir(ROOT_INODE, b"d", 0o755).await.unwrap();
+    assert!(local.on_server("d").is_dir());
+    assert_eq!(
+        local
+            .fs
+            .mkdir(ROOT_INODE, b"d", 0o755)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    let (_, closed) = write_new(&local.fs, dir.ino, "f.txt", b"inside", 6).await;
+    closed.unwrap();
+    assert_eq!(
+        local.fs.rmdir(ROOT_INODE, b"d").await.unwrap_err().errno(),
+        libc::ENOTEMPTY
+    );
+    local
+        .fs
+        .rename(ROOT_INODE, b"d", ROOT_INODE, b"e", RenameFlags::default())
+        .await
+        .unwrap();
+    assert!(local.on_server("e/f.txt").is_file());
+    let moved = local.fs.lookup(ROOT_INODE, b"e").await.unwrap();
+    assert_eq!(moved.ino, dir.ino, "a renamed directory keeps its inode");
+    let file = local.fs.lookup(moved.ino, b"f.txt").await.unwrap();
+    assert_eq!(read_all(&local.fs, file.ino).await, b"inside");
+    local.fs.unlink(moved.ino, b"f.txt").await.unwrap();
+    assert_eq!(
+        local
+            .fs
+            .unlink(moved.ino, b"f.txt")
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+    local.fs.rmdir(ROOT_INODE, b"e").await.unwrap();
+    assert_eq!(local.server_names(""), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renames_replace_files_even_where_the_server_refuses_to() {
+    for rename_over_existing in [false, true] {
+        let local = LocalFs::with(LocalConfig {
+            rename_over_existing,
+            ..LocalConfig::default()
+        });
+        fs::write(local.on_server("target"), b"old").unwrap();
+        fs::write(local.on_server("source"), b"new").unwrap();
+        local
+            .fs
+            .rename(
+                ROOT_INODE,
+                b"source",
+                ROOT_INODE,
+                b"target",
+                RenameFlags::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(fs::read(local.on_server("target")).unwrap(), b"new");
+        assert_eq!(local.server_names(""), ["target"]);
+        fs::write(local.on_server("other"), b"x").unwrap();
+        local.fs.getattr(ROOT_INODE).await.unwrap();
+        let refused = local
+            .fs
+            .rename(
+                ROOT_INODE,
+                b"target",
+                ROOT_INODE,
+                b"target2",
+                RenameFlags {
+                    no_replace: true,
+                    exchange: false,
+                },
+            )
+            .await;
+        assert!(refused.is_ok(), "no file named target2: {refused:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_modes_and_owners() {
+    let local = LocalFs::new();
+    let (ino, closed) = write_new(&local.fs, ROOT_INODE, "t.txt", b"time", 4).await;
+    closed.unwrap();
+    let when = UNIX_EPOCH + Duration::from_secs(1_577_934_245);
+    let attr = local
+        .fs
+        .setattr(
+            ino,
+            SetAttr {
+                mtime: Some(when),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(attr.mtime, when);
+    assert_eq!(
+        fs::metadata(local.on_server("t.txt")).unwrap().mtime(),
+        1_577_934_245
+    );
+    // FileZilla Server has no SITE CHMOD: chmod is a logged no-op, not an error.
+    local
+        .fs
+        .setattr(
+            ino,
+            SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .expect("chmod without SITE CHMOD");
+    // chown to the owner shown is a no-op (cp -a, rsync -a as root); to another, EPERM.
+    local
+        .fs
+        .setattr(
+            ino,
+            SetAttr {
+                uid: Some(1000),
+                gid: Some(1000),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    let err = local
+        .fs
+        .setattr(
+            ino,
+            SetAttr {
+                uid: Some(0),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EPERM);
+    // A time set while the file is being written goes up with it.
+    let (attr, opened) = local
+        .fs
+        .create(ROOT_INODE, b"later.txt", 0o644, WRITE)
+        .await
+        .unwrap();
+    local.fs.write(opened.handle, 0, b"x").await.unwrap();
+    local
+        .fs
+        .setattr(
+            attr.ino,
+            SetAttr {
+                mtime: Some(when),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    assert_eq!(
+        fs::metadata(local.on_server("later.txt")).unwrap().mtime(),
+        1_577_934_245
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_ftp_cannot_carry_and_links_are_refused() {
+    let local = LocalFs::new();
+    for bad in [&b"a\r\nDELE b"[..], b"a\nb", b"a\0b"] {
+        let err = local
+            .fs
+            .create(ROOT_INODE, bad, 0o644, WRITE)
+            .await
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL, "{bad:?}");
+        let err = local.fs.mkdir(ROOT_INODE, bad, 0o755).await.unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL, "{bad:?}");
+    }
+    let long = vec![b'x'; 256];
+    let err = local
+        .fs
+        .create(ROOT_INODE, &long, 0o644, WRITE)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    assert_eq!(local.fs.symlink().unwrap_err().errno(), libc::EPERM);
+    assert_eq!(local.fs.link().unwrap_err().errno(), libc::EPERM);
+    assert_eq!(local.server_names(""), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_filesystem_changes_nothing() {
+    let local = LocalFs::with(LocalConfig {
+        read_only: true,
+        ..LocalConfig::default()
+    });
+    fs::write(local.on_server("f"), b"x").unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"f").await.unwrap();
+    let erofs = |r: Result<(), FsError>| assert_eq!(r.unwrap_err().errno(), libc::EROFS);
+    erofs(local.fs.open(attr.ino, WRITE).await.map(drop));
+    erofs(local.fs.open(attr.ino, TRUNCATE).await.map(drop));
+    erofs(
+        local
+            .fs
+            .create(ROOT_INODE, b"g", 0o644, WRITE)
+            .await
+            .map(drop),
+    );
+    erofs(local.fs.mkdir(ROOT_INODE, b"d", 0o755).await.map(drop));
+    erofs(local.fs.unlink(ROOT_INODE, b"f").await);
+    erofs(local.fs.rmdir(ROOT_INODE, b"f").await);
+    erofs(
+        local
+            .fs
+            .rename(ROOT_INODE, b"f", ROOT_INODE, b"g", RenameFlags::default())
+            .await,
+    );
+    erofs(
+        local
+            .fs
+            .setattr(
+                attr.ino,
+                SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            )
+            .await
+            .map(drop),
+    );
+    erofs(local.fs.symlink().map(drop));
+    assert_eq!(fs::read(local.on_server("f")).unwrap(), b"x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_whose_reply_was_lost_is_checked_not_repeated() {
+    let local = LocalFs::new();
+    for (perform, expect_ok) in [(true, true), (false, false)] {
+        fs::write(local.on_server("victim"), b"x").unwrap();
+        local.fs.lookup(ROOT_INODE, b"victim").await.ok();
+        local.server.set_drop_at(Some(DropAt {
+            verb: "DELE".into(),
+            perform,
+        }));
+        let result = local.fs.unlink(ROOT_INODE, b"victim").await;
+        assert_eq!(result.is_ok(), expect_ok, "performed {perform}: {result:?}");
+        assert_eq!(local.on_server("victim").exists(), !perform);
+        let _ = fs::remove_file(local.on_server("victim"));
+        // Forget the stale listing before the next round.
+        let _ = local.fs.getattr(ROOT_INODE).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_earlier_mounts_are_hidden_and_old_ones_deleted() {
+    let local = LocalFs::new();
+    let old = SystemTime::now() - Duration::from_secs(3 * 3600);
+    let old_secs = old.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let stale = format!(".ftpsfs-tmp.{old_secs:x}.0123456789abcdef.report.pdf");
+    let fresh = format!(
+        ".ftpsfs-tmp.{:x}.fedcba9876543210.report.pdf",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    );
+    let path = local.on_server(&stale);
+    fs::write(&path, b"cut off").unwrap();
+    let file = fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(old).unwrap();
+    fs::write(local.on_server(&fresh), b"in progress").unwrap();
+    fs::write(local.on_server("report.pdf"), b"real").unwrap();
+    let dir = local.fs.opendir(ROOT_INODE).await.unwrap();
+    let names: Vec<String> = local
+        .fs
+        .readdir(dir, 0)
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .collect();
+    local.fs.releasedir(dir);
+    assert_eq!(names, [".", "..", "report.pdf"]);
+    assert!(matches!(
+        local.fs.lookup(ROOT_INODE, stale.as_bytes()).await,
+        Err(FsError::NotFound)
+    ));
+    eventually("the old leftover deleted", || !path.exists());
+    assert!(
+        local.on_server(&fresh).exists(),
+        "a recent one may be another mount's upload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_resume_on_tls_1_2_too() {
+    let local = LocalFs::with(LocalConfig {
+        tls: Tls::V12,
+        ..LocalConfig::default()
+    });
+    for i in 0..20 {
+        let (_, closed) = write_new(
+            &local.fs,
+            ROOT_INODE,
+            &format!("f{i}"),
+            &pattern(1000, i),
+            300,
+        )
+        .await;
+        closed.unwrap();
+    }
+    assert_eq!(local.server.data_connections_rejected(), 0);
+    assert_eq!(local.server_names("").len(), 20);
+}
