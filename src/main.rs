@@ -11,7 +11,7 @@ use ftpsfs::config::{self, FtpUrl, PasswordSources};
 use ftpsfs::mount;
 use ftpsfs::settings::{Scope, Setting, Settings, SETTINGS};
 
-/// Mount an FTPS server as a local folder (read-only).
+/// Mount an FTPS server as a local folder.
 ///
 /// ftpsfs URL MOUNTPOINT [-f] [-o opt[,opt...]]   mount (unmount: fusermount3 -u MOUNTPOINT)
 /// ftpsfs check URL                               diagnose a server

@@ -139,10 +139,12 @@ pub fn serve(
     config.mount_options = vec![
         MountOption::FSName(source.to_string()),
         MountOption::Subtype("ftpsfs".into()),
-        MountOption::RO,
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
+    if settings.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
     if settings.default_permissions {
         config.mount_options.push(MountOption::DefaultPermissions);
     }

@@ -51,6 +51,12 @@ pub struct Settings {
     pub log_file: Option<PathBuf>,
     /// `debug`: debug-level logging.
     pub debug: bool,
+    /// `ro`: refuse every change.
+    pub read_only: bool,
+    /// `cache_dir=`: where staging files go.
+    pub cache_dir: PathBuf,
+    /// `atomic_upload=`: upload to a temporary name, then rename.
+    pub atomic_uploads: bool,
 }
 
 impl Default for Settings {
@@ -78,6 +84,9 @@ impl Default for Settings {
             default_permissions: false,
             log_file: None,
             debug: false,
+            read_only: false,
+            cache_dir: default_cache_dir(),
+            atomic_uploads: true,
         }
     }
 }
@@ -500,16 +509,60 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "ro",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "mount read-only: every change fails with EROFS",
+        reason: "a mount is for working on the files, as with sshfs and rclone mount",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.read_only = true;
+            Ok(())
+        },
+    },
+    Setting {
         key: "rw",
         value: None,
         short: None,
-        default: WhenUnset::Otherwise("—"),
-        meaning: "accepted because mount(8) adds it to fstab lines without `ro`; the mount stays read-only for now",
-        reason: "writes are not implemented yet",
+        default: WhenUnset::Otherwise("on"),
+        meaning: "mount read-write (what mount(8) adds to fstab lines without `ro`)",
+        reason: "a mount is for working on the files, as with sshfs and rclone mount",
         scope: Scope::Mount,
-        apply: |_, v| {
+        apply: |s, v| {
             flag(v)?;
-            tracing::warn!("ftpsfs mounts are read-only for now; ignoring rw");
+            s.read_only = false;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "cache_dir",
+        value: Some("DIR"),
+        short: None,
+        default: WhenUnset::Otherwise("`$XDG_CACHE_HOME/ftpsfs`, or `~/.cache/ftpsfs`"),
+        meaning: "where a file being changed other than in order is kept while it is written (in `DIR/staging`, in files that have no name)",
+        reason: "a per-user cache directory, as the XDG base directories prescribe; files written in order never touch it",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.cache_dir = PathBuf::from(value(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "atomic_upload",
+        value: Some("yes|no"),
+        short: None,
+        default: WhenUnset::Value("yes"),
+        meaning: "upload to a temporary name and rename it onto the file once the server has it whole; `no` writes straight onto the name, for servers that forbid renaming (a failed upload then leaves a short file)",
+        reason: "a failed or cut-off upload must never leave a short file under the name, nor lose the old content",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.atomic_uploads = match value(v)? {
+                "yes" => true,
+                "no" => false,
+                _ => return Err("expected yes or no".into()),
+            };
             Ok(())
         },
     },
@@ -543,7 +596,6 @@ const IGNORED_OPTIONS: &[&str] = &[
     "diratime",
     "sync",
     "async",
-    "ro",
     "loud",
     "silent",
     "fsname",
@@ -604,9 +656,9 @@ impl Settings {
                 .min(self.cache_size / 2)
                 .max(self.block_size),
             dir_prefetch: self.dir_prefetch,
-            read_only: true,
-            staging_dir: default_cache_dir().join("staging"),
-            atomic_uploads: true,
+            read_only: self.read_only,
+            staging_dir: self.cache_dir.join("staging"),
+            atomic_uploads: self.atomic_uploads,
         }
     }
 }
@@ -714,6 +766,9 @@ mod tests {
             (1000, 100, 0o077)
         );
         assert!(settings.allow_other);
+        assert!(settings.read_only);
+        settings.apply_options("rw,atomic_upload=no").unwrap();
+        assert!(!settings.read_only && !settings.atomic_uploads);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The read-only FUSE mount, mounted for real (`ftpsfs URL MOUNTPOINT -f`) against every
+//! The FUSE mount's reading side, mounted for real (`ftpsfs URL MOUNTPOINT -f`) against every
 //! test server on TLS 1.2 and TLS 1.3, and used the way people use it: `find`, `ls -lR`,
 //! `sha256sum -c`, `cp -r`, `rsync -a`, plain std::fs calls.
 //!
@@ -565,7 +565,7 @@ fn libc_result(rc: libc::c_int) -> io::Result<()> {
 }
 
 fn writes_fail(server: Server, tls: Tls) {
-    let m = Mounted::new(server, tls);
+    let m = Mounted::with(MountConfig::new(server, tls).option("ro"));
     let small = m.join("small.txt");
     let new = m.join("new-file.txt");
     assert_erofs("create a file", File::create(&new));
@@ -886,7 +886,7 @@ macro_rules! mount_suite {
             }
 
             #[test]
-            fn writes_fail_with_erofs() {
+            fn a_read_only_mount_refuses_every_change() {
                 super::writes_fail($server, $tls)
             }
 
@@ -954,8 +954,10 @@ impl ServerScratch {
         );
         let dir = data().join(&name);
         fs::create_dir(&dir).unwrap();
-        // The servers read as the test user; root made this.
+        // The servers read and write as the test user; root made this.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let owner = fs::metadata(data()).unwrap();
+        std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid())).unwrap();
         ServerScratch { dir, name }
     }
 
@@ -1365,11 +1367,20 @@ fn vsftpd_fstab_options_are_accepted() {
     );
     drop(m);
     // mount(8) adds `rw` unless the line says `ro` (`mount -t fuse.ftpsfs URL DIR` with no
-    // -o runs `ftpsfs URL DIR -o rw`): the mount must come up, and still be read-only.
+    // -o runs `ftpsfs URL DIR -o rw`): the mount comes up writable.
+    let scratch = ServerScratch::new();
     let m = Mounted::with(MountConfig::new(Server::Vsftpd, Tls::V13).option("rw,_netdev"));
-    assert_erofs("create a file", File::create(m.join("new-file.txt")));
+    let new = m.join(&scratch.name).join("new-file.txt");
+    fs::write(&new, b"written through an fstab mount").unwrap();
     assert_eq!(
-        fs::read(m.join("small.txt")).unwrap(),
-        fs::read(data().join("small.txt")).unwrap()
+        fs::read(scratch.local("new-file.txt")).unwrap(),
+        b"written through an fstab mount"
+    );
+    drop(m);
+    // `ro` keeps it read-only.
+    let m = Mounted::with(MountConfig::new(Server::Vsftpd, Tls::V13).option("ro,_netdev"));
+    assert_erofs(
+        "create a file",
+        File::create(m.join(&scratch.name).join("other.txt")),
     );
 }

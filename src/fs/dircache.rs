@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::ftp::listing::{Entry, EntryKind, ListingFormat};
+use crate::ftp::listing::{Entry, EntryKind, ListingFormat, TimePrecision, Timestamp};
 use crate::ftp::Pool;
 
 use super::error::FsError;
@@ -183,6 +183,75 @@ const CONNECTIONS_RESERVED_FROM_PREFETCH: usize = 1;
 /// it was on its way; after that, the last one is returned without being kept.
 const LISTING_ATTEMPTS: usize = 2;
 
+/// Files whose exact modification time this mount knows (it set or uploaded them), at
+/// most: about 6 MiB. Enough for the files a long rsync or tar run wrote.
+const KNOWN_TIMES: usize = 65_536;
+
+/// The exact times of files this mount set, for listings that give less.
+///
+/// vsftpd has no MLSD, and its LIST gives times to the minute, or to the day for files
+/// older than six months. A file whose time this mount set (`rsync -a`, `cp -p`,
+/// `touch -d`) would show a rounded time once its listing is fetched again, and rsync
+/// would copy it again on its next run. A LIST time that is the known time rounded, for
+/// a file of the known size, is taken for that time.
+struct KnownTimes(Mutex<lru::LruCache<Vec<u8>, KnownTime>>);
+
+/// A file's size and exact modification time, as this mount last set them.
+type KnownTime = (Option<u64>, Timestamp);
+
+impl KnownTimes {
+    fn new() -> Self {
+        let capacity = std::num::NonZeroUsize::new(KNOWN_TIMES).expect("non-zero");
+        Self(Mutex::new(lru::LruCache::new(capacity)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<Vec<u8>, KnownTime>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers `entry`'s time if it is exact, and forgets a stale one otherwise.
+    fn learn(&self, dir: &[u8], entry: &Entry) {
+        let path = join_path(dir, &entry.name);
+        match entry.modified {
+            Some(time) if time.precision == TimePrecision::Second => {
+                self.lock().put(path, (entry.size, time));
+            }
+            _ => {
+                self.lock().pop(&path);
+            }
+        }
+    }
+
+    fn forget(&self, dir: &[u8], name: &[u8]) {
+        self.lock().pop(&join_path(dir, name));
+    }
+
+    /// Gives the entries of a coarse listing of `dir` the exact times they match.
+    fn refine(&self, dir: &[u8], entries: &mut [Entry]) {
+        let mut known = self.lock();
+        if known.is_empty() {
+            return;
+        }
+        for entry in entries {
+            let Some(listed) = entry.modified else {
+                continue;
+            };
+            let unit = match listed.precision {
+                TimePrecision::Second => continue,
+                TimePrecision::Minute => 60,
+                TimePrecision::Day => 86_400,
+            };
+            let Some(&(size, exact)) = known.get(&join_path(dir, &entry.name)) else {
+                continue;
+            };
+            let rounded = exact.unix_seconds - exact.unix_seconds.rem_euclid(unit);
+            if size == entry.size && rounded == listed.unix_seconds {
+                entry.modified = Some(exact);
+            }
+        }
+    }
+}
+
 /// Directory listings with a time to live; concurrent requests for one directory share
 /// one listing command.
 pub struct DirCache {
@@ -193,6 +262,7 @@ pub struct DirCache {
     prefetch_children: usize,
     /// Whether old temporary files of earlier mounts are deleted (not on a read-only mount).
     sweep_leftovers: bool,
+    known_times: KnownTimes,
 }
 
 impl DirCache {
@@ -206,7 +276,14 @@ impl DirCache {
             listings: AtomicU64::new(0),
             prefetch_children,
             sweep_leftovers,
+            known_times: KnownTimes::new(),
         }
+    }
+
+    /// A listing of `path` as fetched: exact times put back where this mount knows them.
+    fn listing(&self, path: &[u8], mut entries: Vec<Entry>) -> Arc<DirListing> {
+        self.known_times.refine(path, &mut entries);
+        Arc::new(DirListing::new(entries))
     }
 
     /// Listing commands sent so far.
@@ -245,7 +322,7 @@ impl DirCache {
             let changes_before = slot.changes.load(Ordering::SeqCst);
             result = crate::with_connection!(pool, |conn| conn.list(path).await)
                 .await
-                .map(|listing| Arc::new(DirListing::new(listing.entries)))
+                .map(|listing| self.listing(path, listing.entries))
                 .map_err(FsError::from);
             if result.is_ok() {
                 self.listings.fetch_add(1, Ordering::Relaxed);
@@ -271,6 +348,10 @@ impl DirCache {
     /// Patches `change`, made by this mount, into the cached listing of `dir`; a listing
     /// on its way meanwhile is fetched again (see [`Self::get`]).
     pub fn record(&self, dir: &[u8], change: Change) {
+        match &change {
+            Change::Upsert(entry) => self.known_times.learn(dir, entry),
+            Change::Remove(name) => self.known_times.forget(dir, name),
+        }
         let slot = self.slot(dir);
         slot.changes.fetch_add(1, Ordering::SeqCst);
         // When a listing is on its way (the lock is held), it sees the change counted
@@ -367,7 +448,7 @@ impl DirCache {
             Ok(listing) => {
                 self.listings.fetch_add(1, Ordering::Relaxed);
                 if slot.changes.load(Ordering::SeqCst) == changes_before {
-                    let listing = Arc::new(DirListing::new(listing.entries));
+                    let listing = self.listing(path, listing.entries);
                     self.sweep(pool, path, &listing);
                     cached.listing = Some(listing);
                 }
@@ -483,6 +564,47 @@ mod tests {
         assert_eq!(listing.entries.len(), 1);
         assert!(listing.get(temp.as_bytes()).is_none());
         assert_eq!(listing.leftovers.len(), 1);
+    }
+
+    #[test]
+    fn exact_times_this_mount_set_survive_a_coarse_listing() {
+        let cache = DirCache::new(Duration::from_secs(60), 0, false);
+        let exact = |seconds| Timestamp {
+            unix_seconds: seconds,
+            nanos: 0,
+            precision: TimePrecision::Second,
+        };
+        let mut set = file("a", 5);
+        set.modified = Some(exact(1_557_126_489)); // 2019-05-06 07:08:09
+        cache.record(b"dir", Change::Upsert(set));
+        let listed = |name: &str, size, seconds, precision| Entry {
+            modified: Some(Timestamp {
+                unix_seconds: seconds,
+                nanos: 0,
+                precision,
+            }),
+            ..file(name, size)
+        };
+        let mut entries = vec![
+            // vsftpd's "May  6  2019": the day.
+            listed("a", 5, 1_557_100_800, TimePrecision::Day),
+        ];
+        cache.known_times.refine(b"dir", &mut entries);
+        assert_eq!(entries[0].modified, Some(exact(1_557_126_489)));
+        // Another size, another day, or another directory: the listing stands.
+        for (dir, size, seconds) in [
+            (&b"dir"[..], 6, 1_557_100_800),
+            (b"dir", 5, 1_557_187_200),
+            (b"other", 5, 1_557_100_800),
+        ] {
+            let mut entries = vec![listed("a", size, seconds, TimePrecision::Day)];
+            cache.known_times.refine(dir, &mut entries);
+            assert_eq!(entries[0].modified.unwrap().precision, TimePrecision::Day);
+        }
+        cache.record(b"dir", Change::Remove(b"a".to_vec()));
+        let mut entries = vec![listed("a", 5, 1_557_100_800, TimePrecision::Day)];
+        cache.known_times.refine(b"dir", &mut entries);
+        assert_eq!(entries[0].modified.unwrap().precision, TimePrecision::Day);
     }
 
     #[test]

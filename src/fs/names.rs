@@ -195,7 +195,11 @@ mod tests {
     fn long_names_are_cut_to_fit_and_marked_cut() {
         let long = "é".repeat(127);
         let temp = temp_name(long.as_bytes());
-        assert!(temp.len() <= NAME_MAX && temp.len() >= NAME_MAX - 1, "{}", temp.len());
+        assert!(
+            temp.len() <= NAME_MAX && temp.len() >= NAME_MAX - 1,
+            "{}",
+            temp.len()
+        );
         assert!(std::str::from_utf8(&temp).is_ok());
         assert_eq!(parse_leftover(&temp).unwrap().original, None);
     }
