@@ -19,13 +19,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::mount::{
     force_unmount, is_fuse_mounted, mounted_fstype, pids_with_arg, process_alive, read_at_most,
-    run, scratch_dir, wait_timeout, MountConfig, Mounted, EXIT_TIMEOUT,
+    run, scratch_dir, wait_timeout, MountConfig, Mounted, ServerScratch, EXIT_TIMEOUT,
 };
 use common::{env, expected_sha256, hex, target, Server, Tls};
 use openssl::sha::Sha256;
@@ -937,48 +936,6 @@ huge_suite!(proftpd_tls12_huge, Server::Proftpd, Tls::V12);
 huge_suite!(strict_tls13_huge, Server::Strict, Tls::V13);
 
 // ---- vsftpd only: changes on the server, the mount's lifecycle, failures ----
-
-/// A `.ftpsfs-scratch-*` directory at the top of the served tree, removed on drop.
-struct ServerScratch {
-    dir: PathBuf,
-    name: String,
-}
-
-impl ServerScratch {
-    fn new() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "{SCRATCH_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = data().join(&name);
-        fs::create_dir(&dir).unwrap();
-        // The servers read and write as the test user; root made this.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let owner = fs::metadata(data()).unwrap();
-        std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid())).unwrap();
-        ServerScratch { dir, name }
-    }
-
-    /// Writes a world-readable file; returns its path relative to the served root.
-    fn write(&self, file: &str, content: &[u8]) -> PathBuf {
-        let path = self.dir.join(file);
-        fs::write(&path, content).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        Path::new(&self.name).join(file)
-    }
-
-    fn local(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-}
-
-impl Drop for ServerScratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// How long after a change on the server a `dir_cache=1` mount must show it.
 const AFTER_DIR_CACHE: Duration = Duration::from_millis(2500);

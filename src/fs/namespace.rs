@@ -211,21 +211,23 @@ impl FtpFs {
         let pool = &self.pool;
         self.within(async {
             let dir = self.dir_path(parent).await?;
-            let listing = self.dirs.get(pool, &dir).await?;
             let ino = self
                 .inodes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .existing_child(parent, name);
-            let local_only = self.local_only_attr(parent, name).is_some();
-            if let Some(ino) = ino {
-                // Open for writing: its changes go nowhere now, as on a local disk.
-                self.discard_writes(ino).await;
-            }
-            if local_only && listing.get(name).is_none() {
+            // Open for writing: its changes go nowhere now, as on a local disk. This waits
+            // for an upload under way (the last close of a new file), which decides
+            // whether the server has the file.
+            let on_server = match ino {
+                Some(ino) => self.discard_writes(ino).await,
+                None => None,
+            };
+            if on_server == Some(false) {
                 self.forget_name(parent, name, ino);
                 return Ok(());
             }
+            let listing = self.dirs.get(pool, &dir).await?;
             let entry = listing.get(name).ok_or(FsError::NotFound)?;
             if entry.kind == EntryKind::Dir {
                 return Err(FsError::IsADirectory);

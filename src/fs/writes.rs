@@ -844,7 +844,18 @@ impl FtpFs {
                 None => false,
             };
             if !pending {
-                self.set_metadata_now(ino, changes).await?;
+                let applied = self.set_metadata_now(ino, changes).await?;
+                if let Some(file) = &file {
+                    // Open but unchanged: what it shows follows the server's file.
+                    let mut state = file.state.lock().await;
+                    if let Some(mtime) = applied.mtime {
+                        state.changed_at = mtime;
+                    }
+                    if let Some(mode) = applied.mode {
+                        state.mode = Some(mode);
+                    }
+                    file.publish(&state);
+                }
             }
         }
         self.getattr(ino).await
@@ -899,13 +910,14 @@ impl FtpFs {
         result
     }
 
-    /// Sets the modification time and mode of a file the server has, now.
-    async fn set_metadata_now(&self, ino: u64, changes: SetAttr) -> Result<(), FsError> {
+    /// Sets the modification time and mode of a file the server has, now; returns what
+    /// the server could set.
+    async fn set_metadata_now(&self, ino: u64, changes: SetAttr) -> Result<Metadata, FsError> {
         let (node, entry) = self.within(self.entry(ino)).await?;
         let Some(mut entry) = entry else {
             // The root: FTP cannot change its times or mode; as for a server that lacks
             // the commands, the request is a no-op.
-            return Ok(());
+            return Ok(Metadata::default());
         };
         let parent = self.node(node.parent)?;
         let metadata = Metadata {
@@ -930,7 +942,7 @@ impl FtpFs {
             entry.mode = Some(mode);
         }
         self.dirs.record(&parent.path, Change::Upsert(entry));
-        Ok(())
+        Ok(applied)
     }
 
     /// Forgets cached data of `ino` at `path`: its blocks, and the version the kernel's
@@ -944,13 +956,14 @@ impl FtpFs {
     }
 
     /// Stops the pending changes of `ino` (it is being deleted or replaced): nothing of
-    /// it is uploaded any more.
-    pub(super) async fn discard_writes(&self, ino: u64) {
-        if let Some(file) = self.write_file(ino) {
-            let mut state = file.state.lock().await;
-            self.discard(&mut state);
-            file.publish(&state);
-        }
+    /// it is uploaded any more. Returns whether the server has the file, when `ino` had
+    /// changes (it waits for an upload under way, which decides that).
+    pub(super) async fn discard_writes(&self, ino: u64) -> Option<bool> {
+        let file = self.write_file(ino)?;
+        let mut state = file.state.lock().await;
+        self.discard(&mut state);
+        file.publish(&state);
+        Some(state.on_server)
     }
 
     /// Uploads the pending changes of `ino` now (before it is renamed).

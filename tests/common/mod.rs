@@ -82,6 +82,9 @@ pub enum Server {
     Vsftpd,
     VsftpdImplicit,
     Proftpd,
+    /// ProFTPD with its stock `AllowOverwrite off` and TLS 1.3 only: it refuses to
+    /// replace a file by STOR or RNTO.
+    ProftpdNoOverwrite,
     PureFtpd,
     /// The FileZilla Server 1.x imitation in tests/support.
     Strict,
@@ -111,9 +114,9 @@ impl Server {
     }
 
     /// Whether RNTO may replace an existing file (FileZilla Server, which the strict
-    /// server imitates, refuses).
+    /// server imitates, refuses, and so does ProFTPD with `AllowOverwrite off`).
     pub fn renames_over_files(self) -> bool {
-        self != Server::Strict
+        !matches!(self, Server::Strict | Server::ProftpdNoOverwrite)
     }
 
     /// Whether the server has SITE CHMOD (FileZilla Server has no SITE commands).
@@ -141,6 +144,9 @@ pub fn target(server: Server, tls: Tls) -> Target {
             None,
         ),
         Server::Proftpd => (env.port("PROFTPD_PORT"), Security::ExplicitTls, None),
+        Server::ProftpdNoOverwrite => {
+            (env.port("PROFTPD_NOOVER_PORT"), Security::ExplicitTls, None)
+        }
         Server::PureFtpd => (env.port("PUREFTPD_PORT"), Security::ExplicitTls, None),
         Server::Strict => {
             let version = match tls {

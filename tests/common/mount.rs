@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -680,5 +681,49 @@ impl Drop for Mounted {
         } else if mounted_fstype(&self.mountpoint).is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// A `.ftpsfs-scratch-*` directory at the top of the served tree, removed on drop.
+pub struct ServerScratch {
+    /// The directory on the server's disk.
+    pub dir: PathBuf,
+    /// Its name, relative to the served root.
+    pub name: String,
+}
+
+impl ServerScratch {
+    pub fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            ".ftpsfs-scratch-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = env().data.join(&name);
+        fs::create_dir(&dir).unwrap();
+        // The servers read and write as the test user; root made this.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let owner = fs::metadata(&env().data).unwrap();
+        std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid())).unwrap();
+        ServerScratch { dir, name }
+    }
+
+    /// Writes a world-readable file; returns its path relative to the served root.
+    pub fn write(&self, file: &str, content: &[u8]) -> PathBuf {
+        let path = self.dir.join(file);
+        fs::write(&path, content).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        Path::new(&self.name).join(file)
+    }
+
+    pub fn local(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+impl Drop for ServerScratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
