@@ -167,10 +167,10 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
 /// Longest wait for `/proc/PID/stat` of a process closing a file it wrote.
 const CLOSER_CHECK_LIMIT: Duration = Duration::from_secs(1);
 
-/// Who closes a file, from the closing process's exit code. The read of `/proc` runs
-/// apart, with a time limit: a thread of a process in the middle of exiting can hold it
-/// up, and the request loop must never wait on the process it serves. A process that
-/// cannot be read in time is taken for one that closes its file normally.
+/// Who closes a file, from the closing writer's exit code. The read of `/proc` runs
+/// apart, with a time limit: a process in the middle of execve holds locks that the read
+/// waits for, and the request loop must never wait on the process it serves. A process
+/// that cannot be read in time is taken for one that closes its file normally.
 async fn closer_of(pid: u32) -> Closer {
     let check = tokio::task::spawn_blocking(move || killed_by_signal(pid));
     match tokio::time::timeout(CLOSER_CHECK_LIMIT, check).await {
@@ -218,7 +218,12 @@ fn system_time(time: TimeOrNow) -> SystemTime {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // readdirplus fills attributes during `ls -l`, saving a getattr per entry.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        // Atomic O_TRUNC: the truncation comes with the open instead of as a setattr
+        // after it, so a shell's `>` (open, dup, close) is known for one and does not
+        // upload an empty file before the program has written anything.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::debug!("kernel lacks {missing:?}");
         }
@@ -395,11 +400,11 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (fs, pid) = (self.fs.clone(), req.pid());
         let how = open_mode(flags);
         self.runtime.spawn(async move {
-            match fs.open(ino.0, how).await {
+            match fs.open(ino.0, how, pid).await {
                 Ok(opened) => reply.opened(FileHandle(opened.handle), fopen_flags(&opened)),
                 Err(e) => reply.error(errno("open", &e)),
             }
@@ -408,7 +413,7 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -417,9 +422,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (fs, timing, name) = (self.fs.clone(), self.timing(), name.as_bytes().to_vec());
-        let how = open_mode(OpenFlags(flags));
+        let (how, pid) = (open_mode(OpenFlags(flags)), req.pid());
         self.runtime.spawn(async move {
-            match fs.create(parent.0, &name, mode & !umask, how).await {
+            match fs.create(parent.0, &name, mode & !umask, how, pid).await {
                 Ok((attr, opened)) => reply.created(
                     &timing.ttl_of(&attr),
                     &file_attr(&attr),
@@ -454,7 +459,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -464,9 +469,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let (fs, data) = (self.fs.clone(), data.to_vec());
+        let (fs, data, pid) = (self.fs.clone(), data.to_vec(), req.pid());
         self.runtime.spawn(async move {
-            match fs.write(fh.0, offset, &data).await {
+            match fs.write(fh.0, offset, &data, pid).await {
                 Ok(written) => reply.written(written),
                 Err(e) => reply.error(errno("write", &e)),
             }
@@ -484,10 +489,10 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         let pid = req.pid();
         self.empty_reply("flush", reply, async move {
-            let closer = if fs.is_writing(fh.0) {
+            let closer = if fs.is_writer(fh.0, pid) {
                 closer_of(pid).await
             } else {
-                Closer::Program
+                Closer::Bystander
             };
             fs.flush(fh.0, closer).await
         });

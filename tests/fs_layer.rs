@@ -44,11 +44,11 @@ async fn write_new(
     piece: usize,
 ) -> (u64, Result<(), FsError>) {
     let (attr, opened) = fs
-        .create(parent, name.as_bytes(), 0o644, WRITE)
+        .create(parent, name.as_bytes(), 0o644, WRITE, 1)
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
     for (i, chunk) in data.chunks(piece.max(1)).enumerate() {
-        if let Err(e) = fs.write(opened.handle, (i * piece) as u64, chunk).await {
+        if let Err(e) = fs.write(opened.handle, (i * piece) as u64, chunk, 1).await {
             let closed = fs.flush(opened.handle, Closer::Program).await;
             fs.release(opened.handle).await;
             return (attr.ino, Err(closed.err().unwrap_or(e)));
@@ -61,7 +61,7 @@ async fn write_new(
 
 /// The whole content of `ino`, read through the filesystem.
 async fn read_all(fs: &FtpFs, ino: u64) -> Vec<u8> {
-    let opened = fs.open(ino, READ).await.expect("open for reading");
+    let opened = fs.open(ino, READ, 1).await.expect("open for reading");
     let mut out = Vec::new();
     loop {
         let data = fs
@@ -122,12 +122,12 @@ async fn an_overwritten_file_keeps_its_old_content_until_the_new_one_is_complete
     let local = LocalFs::new();
     fs::write(local.on_server("doc.txt"), b"old content").unwrap();
     let attr = local.fs.lookup(ROOT_INODE, b"doc.txt").await.unwrap();
-    let opened = local.fs.open(attr.ino, TRUNCATE).await.unwrap();
+    let opened = local.fs.open(attr.ino, TRUNCATE, 1).await.unwrap();
     let new = pattern(3 * 1024 * 1024, 2);
     for (i, chunk) in new.chunks(64 * 1024).enumerate() {
         local
             .fs
-            .write(opened.handle, (i * 64 * 1024) as u64, chunk)
+            .write(opened.handle, (i * 64 * 1024) as u64, chunk, 1)
             .await
             .unwrap();
         assert_eq!(
@@ -153,18 +153,22 @@ async fn writes_out_of_order_fall_back_to_a_staging_file() {
     let local = LocalFs::new();
     let (attr, opened) = local
         .fs
-        .create(ROOT_INODE, b"random.bin", 0o644, WRITE)
+        .create(ROOT_INODE, b"random.bin", 0o644, WRITE, 1)
         .await
         .unwrap();
     let mut expected = pattern(2 * 1024 * 1024, 3);
-    local.fs.write(opened.handle, 0, &expected).await.unwrap();
+    local
+        .fs
+        .write(opened.handle, 0, &expected, 1)
+        .await
+        .unwrap();
     // Back to the start: the stream cannot take this, the staging file can.
-    local.fs.write(opened.handle, 10, b"XYZ").await.unwrap();
+    local.fs.write(opened.handle, 10, b"XYZ", 1).await.unwrap();
     expected[10..13].copy_from_slice(b"XYZ");
     // A hole past the end reads as zeros.
     local
         .fs
-        .write(opened.handle, expected.len() as u64 + 100, b"end")
+        .write(opened.handle, expected.len() as u64 + 100, b"end", 1)
         .await
         .unwrap();
     expected.extend_from_slice(&[0; 100]);
@@ -188,8 +192,12 @@ async fn appends_and_truncation_change_the_file_on_the_server() {
     fs::write(local.on_server("log.txt"), b"line 1\n").unwrap();
     let attr = local.fs.lookup(ROOT_INODE, b"log.txt").await.unwrap();
     // `>>`: opened without O_TRUNC, written at the end.
-    let opened = local.fs.open(attr.ino, WRITE).await.unwrap();
-    local.fs.write(opened.handle, 7, b"line 2\n").await.unwrap();
+    let opened = local.fs.open(attr.ino, WRITE, 1).await.unwrap();
+    local
+        .fs
+        .write(opened.handle, 7, b"line 2\n", 1)
+        .await
+        .unwrap();
     local
         .fs
         .flush(opened.handle, Closer::Program)
@@ -249,7 +257,7 @@ async fn a_shell_redirect_uploads_once_with_the_data() {
     let attr = local.fs.lookup(ROOT_INODE, b"out.txt").await.unwrap();
     // `echo hi > out.txt`: open with O_TRUNC, the shell's close of its copy of the
     // descriptor, then the program's write and close.
-    let opened = local.fs.open(attr.ino, TRUNCATE).await.unwrap();
+    let opened = local.fs.open(attr.ino, TRUNCATE, 1).await.unwrap();
     local
         .fs
         .flush(opened.handle, Closer::Program)
@@ -260,7 +268,7 @@ async fn a_shell_redirect_uploads_once_with_the_data() {
         b"previous",
         "the truncation alone was uploaded"
     );
-    local.fs.write(opened.handle, 0, b"hi\n").await.unwrap();
+    local.fs.write(opened.handle, 0, b"hi\n", 1).await.unwrap();
     local
         .fs
         .flush(opened.handle, Closer::Program)
@@ -275,7 +283,7 @@ async fn an_empty_new_file_is_created_at_its_last_close() {
     let local = LocalFs::new();
     let (attr, opened) = local
         .fs
-        .create(ROOT_INODE, b"empty", 0o600, WRITE)
+        .create(ROOT_INODE, b"empty", 0o600, WRITE, 1)
         .await
         .unwrap();
     // Visible in this mount at once.
@@ -312,10 +320,10 @@ async fn a_killed_writer_leaves_the_server_as_it_was() {
     let local = LocalFs::new();
     fs::write(local.on_server("keep.txt"), b"precious").unwrap();
     let attr = local.fs.lookup(ROOT_INODE, b"keep.txt").await.unwrap();
-    let opened = local.fs.open(attr.ino, TRUNCATE).await.unwrap();
+    let opened = local.fs.open(attr.ino, TRUNCATE, 1).await.unwrap();
     local
         .fs
-        .write(opened.handle, 0, &pattern(1024 * 1024, 4))
+        .write(opened.handle, 0, &pattern(1024 * 1024, 4), 1)
         .await
         .unwrap();
     local
@@ -327,12 +335,12 @@ async fn a_killed_writer_leaves_the_server_as_it_was() {
 
     let (_, created) = local
         .fs
-        .create(ROOT_INODE, b"half.bin", 0o644, WRITE)
+        .create(ROOT_INODE, b"half.bin", 0o644, WRITE, 1)
         .await
         .unwrap();
     local
         .fs
-        .write(created.handle, 0, &pattern(512 * 1024, 5))
+        .write(created.handle, 0, &pattern(512 * 1024, 5), 1)
         .await
         .unwrap();
     local
@@ -359,13 +367,13 @@ async fn a_full_disk_and_a_quota_give_their_errno_at_close_and_keep_the_old_file
     let attr = local.fs.lookup(ROOT_INODE, b"data.bin").await.unwrap();
     for (reply, errno) in [(452, libc::ENOSPC), (552, libc::EDQUOT)] {
         local.server.set_space_left(Some(100_000), reply);
-        let opened = local.fs.open(attr.ino, TRUNCATE).await.unwrap();
+        let opened = local.fs.open(attr.ino, TRUNCATE, 1).await.unwrap();
         let data = pattern(1024 * 1024, 6);
         let mut failed = None;
         for (i, chunk) in data.chunks(64 * 1024).enumerate() {
             if let Err(e) = local
                 .fs
-                .write(opened.handle, (i * 65536) as u64, chunk)
+                .write(opened.handle, (i * 65536) as u64, chunk, 1)
                 .await
             {
                 failed = Some(e);
@@ -535,10 +543,10 @@ async fn times_modes_and_owners() {
     // A time set while the file is being written goes up with it.
     let (attr, opened) = local
         .fs
-        .create(ROOT_INODE, b"later.txt", 0o644, WRITE)
+        .create(ROOT_INODE, b"later.txt", 0o644, WRITE, 1)
         .await
         .unwrap();
-    local.fs.write(opened.handle, 0, b"x").await.unwrap();
+    local.fs.write(opened.handle, 0, b"x", 1).await.unwrap();
     local
         .fs
         .setattr(
@@ -568,7 +576,7 @@ async fn names_ftp_cannot_carry_and_links_are_refused() {
     for bad in [&b"a\r\nDELE b"[..], b"a\nb", b"a\0b"] {
         let err = local
             .fs
-            .create(ROOT_INODE, bad, 0o644, WRITE)
+            .create(ROOT_INODE, bad, 0o644, WRITE, 1)
             .await
             .unwrap_err();
         assert_eq!(err.errno(), libc::EINVAL, "{bad:?}");
@@ -578,7 +586,7 @@ async fn names_ftp_cannot_carry_and_links_are_refused() {
     let long = vec![b'x'; 256];
     let err = local
         .fs
-        .create(ROOT_INODE, &long, 0o644, WRITE)
+        .create(ROOT_INODE, &long, 0o644, WRITE, 1)
         .await
         .unwrap_err();
     assert_eq!(err.errno(), libc::ENAMETOOLONG);
@@ -596,12 +604,12 @@ async fn a_read_only_filesystem_changes_nothing() {
     fs::write(local.on_server("f"), b"x").unwrap();
     let attr = local.fs.lookup(ROOT_INODE, b"f").await.unwrap();
     let erofs = |r: Result<(), FsError>| assert_eq!(r.unwrap_err().errno(), libc::EROFS);
-    erofs(local.fs.open(attr.ino, WRITE).await.map(drop));
-    erofs(local.fs.open(attr.ino, TRUNCATE).await.map(drop));
+    erofs(local.fs.open(attr.ino, WRITE, 1).await.map(drop));
+    erofs(local.fs.open(attr.ino, TRUNCATE, 1).await.map(drop));
     erofs(
         local
             .fs
-            .create(ROOT_INODE, b"g", 0o644, WRITE)
+            .create(ROOT_INODE, b"g", 0o644, WRITE, 1)
             .await
             .map(drop),
     );
@@ -709,4 +717,46 @@ async fn uploads_resume_on_tls_1_2_too() {
     }
     assert_eq!(local.server.data_connections_rejected(), 0);
     assert_eq!(local.server_names("").len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_close_of_an_inherited_descriptor_uploads_nothing() {
+    let local = LocalFs::new();
+    let (_, opened) = local
+        .fs
+        .create(ROOT_INODE, b"log.bin", 0o644, WRITE, 7)
+        .await
+        .unwrap();
+    local
+        .fs
+        .write(opened.handle, 0, &pattern(100_000, 8), 7)
+        .await
+        .unwrap();
+    // A child of the writer (fork, then execve) closes its copy of the descriptor.
+    assert!(local.fs.is_writer(opened.handle, 7));
+    assert!(!local.fs.is_writer(opened.handle, 99));
+    local
+        .fs
+        .flush(opened.handle, Closer::Bystander)
+        .await
+        .unwrap();
+    assert_eq!(
+        local.server_names(""),
+        Vec::<String>::new(),
+        "uploaded mid-write"
+    );
+    local
+        .fs
+        .write(opened.handle, 100_000, b"more", 7)
+        .await
+        .unwrap();
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    let mut expected = pattern(100_000, 8);
+    expected.extend_from_slice(b"more");
+    assert_eq!(fs::read(local.on_server("log.bin")).unwrap(), expected);
 }

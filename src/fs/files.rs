@@ -11,18 +11,16 @@ use super::{Attr, FtpFs, Opened};
 use crate::ftp::listing::EntryKind;
 
 impl FtpFs {
-    /// Opens a file for reading, writing or both.
-    pub async fn open(&self, ino: u64, how: OpenMode) -> Result<Opened, FsError> {
+    /// Opens a file for reading, writing or both, for process `pid`.
+    pub async fn open(&self, ino: u64, how: OpenMode, pid: u32) -> Result<Opened, FsError> {
         if how.write || how.truncate {
-            return self.open_for_write(ino, how).await;
+            return self.open_for_write(ino, how, pid).await;
         }
         if let Some(file) = self.write_file(ino) {
             // Being written here: reads see what was written, not what the server has.
-            let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle {
-                file,
-                readable: true,
-                counted: false,
-            })));
+            let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle::new(
+                file, true, false, pid,
+            ))));
             return Ok(Opened {
                 handle,
                 keep_cache: false,
@@ -103,7 +101,9 @@ impl FtpFs {
                 "only regular files can be created over FTP",
             ));
         }
-        let (_, opened) = self.create(parent, name, mode, OpenMode::default()).await?;
+        let (_, opened) = self
+            .create(parent, name, mode, OpenMode::default(), 0)
+            .await?;
         let write = self.handles.write(opened.handle)?;
         let uploaded = self.fsync(opened.handle).await;
         self.release(opened.handle).await;

@@ -21,6 +21,7 @@ pub mod failure;
 mod files;
 pub mod handles;
 pub mod inode;
+mod janitor;
 mod names;
 pub mod namespace;
 pub mod reader;
@@ -116,6 +117,8 @@ pub struct FsStats {
     pub bytes_fetched: u64,
     /// Bytes held in the block cache.
     pub cached_bytes: u64,
+    /// Temporary files of failed uploads not deleted yet (the server was unreachable).
+    pub temporaries_waiting: u64,
 }
 
 /// An FTPS server seen as a tree of files.
@@ -135,6 +138,8 @@ pub struct FtpFs {
     /// The server refused to rename onto an existing file once: from then on the old
     /// file is moved aside first, without trying.
     refuses_overwrite: AtomicBool,
+    /// Deletes the temporary files of uploads that did not land.
+    janitor: Arc<janitor::Janitor>,
 }
 
 impl FtpFs {
@@ -160,6 +165,7 @@ impl FtpFs {
             blksize: config.block_size as u32,
             unknown_time: SystemTime::now(),
         };
+        let janitor = janitor::Janitor::new(pool.clone());
         Self {
             pool,
             inodes: Mutex::new(InodeTable::new(root_path)),
@@ -175,6 +181,7 @@ impl FtpFs {
             opened_versions: Mutex::new(HashMap::new()),
             writes: Mutex::new(HashMap::new()),
             refuses_overwrite: AtomicBool::new(false),
+            janitor,
             config,
         }
     }
@@ -198,6 +205,7 @@ impl FtpFs {
             range_fetches: read.range_fetches.load(Ordering::Relaxed),
             bytes_fetched: read.bytes_fetched.load(Ordering::Relaxed),
             cached_bytes: self.cache.bytes(),
+            temporaries_waiting: self.janitor.waiting() as u64,
         }
     }
 

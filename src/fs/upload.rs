@@ -230,31 +230,11 @@ impl StreamUpload {
     }
 
     /// Gives the upload up: its connection is dropped mid-transfer, so the server cannot
-    /// take the file for whole, and the temporary file is deleted in the background.
-    pub fn abandon(self, pool: &Pool) {
+    /// take the file for whole. Returns where it went, for the caller to delete.
+    pub fn abandon(self) -> Vec<u8> {
         self.task.abort();
-        discard(pool, self.path);
+        self.path
     }
-}
-
-/// Deletes a temporary file in the background; if that fails (the server is gone), a
-/// later mount's sweep deletes it (see `sweep.rs`).
-pub fn discard(pool: &Pool, temp: Vec<u8>) {
-    let pool = pool.clone();
-    tokio::spawn(async move {
-        let result = crate::with_connection!(pool, |conn| match conn.delete(&temp).await {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        })
-        .await;
-        match result {
-            Ok(()) => tracing::debug!(path = %shown(&temp), "temporary file deleted"),
-            Err(e) => tracing::info!(
-                path = %shown(&temp),
-                "temporary file left for a later sweep: {e}"
-            ),
-        }
-    });
 }
 
 /// What to set on an uploaded file before it takes its final name.

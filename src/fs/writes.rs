@@ -105,6 +105,37 @@ pub struct WriteHandle {
     pub readable: bool,
     /// Opened for writing, and counted among the file's writers.
     pub counted: bool,
+    /// The processes that opened the handle or wrote through it (see [`Closer`]).
+    writers: Mutex<Vec<u32>>,
+}
+
+/// Processes remembered per handle: a program's threads, and the children it runs.
+const WRITERS_KEPT: usize = 64;
+
+impl WriteHandle {
+    /// A handle on `file` opened by process `pid`.
+    pub fn new(file: Arc<WriteFile>, readable: bool, counted: bool, pid: u32) -> Self {
+        Self {
+            file,
+            readable,
+            counted,
+            writers: Mutex::new(vec![pid]),
+        }
+    }
+
+    fn note_writer(&self, pid: u32) {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if !writers.contains(&pid) && writers.len() < WRITERS_KEPT {
+            writers.push(pid);
+        }
+    }
+
+    fn is_writer(&self, pid: u32) -> bool {
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&pid)
+    }
 }
 
 /// How a file is opened.
@@ -118,14 +149,19 @@ pub struct OpenMode {
     pub truncate: bool,
 }
 
-/// Who closes a file: `close()` by a program, or the kernel for a process that was
-/// killed, whose half-written file must not be taken for whole.
+/// Who closes a file. The kernel reports every close of every copy of a descriptor, and
+/// only the writer's own close means that the file is complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closer {
-    /// A program closing its file.
+    /// The program that opened or wrote the file, closing it.
     Program,
-    /// The kernel closing the files of a process killed by a signal.
+    /// The kernel closing the files of a writer killed by a signal, whose half-written
+    /// file must not be taken for whole.
     KilledProcess,
+    /// Another process closing its copy of the descriptor: a child that inherited it,
+    /// closing it as it runs another program (execve) or exits. The writer still has
+    /// the file open.
+    Bystander,
 }
 
 /// Attribute changes asked by `setattr`.
@@ -268,6 +304,7 @@ impl FtpFs {
         name: &[u8],
         mode: u32,
         how: OpenMode,
+        pid: u32,
     ) -> Result<(Attr, Opened), FsError> {
         self.writable()?;
         super::names::check_new_name(name)?;
@@ -305,11 +342,9 @@ impl FtpFs {
             changed_at: now,
         });
         let attr = self.written_attr(ino, file.shown());
-        let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle {
-            file,
-            readable: how.read,
-            counted: true,
-        })));
+        let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle::new(
+            file, how.read, true, pid,
+        ))));
         tracing::debug!(ino, name = %shown(name), "created");
         Ok((
             attr,
@@ -321,7 +356,12 @@ impl FtpFs {
     }
 
     /// Opens `ino` for writing (and maybe reading).
-    pub(super) async fn open_for_write(&self, ino: u64, how: OpenMode) -> Result<Opened, FsError> {
+    pub(super) async fn open_for_write(
+        &self,
+        ino: u64,
+        how: OpenMode,
+        pid: u32,
+    ) -> Result<Opened, FsError> {
         self.writable()?;
         let file = match self.reopen_write_file(ino) {
             Some(file) => file,
@@ -359,25 +399,33 @@ impl FtpFs {
         if how.truncate {
             let mut state = file.state.lock().await;
             self.truncate_locked(ino, &mut state, 0).await?;
-            // A shell's `>` closes the file once before the program writes: the
-            // truncation alone waits for the last close.
+            // A shell's `>` and dd open with O_TRUNC, then close a duplicate descriptor
+            // before writing anything: the open's truncation alone waits for the last
+            // close, so that a writer killed meanwhile has not replaced the file with
+            // an empty one. (The kernel passes O_TRUNC with the open, see fuse.rs.)
             state.written = false;
             file.publish(&state);
         }
-        let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle {
-            file,
-            readable: how.read,
-            counted: true,
-        })));
+        let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle::new(
+            file, how.read, true, pid,
+        ))));
         Ok(Opened {
             handle,
             keep_cache: false,
         })
     }
 
-    /// Writes `data` at `offset` of an open file.
-    pub async fn write(&self, handle: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        let file = self.handles.write(handle)?.file.clone();
+    /// Writes `data` at `offset` of an open file, for process `pid`.
+    pub async fn write(
+        &self,
+        handle: u64,
+        offset: u64,
+        data: &[u8],
+        pid: u32,
+    ) -> Result<u32, FsError> {
+        let write = self.handles.write(handle)?;
+        write.note_writer(pid);
+        let file = write.file.clone();
         let mut state = file.state.lock().await;
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
@@ -472,9 +520,7 @@ impl FtpFs {
                         mtime: (-1, super::names::unique() as u32),
                     });
                     let filled = self.fill(&mut staging, version).await;
-                    if self.config.atomic_uploads {
-                        upload::discard(&self.pool, path);
-                    }
+                    self.discard_temporary(path);
                     filled?;
                 }
             }
@@ -505,7 +551,7 @@ impl FtpFs {
         Ok(())
     }
 
-    /// Sets the size of a file being written.
+    /// Sets the size of a file being written (ftruncate: uploaded at the next close).
     async fn truncate_locked(
         &self,
         ino: u64,
@@ -521,7 +567,7 @@ impl FtpFs {
                 if let Content::Streaming(stream) =
                     std::mem::replace(&mut state.content, Content::Zeros)
                 {
-                    stream.abandon(&self.pool);
+                    self.abandon(stream);
                 }
                 state.content = Content::Zeros;
             }
@@ -576,16 +622,19 @@ impl FtpFs {
     fn fail(&self, state: &mut WriteState, error: FsError) {
         tracing::debug!("upload failed: {error}");
         if let Content::Streaming(stream) = std::mem::replace(&mut state.content, Content::Server) {
-            stream.abandon(&self.pool);
+            self.abandon(stream);
         }
         state.dirty = false;
         state.written = false;
         state.failure = Some(error);
     }
 
-    /// Whether `handle` is open for writing: then who closes it matters (see [`Closer`]).
-    pub fn is_writing(&self, handle: u64) -> bool {
-        self.handles.write(handle).is_ok_and(|write| write.counted)
+    /// Whether process `pid` opened `handle` for writing or wrote through it: then its
+    /// close may complete the file (see [`Closer`]).
+    pub fn is_writer(&self, handle: u64, pid: u32) -> bool {
+        self.handles
+            .write(handle)
+            .is_ok_and(|write| write.counted && write.is_writer(pid))
     }
 
     /// Ends a use of an open file (`close()`, or the kernel closing a killed process's
@@ -598,6 +647,9 @@ impl FtpFs {
             return Ok(());
         }
         let file = write.file.clone();
+        if closer == Closer::Bystander {
+            return Ok(());
+        }
         let mut state = file.state.lock().await;
         if closer == Closer::KilledProcess {
             if state.dirty && !state.discarded {
@@ -636,7 +688,7 @@ impl FtpFs {
     /// the server has.
     fn discard(&self, state: &mut WriteState) {
         if let Content::Streaming(stream) = std::mem::replace(&mut state.content, Content::Server) {
-            stream.abandon(&self.pool);
+            self.abandon(stream);
         }
         state.discarded = true;
         state.dirty = false;
@@ -685,9 +737,7 @@ impl FtpFs {
                 match finished {
                     Ok((conn, uploaded)) => (conn, uploaded, path),
                     Err(e) => {
-                        if self.config.atomic_uploads {
-                            upload::discard(&self.pool, path);
-                        }
+                        self.discard_temporary(path);
                         return Err(e);
                     }
                 }
@@ -779,10 +829,22 @@ impl FtpFs {
 
     /// After a failed upload to `path`: deletes it when it is a temporary file.
     fn discard_after(&self, error: FsError, path: Vec<u8>) -> FsError {
-        if self.config.atomic_uploads {
-            upload::discard(&self.pool, path);
-        }
+        self.discard_temporary(path);
         error
+    }
+
+    /// Deletes the upload at `path`, in the background, when it went to a temporary
+    /// name. (Without atomic uploads it went to the file's own name: what the server
+    /// got of it is all there is.)
+    fn discard_temporary(&self, path: Vec<u8>) {
+        if self.config.atomic_uploads {
+            self.janitor.delete(path);
+        }
+    }
+
+    /// Gives a streamed upload up, and deletes what it sent.
+    fn abandon(&self, stream: StreamUpload) {
+        self.discard_temporary(stream.abandon());
     }
 
     /// Closes a write handle; the last one uploads what no flush did (a file created or
@@ -806,7 +868,7 @@ impl FtpFs {
             if let Content::Streaming(stream) =
                 std::mem::replace(&mut state.content, Content::Server)
             {
-                stream.abandon(&self.pool);
+                self.abandon(stream);
             }
         }
         self.forget_write_file(&file);
@@ -880,6 +942,7 @@ impl FtpFs {
                             write: true,
                             truncate: false,
                         },
+                        0,
                     )
                     .await?;
                 let Ok(write) = self.handles.write(opened.handle) else {
