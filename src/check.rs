@@ -245,3 +245,143 @@ fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
     path.extend_from_slice(name);
     path
 }
+
+/// Bytes of each file `ftpsfs check --write-test` uploads.
+const WRITE_TEST_BYTES: usize = 64 * 1024;
+
+/// Uploads in a row in the write test: enough to see whether the server's TLS 1.3
+/// tickets run out on uploads (ProFTPD gives two at login and none on uploads).
+const WRITE_TEST_UPLOADS: usize = 3;
+
+/// `ftpsfs check --write-test DIR`: what a mount's writes need of the server, in `dir`,
+/// with ftpsfs's own temporary names, which it deletes again. Uploads (each data
+/// connection resumed or not, and the size the server stores), renaming onto an existing
+/// file, setting a modification time, SITE CHMOD, and deleting.
+pub async fn write_test(
+    options: ConnectOptions,
+    dir: &[u8],
+    mut out: impl FnMut(&str),
+) -> Result<CheckReport, CheckFailure> {
+    let options = Arc::new(options);
+    let stats = Arc::new(TlsStats::default());
+    let mut conn = step(
+        "connecting for the write test",
+        ControlConnection::connect(options.clone(), stats.clone()).await,
+    )?;
+    let shown_dir = if dir.is_empty() {
+        "(login directory)".to_string()
+    } else {
+        format!("{:?}", String::from_utf8_lossy(dir))
+    };
+    out(&format!("write test in {shown_dir}"));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = |i: usize| {
+        join_path(
+            dir,
+            format!(
+                ".ftpsfs-tmp.{stamp:x}.{:016x}.check-{i}",
+                std::process::id()
+            )
+            .as_bytes(),
+        )
+    };
+    let mut report = CheckReport::default();
+    let body: Vec<u8> = (0..WRITE_TEST_BYTES).map(|i| (i % 251) as u8).collect();
+    let mut uploaded = Vec::new();
+    for i in 0..WRITE_TEST_UPLOADS {
+        if conn.will_run_dry() {
+            out("  no TLS session ticket left for another data connection: a mount replaces such a connection before its next transfer; so does this test");
+            conn.quit().await;
+            conn = step(
+                "connecting again for more uploads",
+                ControlConnection::connect(options.clone(), stats.clone()).await,
+            )?;
+        }
+        let path = name(i);
+        let started = Instant::now();
+        let before = stats.snapshot();
+        let shown = String::from_utf8_lossy(&path).into_owned();
+        let size = step(
+            format!("uploading {shown:?}"),
+            upload(&mut conn, &path, &body).await,
+        )?;
+        uploaded.push(path);
+        let resumed = resumption_since(before, &stats, &mut report);
+        out(&format!(
+            "upload {}: {} bytes to {shown:?}, data connection {}, the server stores {size} bytes, in {}; TLS 1.3 tickets left: {}",
+            i + 1,
+            body.len(),
+            resumption_word(resumed),
+            millis(started),
+            conn.tickets_held()
+        ));
+        if size != body.len() as u64 {
+            return Err(CheckFailure {
+                step: format!("checking the upload of {shown:?}"),
+                error: FtpError::Protocol {
+                    step: "SIZE".into(),
+                    detail: format!("the server stores {size} bytes of the {} sent", body.len()),
+                },
+            });
+        }
+    }
+    let (first, second) = (uploaded[0].clone(), uploaded[1].clone());
+    match conn.rename(&first, &second).await {
+        Ok(()) => {
+            uploaded.remove(0);
+            out("renaming onto an existing file: allowed (uploads land with one RNFR/RNTO)");
+        }
+        Err(e) if e.breaks_connection() => return Err(step_error("renaming", e)),
+        Err(e) => out(&format!(
+            "renaming onto an existing file: refused ({e}); a mount moves the old file aside first"
+        )),
+    }
+    let when = 1_577_934_245;
+    match conn.set_modified(&second, when).await {
+        Ok(()) => out(&format!(
+            "setting a modification time: {}",
+            conn.time_command().unwrap_or("yes")
+        )),
+        Err(e) if e.breaks_connection() => return Err(step_error("setting a time", e)),
+        Err(e) => out(&format!(
+            "setting a modification time: not possible ({e}); times are the server's"
+        )),
+    }
+    match conn.set_mode(&second, 0o640).await {
+        Ok(()) => out("SITE CHMOD: yes"),
+        Err(e) if e.breaks_connection() => return Err(step_error("SITE CHMOD", e)),
+        Err(e) => out(&format!("SITE CHMOD: not possible ({e}); chmod is a no-op")),
+    }
+    for path in &uploaded {
+        step(
+            format!("deleting {:?}", String::from_utf8_lossy(path)),
+            conn.delete(path).await,
+        )?;
+    }
+    out(&format!("deleted the {} test files", uploaded.len()));
+    conn.quit().await;
+    out(&format!(
+        "OK: {} of {} upload data connections resumed their control connection's TLS session",
+        report.resumed, report.data_connections
+    ));
+    Ok(report)
+}
+
+fn step_error(name: &str, error: FtpError) -> CheckFailure {
+    CheckFailure {
+        step: name.into(),
+        error,
+    }
+}
+
+/// Uploads `body` to `path` and returns the size the server stores.
+async fn upload(conn: &mut ControlConnection, path: &[u8], body: &[u8]) -> Result<u64, FtpError> {
+    let mut upload = conn.store(path).await?;
+    if let Err(e) = upload.write_all(body).await {
+        return Err(conn.failed_upload(upload, e).await);
+    }
+    conn.finish_upload(upload).await?;
+    conn.size(path).await
+}

@@ -61,6 +61,11 @@ enum Command {
         /// Data connections to open on the first control connection.
         #[arg(long, default_value_t = 4)]
         data_connections: usize,
+        /// Also test writing in DIR (relative to the URL's path; "" for the path itself):
+        /// upload, SIZE, rename onto a file, set a time, SITE CHMOD, delete, with
+        /// ftpsfs's own temporary names, which it deletes again.
+        #[arg(long, value_name = "DIR")]
+        write_test: Option<String>,
         #[command(flatten)]
         flags: OptionFlags<false>,
     },
@@ -191,6 +196,7 @@ fn main() -> ExitCode {
         Some(Command::Check {
             url,
             data_connections,
+            write_test,
             flags,
         }) => {
             if let Err(e) = init_logging(cli.verbose, None) {
@@ -207,7 +213,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(check(&url, data_connections, &flags))
+            runtime.block_on(check(&url, data_connections, write_test.as_deref(), &flags))
         }
         None => mount_command(cli.verbose, cli.mount),
     }
@@ -290,7 +296,12 @@ fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
     }
 }
 
-async fn check(url: &str, data_connections: usize, flags: &OptionFlags<false>) -> ExitCode {
+async fn check(
+    url: &str,
+    data_connections: usize,
+    write_test: Option<&str>,
+    flags: &OptionFlags<false>,
+) -> ExitCode {
     let prepared = (|| {
         let mut settings = Settings::default();
         flags.apply(&mut settings)?;
@@ -311,11 +322,18 @@ async fn check(url: &str, data_connections: usize, flags: &OptionFlags<false>) -
             return ExitCode::from(2);
         }
     };
-    match ftpsfs::check::run(options, &url.path, data_connections, |line| {
+    let checked = ftpsfs::check::run(options.clone(), &url.path, data_connections, |line| {
         println!("{line}")
     })
-    .await
-    {
+    .await;
+    let checked = match (checked, write_test) {
+        (Ok(_), Some(dir)) => {
+            let dir = ftpsfs::fs::inode::join_path(&url.path, dir.trim_matches('/').as_bytes());
+            ftpsfs::check::write_test(options, &dir, |line| println!("{line}")).await
+        }
+        (checked, _) => checked,
+    };
+    match checked {
         Ok(_) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("ftpsfs: {failure}");

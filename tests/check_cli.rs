@@ -158,3 +158,43 @@ fn pinned_fingerprint_replaces_the_ca() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("does not match the pinned"), "{stderr}");
 }
+
+#[test]
+fn write_test_reports_uploads_renames_and_leaves_nothing() {
+    let ca = env().ca.to_str().unwrap().to_string();
+    for (port, words) in [
+        ("VSFTPD_PORT", "renaming onto an existing file: allowed"),
+        (
+            "PROFTPD_NOOVER_PORT",
+            "a mount moves the old file aside first",
+        ),
+    ] {
+        let scratch = common::mount::ServerScratch::new();
+        let url = format!("ftp://{}@127.0.0.1:{}/", env().user, env().port(port));
+        let out = check(
+            &[
+                "--ca-file",
+                &ca,
+                "--tls",
+                "1.3",
+                "--write-test",
+                &scratch.name,
+                &url,
+            ],
+            Some(&env().password),
+        );
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{port}: {stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains(words), "{port}: {stdout}");
+        assert!(
+            stdout.contains("OK: 3 of 3 upload data connections resumed"),
+            "{port}: {stdout}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&scratch.dir).unwrap().collect();
+        assert!(left.is_empty(), "{port}: the write test left {left:?}");
+    }
+}

@@ -396,6 +396,16 @@ impl ControlConnection {
         }
     }
 
+    /// The command this connection sets modification times with, once known.
+    pub fn time_command(&self) -> Option<&'static str> {
+        match self.time_setting {
+            TimeSetting::Mfmt => Some("MFMT"),
+            TimeSetting::MdtmWithTime => Some("MDTM with a time"),
+            TimeSetting::SiteUtime => Some("SITE UTIME"),
+            TimeSetting::Unknown | TimeSetting::Unsupported => None,
+        }
+    }
+
     /// Sets the permission bits of `path` (SITE CHMOD). A server without it gives an error
     /// for which [`FtpError::is_unsupported`] holds.
     pub async fn set_mode(&mut self, path: &[u8], mode: u32) -> Result<(), FtpError> {
