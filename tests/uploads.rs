@@ -125,6 +125,16 @@ async fn consecutive_uploads(server: Server, tls: Tls) {
     if let Some(strict) = &target.strict {
         assert_eq!(strict.data_connections_rejected(), 0);
     }
+    if let Some((complete, failed)) = server_records(server, &dir) {
+        println!(
+            "{server:?} {tls:?}: the server logged {complete} complete uploads, {failed} failed"
+        );
+        assert_eq!(
+            (complete, failed),
+            (CONSECUTIVE_UPLOADS, 0),
+            "the server's own log"
+        );
+    }
     let listed = sizes(with_tickets(&mut admin, &target).await, &dir).await;
     assert_eq!(listed.len() as u64, CONSECUTIVE_UPLOADS, "{listed:?}");
     for i in 0..CONSECUTIVE_UPLOADS {
@@ -137,6 +147,58 @@ async fn consecutive_uploads(server: Server, tls: Tls) {
     }
     pool.close().await;
     remove_tree(with_tickets(&mut admin, &target).await, &dir).await;
+}
+
+/// What the server's own transfer log says of the uploads of `f*` files into `dir`:
+/// (complete, failed). None for the strict server, which has counters instead.
+fn server_records(server: Server, dir: &str) -> Option<(u64, u64)> {
+    let logs = std::path::Path::new(&common::env().data)
+        .parent()
+        .unwrap()
+        .join("logs");
+    let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+    let ours = format!("/{dir}/f");
+    let count = |text: &str, keep: &dyn Fn(&str) -> bool| {
+        text.lines()
+            .filter(|l| l.contains(&ours) && keep(l))
+            .count() as u64
+    };
+    match server {
+        // vsftpd: `OK UPLOAD: Client "127.0.0.1", "/dir/f000", 16 bytes, ...`.
+        Server::Vsftpd | Server::VsftpdImplicit => {
+            let log = read(if server == Server::Vsftpd {
+                "vsftpd.log"
+            } else {
+                "vsftpd-implicit.log"
+            });
+            Some((
+                count(&log, &|l| l.contains("OK UPLOAD")),
+                count(&log, &|l| l.contains("FAIL UPLOAD")),
+            ))
+        }
+        // ProFTPD's xferlog: direction `i` (in), then `c` complete or `i` incomplete.
+        Server::Proftpd | Server::ProftpdNoOverwrite => {
+            let log = read(if server == Server::Proftpd {
+                "proftpd-xfer.log"
+            } else {
+                "proftpd-noover-xfer.log"
+            });
+            let incoming = |l: &str| l.contains(" b _ i r ");
+            Some((
+                count(&log, &|l| incoming(l) && l.ends_with(" c")),
+                count(&log, &|l| incoming(l) && l.ends_with(" i")),
+            ))
+        }
+        // Pure-FTPd's common log format: `"PUT /path" 200 bytes`.
+        Server::PureFtpd => {
+            let log = read("pure-ftpd-xfer.log");
+            Some((
+                count(&log, &|l| l.contains("\"PUT ") && l.contains("\" 200 ")),
+                count(&log, &|l| l.contains("\"PUT ") && !l.contains("\" 200 ")),
+            ))
+        }
+        Server::Strict | Server::External => None,
+    }
 }
 
 /// The namespace commands and their failures, on one connection that stays in step.

@@ -465,3 +465,41 @@ fn disk_full_and_quota_replies_are_enospc_and_edquot_at_close() {
     fs::write(dir.join("after.bin"), b"after").unwrap();
     assert_eq!(fs::read(scratch.local("after.bin")).unwrap(), b"after");
 }
+
+/// A server that refuses an upload's data connection as not resumed has already created
+/// the file it would have written, empty (vsftpd and ProFTPD do so; the strict server
+/// imitates it). That file has ftpsfs's temporary name, and goes: nothing is left.
+#[test]
+fn refused_upload_data_connection_leaves_nothing() {
+    let scratch = ServerScratch::new();
+    scratch.write("old.bin", b"the old content");
+    let server = StrictServer::start(strict_options()).unwrap();
+    let m = Mounted::with(fault_mount(server.port()));
+    let dir = m.join(&scratch.name);
+    server.set_refuse_upload_data(true);
+    let mut new = Writer::create(&dir.join("new.bin"));
+    new.write(1, 1);
+    let errno = assert_errno("a refused upload", new.close(), &[libc::EIO]);
+    let mut old = Writer::create(&dir.join("old.bin"));
+    old.write(1, 2);
+    assert_errno("a refused overwrite", old.close(), &[libc::EIO]);
+    assert!(server.data_connections_rejected() >= 2);
+    eventually(
+        "the empty temporary files deleted",
+        Duration::from_secs(10),
+        || leftovers(&scratch.dir).is_empty(),
+    );
+    assert!(!scratch.local("new.bin").exists());
+    assert_eq!(
+        fs::read(scratch.local("old.bin")).unwrap(),
+        b"the old content"
+    );
+    server.set_refuse_upload_data(false);
+    fs::write(dir.join("after.bin"), b"after").unwrap();
+    assert_eq!(fs::read(scratch.local("after.bin")).unwrap(), b"after");
+    report(
+        "upload data connection refused (425, file already created)",
+        errno,
+        "nothing left on the server",
+    );
+}

@@ -178,6 +178,8 @@ struct Faults {
     space_reply: AtomicU64,
     /// The next command with this verb drops the control connection.
     drop_at: Mutex<Option<DropAt>>,
+    /// Uploads create their file, then refuse their data connection as not resumed.
+    refuse_upload_data: AtomicBool,
 }
 
 /// A control connection that drops at a command, without replying to it.
@@ -252,6 +254,7 @@ impl StrictServer {
                 space_left: AtomicU64::new(u64::MAX),
                 space_reply: AtomicU64::new(452),
                 drop_at: Mutex::new(None),
+                refuse_upload_data: AtomicBool::new(false),
             },
         });
         // Fail now rather than on the first connection if cert and key
@@ -397,6 +400,16 @@ impl StrictServer {
             .drop_at
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = drop;
+    }
+
+    /// Uploads from now on create their file and then refuse its data connection with
+    /// FileZilla Server's 425 for a session not resumed, as a server does whose session
+    /// check fails: the empty file is left, as vsftpd and ProFTPD leave it.
+    pub fn set_refuse_upload_data(&self, refuse: bool) {
+        self.shared
+            .faults
+            .refuse_upload_data
+            .store(refuse, Ordering::SeqCst);
     }
 
     /// Stops accepting, closes every control connection (which aborts any
@@ -1014,6 +1027,16 @@ impl Session {
         };
         if offset > 0 && file.seek(SeekFrom::Start(offset)).is_err() {
             return self.reply(554, "Invalid restart offset.");
+        }
+        if self.shared.faults.refuse_upload_data.load(Ordering::SeqCst) {
+            self.passive = None;
+            self.shared
+                .counters
+                .data_rejected
+                .fetch_add(1, Ordering::SeqCst);
+            self.ctrl
+                .write_all(format!("{NOT_RESUMED_REPLY}\r\n").as_bytes())?;
+            return self.ctrl.flush();
         }
         self.transfer(Payload::Upload(file))
     }
