@@ -760,3 +760,67 @@ async fn a_childs_close_of_an_inherited_descriptor_uploads_nothing() {
     expected.extend_from_slice(b"more");
     assert_eq!(fs::read(local.on_server("log.bin")).unwrap(), expected);
 }
+
+/// The names a fresh `readdir` of `ino` shows, without `.` and `..`.
+async fn names_in(fs: &FtpFs, ino: u64) -> Vec<String> {
+    let handle = fs.opendir(ino).await.expect("opendir");
+    let entries = fs.readdir(handle, 0).expect("readdir");
+    fs.releasedir(handle);
+    entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .filter(|name| name != "." && name != "..")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_predates_an_upload_is_not_kept() {
+    let local = LocalFs::with(LocalConfig {
+        dir_ttl: Duration::from_secs(1),
+        ..LocalConfig::default()
+    });
+    fs::write(local.on_server("old"), b"x").unwrap();
+    let (_, opened) = local
+        .fs
+        .create(ROOT_INODE, b"new", 0o644, WRITE, 1)
+        .await
+        .unwrap();
+    local
+        .fs
+        .write(opened.handle, 0, &pattern(64 * 1024, 9), 1)
+        .await
+        .unwrap();
+    // Let the root's listing expire, then make the next one slow: it reads the
+    // directory while the upload is still under its temporary name, and arrives after
+    // the upload was renamed into place.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    local
+        .server
+        .set_listing_delay(Some(Duration::from_millis(800)));
+    let listings_before = local.fs.stats().listings;
+    let fs = local.fs.clone();
+    let reader = tokio::spawn(async move { names_in(&fs, ROOT_INODE).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    assert_eq!(local.server_names(""), ["new", "old"]);
+    let mut names = reader.await.unwrap();
+    names.sort();
+    local.server.set_listing_delay(None);
+    assert_eq!(
+        names,
+        ["new", "old"],
+        "a listing older than the upload was used"
+    );
+    assert!(
+        local.fs.stats().listings >= listings_before + 2,
+        "the upload did not land while the listing was in flight: nothing was tested"
+    );
+    // And the cache holds the fresh listing, not the stale one.
+    assert_eq!(names_in(&local.fs, ROOT_INODE).await.len(), 2);
+    assert!(local.fs.lookup(ROOT_INODE, b"new").await.is_ok());
+}

@@ -180,6 +180,8 @@ struct Faults {
     drop_at: Mutex<Option<DropAt>>,
     /// Uploads create their file, then refuse their data connection as not resumed.
     refuse_upload_data: AtomicBool,
+    /// Milliseconds a listing waits between reading the directory and sending it.
+    listing_delay_ms: AtomicU64,
 }
 
 /// A control connection that drops at a command, without replying to it.
@@ -255,6 +257,7 @@ impl StrictServer {
                 space_reply: AtomicU64::new(452),
                 drop_at: Mutex::new(None),
                 refuse_upload_data: AtomicBool::new(false),
+                listing_delay_ms: AtomicU64::new(0),
             },
         });
         // Fail now rather than on the first connection if cert and key
@@ -410,6 +413,15 @@ impl StrictServer {
             .faults
             .refuse_upload_data
             .store(refuse, Ordering::SeqCst);
+    }
+
+    /// Listings from now on read the directory, then wait `delay` before sending it: a
+    /// slow server whose listing can predate a change made meanwhile. None: no wait.
+    pub fn set_listing_delay(&self, delay: Option<Duration>) {
+        self.shared
+            .faults
+            .listing_delay_ms
+            .store(delay.map_or(0, |d| d.as_millis() as u64), Ordering::SeqCst);
     }
 
     /// Stops accepting, closes every control connection (which aborts any
@@ -1341,6 +1353,10 @@ impl Session {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             kind.format_entry(&mut out, &name, &meta, now);
+        }
+        let delay = self.shared.faults.listing_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
         }
         self.transfer(Payload::Bytes(out.into_bytes()))
     }
