@@ -144,7 +144,10 @@ impl FtpFs {
                     mode: Some(mode),
                 };
                 let applied = crate::with_connection!(pool, |conn| upload::apply_metadata(
-                    conn, &path, metadata
+                    conn,
+                    &path,
+                    upload::Target::Directory,
+                    metadata
                 )
                 .await)
                 .await;

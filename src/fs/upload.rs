@@ -8,6 +8,7 @@
 //! `AllowOverwrite off`, IIS) get the old file moved aside first, and back if the new one
 //! cannot be renamed in.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -246,11 +247,22 @@ pub struct Metadata {
     pub mode: Option<u32>,
 }
 
+/// Whether the refusal to set a directory's time was logged at warning level already.
+static DIRECTORY_TIMES_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// What [`apply_metadata`] changes: a file or a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    File,
+    Directory,
+}
+
 /// Sets `metadata` on `path`: best effort, since the data is what matters; a server that
 /// cannot set times or modes leaves the file as it is (logged). Returns what was set.
 pub async fn apply_metadata(
     conn: &mut ControlConnection,
     path: &[u8],
+    target: Target,
     metadata: Metadata,
 ) -> Result<Metadata, FtpError> {
     let mut applied = Metadata::default();
@@ -259,6 +271,21 @@ pub async fn apply_metadata(
         match conn.set_modified(path, seconds).await {
             Ok(()) => applied.mtime = Some(mtime),
             Err(e) if e.breaks_connection() => return Err(e),
+            // vsftpd's MDTM sets the times of files only: `rsync -a` would log this for
+            // every directory it copies. Said once, then at debug level.
+            Err(e)
+                if target == Target::Directory
+                    && !DIRECTORY_TIMES_REFUSED.swap(true, Ordering::Relaxed) =>
+            {
+                tracing::warn!(
+                    path = %shown(path),
+                    "the server does not set directories' modification times ({e}); \
+                     they keep the server's (further refusals are logged at debug level)"
+                )
+            }
+            Err(e) if target == Target::Directory => {
+                tracing::debug!(path = %shown(path), "directory time not set: {e}")
+            }
             Err(e) => tracing::warn!(path = %shown(path), "modification time not set: {e}"),
         }
     }

@@ -762,7 +762,8 @@ impl FtpFs {
             }
         };
         let landed = async {
-            let applied = upload::apply_metadata(&mut conn, &path, metadata).await?;
+            let applied =
+                upload::apply_metadata(&mut conn, &path, upload::Target::File, metadata).await?;
             if path != final_path {
                 let target_exists =
                     state.on_server || self.dirs.cached_entry(&dir, &name).is_some();
@@ -987,11 +988,16 @@ impl FtpFs {
             mtime: changes.mtime,
             mode: changes.mode.map(|m| m & 0o7777),
         };
+        let target = if entry.kind == EntryKind::Dir {
+            upload::Target::Directory
+        } else {
+            upload::Target::File
+        };
         let pool = &self.pool;
         let applied = self
             .within(async {
                 crate::with_connection!(pool, |conn| upload::apply_metadata(
-                    conn, &node.path, metadata
+                    conn, &node.path, target, metadata
                 )
                 .await)
                 .await
