@@ -434,6 +434,16 @@ pub fn connect_options(
         user,
         password,
         tls: ftp::tls::base_config(&settings.tls)?,
+        tls12_fallback: if settings.tls.versions == ftp::tls::TlsVersions::Any
+            && security != Security::Plain
+        {
+            Some(ftp::tls::base_config(&ftp::tls::TlsOptions {
+                versions: ftp::tls::TlsVersions::Tls12Only,
+                ..settings.tls.clone()
+            })?)
+        } else {
+            None
+        },
         timeouts: settings.timeouts,
         trust_pasv_address: settings.trust_pasv_address,
         resume_data_sessions: !settings.no_resume,

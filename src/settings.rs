@@ -231,7 +231,7 @@ pub const SETTINGS: &[Setting] = &[
         short: None,
         default: WhenUnset::Value("auto"),
         meaning: "the TLS versions to offer",
-        reason: "the server chooses, which is TLS 1.3 wherever it can",
+        reason: "the server chooses, which is TLS 1.3 wherever it can; where it gives no TLS 1.3 ticket for uploads (ProFTPD before 1.3.9), connections opened after one ran dry use TLS 1.2, whose session resumes any number of times, instead of a new login every second upload",
         scope: Scope::Connection,
         apply: |s, v| {
             s.connection.tls.versions = match value(v)? {

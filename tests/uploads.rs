@@ -324,6 +324,60 @@ async fn refused_upload(server: Server, tls: Tls) {
     remove_tree(with_tickets(&mut admin, &target).await, &dir).await;
 }
 
+/// `uploads` small files in a row through a pool with the default TLS versions (auto);
+/// returns the pool's counters.
+async fn uploads_with_auto_versions(
+    server: Server,
+    uploads: u64,
+) -> ftpsfs::ftp::tls::TlsStatsSnapshot {
+    let mut target = target(server, Tls::V13);
+    let mut admin = connect(&target).await;
+    let dir = scratch(&mut admin, "auto", &target).await;
+    common::auto_versions(&mut target.options);
+    let pool = Pool::new(target.options.clone(), PoolOptions::default());
+    for i in 0..uploads {
+        let path = format!("{dir}/f{i:03}");
+        ftpsfs::with_connection!(pool, |conn| upload(conn, &path, b"small\n").await)
+            .await
+            .unwrap_or_else(|e| panic!("{server:?} auto: upload {}: {e}", i + 1));
+    }
+    let stats = pool.stats();
+    println!("{server:?}, TLS versions auto: {uploads} uploads in a row: {stats}");
+    assert_eq!(stats.data_resumed, uploads, "{stats}");
+    assert_eq!(stats.data_full, 0, "{stats}");
+    assert_eq!(
+        server_records(server, &dir),
+        Some((uploads, 0)),
+        "the server's own log: (complete, failed)"
+    );
+    pool.close().await;
+    remove_tree(with_tickets(&mut admin, &target).await, &dir).await;
+    stats
+}
+
+/// ProFTPD 1.3.8 sends no TLS 1.3 ticket for uploads: on TLS 1.3 alone a pool logs in
+/// again every second upload. With the versions left to ftpsfs, the connections that
+/// replace the first ones that run dry use TLS 1.2, whose session resumes for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proftpd_uploads_move_to_tls12_when_tls13_runs_dry() {
+    let uploads = 40;
+    let stats = uploads_with_auto_versions(Server::Proftpd, uploads).await;
+    assert!(stats.opened_on_tls12 >= 1, "{stats}");
+    // Each TLS 1.3 connection runs dry once at most (five at most are open); without the
+    // move to TLS 1.2 it would be one new login every two uploads, about 20 here.
+    assert!(stats.replaced_for_tickets <= 5, "{stats}");
+}
+
+/// A server with TLS 1.3 only refuses the TLS 1.2 replacement: the pool goes back to
+/// TLS 1.3 and replaces connections that run dry, and no upload fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls13_only_server_refuses_tls12_and_uploads_go_on() {
+    let uploads = 12;
+    let stats = uploads_with_auto_versions(Server::ProftpdNoOverwrite, uploads).await;
+    assert_eq!(stats.opened_on_tls12, 0, "{stats}");
+    assert!(stats.replaced_for_tickets >= 4, "{stats}");
+}
+
 macro_rules! upload_suite {
     ($module:ident, $server:expr, $tls:expr) => {
         mod $module {

@@ -99,6 +99,9 @@ pub struct ConnectOptions {
     pub password: Secret,
     /// Base TLS configuration; each control connection clones it with its own session store.
     pub tls: Arc<ClientConfig>,
+    /// TLS 1.2 only, for the connections that replace those a server left without TLS 1.3
+    /// tickets (see [`super::Pool`]); None when the user chose the TLS versions.
+    pub tls12_fallback: Option<Arc<ClientConfig>>,
     /// Network timeouts.
     pub timeouts: Timeouts,
     /// Connect data connections to the address in a 227 reply instead of the control peer.

@@ -181,6 +181,8 @@ pub struct TlsStats {
     pub tickets_used: AtomicU64,
     /// Control connections replaced because they had no ticket left.
     pub replaced_for_tickets: AtomicU64,
+    /// Control connections opened on TLS 1.2 because TLS 1.3 ran out of tickets.
+    pub opened_on_tls12: AtomicU64,
 }
 
 impl TlsStats {
@@ -192,6 +194,7 @@ impl TlsStats {
             tickets_received: self.tickets_received.load(Ordering::Relaxed),
             tickets_used: self.tickets_used.load(Ordering::Relaxed),
             replaced_for_tickets: self.replaced_for_tickets.load(Ordering::Relaxed),
+            opened_on_tls12: self.opened_on_tls12.load(Ordering::Relaxed),
         }
     }
 }
@@ -209,14 +212,21 @@ pub struct TlsStatsSnapshot {
     pub tickets_used: u64,
     /// Control connections replaced for lack of tickets.
     pub replaced_for_tickets: u64,
+    /// Control connections opened on TLS 1.2 because TLS 1.3 ran out of tickets.
+    pub opened_on_tls12: u64,
 }
 
 impl fmt::Display for TlsStatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "data connections resumed {}, full handshakes {}; TLS 1.3 tickets received {}, used {}; control connections replaced for lack of tickets {}",
-            self.data_resumed, self.data_full, self.tickets_received, self.tickets_used, self.replaced_for_tickets
+            "data connections resumed {}, full handshakes {}; TLS 1.3 tickets received {}, used {}; control connections replaced for lack of tickets {}, opened on TLS 1.2 for that {}",
+            self.data_resumed,
+            self.data_full,
+            self.tickets_received,
+            self.tickets_used,
+            self.replaced_for_tickets,
+            self.opened_on_tls12
         )
     }
 }

@@ -130,6 +130,7 @@ pub fn options(port: u16, tls: Tls) -> ConnectOptions {
         user: USER.into(),
         password: Secret::new(PASSWORD.into()),
         tls: ftp::tls::base_config(&tls_options).expect("TLS config"),
+        tls12_fallback: None,
         // Short, so that a test of a failure does not wait long.
         timeouts: Timeouts::uniform(Duration::from_secs(5)),
         trust_pasv_address: false,

@@ -177,6 +177,20 @@ pub fn target(server: Server, tls: Tls) -> Target {
     }
 }
 
+/// Makes `options` offer what `-o tls=auto` (the default) offers: TLS 1.2 and 1.3, and
+/// TLS 1.2 alone for connections that replace ones TLS 1.3 left without tickets.
+pub fn auto_versions(options: &mut ConnectOptions) {
+    let tls_options = |versions| TlsOptions {
+        ca_file: Some(env().ca.clone()),
+        insecure: false,
+        fingerprint: None,
+        versions,
+    };
+    options.tls = ftp::tls::base_config(&tls_options(TlsVersions::Any)).expect("TLS config");
+    options.tls12_fallback =
+        Some(ftp::tls::base_config(&tls_options(TlsVersions::Tls12Only)).expect("TLS config"));
+}
+
 pub fn options(port: u16, security: Security, tls: Tls) -> ConnectOptions {
     let env = env();
     let tls_options = TlsOptions {
@@ -195,6 +209,7 @@ pub fn options(port: u16, security: Security, tls: Tls) -> ConnectOptions {
         user: env.user.clone(),
         password: Secret::new(env.password.clone()),
         tls: ftp::tls::base_config(&tls_options).expect("TLS config"),
+        tls12_fallback: None,
         timeouts: Timeouts::default(),
         trust_pasv_address: false,
         resume_data_sessions: true,
