@@ -156,6 +156,9 @@ pub enum Change {
 #[derive(Default)]
 struct SlotState {
     listing: Option<Arc<DirListing>>,
+    /// The slot's change count that `listing` reflects: a change recorded while someone
+    /// else held the lock could not be patched in, and makes the listing stale.
+    generation: u64,
     /// The last timeout; see [`FAILURE_MEMORY`](super::failure::FAILURE_MEMORY).
     failure: RecentFailure,
 }
@@ -300,16 +303,21 @@ impl DirCache {
             .clone()
     }
 
+    /// The cached listing if it is young enough and holds every change this mount made.
+    fn fresh(&self, slot: &Slot, state: &SlotState) -> Option<Arc<DirListing>> {
+        let listing = state.listing.as_ref()?;
+        let complete = state.generation == slot.changes.load(Ordering::SeqCst);
+        (complete && listing.fetched.elapsed() < self.ttl).then(|| listing.clone())
+    }
+
     /// The listing of `path`, from the cache while fresh, else from the server.
     pub async fn get(&self, pool: &Pool, path: &[u8]) -> Result<Arc<DirListing>, FsError> {
         let slot = self.slot(path);
         // Holding the slot's lock while listing makes concurrent callers wait for this
         // one listing instead of sending their own.
         let cached = slot.state.lock().await;
-        if let Some(listing) = cached.listing.as_ref() {
-            if listing.fetched.elapsed() < self.ttl {
-                return Ok(listing.clone());
-            }
+        if let Some(listing) = self.fresh(&slot, &cached) {
+            return Ok(listing);
         }
         if let Some(error) = cached.failure.replay("listing") {
             return Err(error);
@@ -330,6 +338,7 @@ impl DirCache {
             let changed = slot.changes.load(Ordering::SeqCst) != changes_before;
             if !changed {
                 attempt.state.listing = result.as_ref().ok().cloned();
+                attempt.state.generation = changes_before;
                 break;
             }
             // This mount changed the directory while the listing was on its way: it
@@ -353,9 +362,9 @@ impl DirCache {
             Change::Remove(name) => self.known_times.forget(dir, name),
         }
         let slot = self.slot(dir);
-        slot.changes.fetch_add(1, Ordering::SeqCst);
-        // When a listing is on its way (the lock is held), it sees the change counted
-        // above and is fetched again.
+        let generation = slot.changes.fetch_add(1, Ordering::SeqCst) + 1;
+        // When the lock is held (a listing on its way, or a reader), the change is only
+        // counted: the cached listing no longer matches the count and is fetched again.
         if let Ok(mut state) = slot.state.try_lock() {
             if let Some(listing) = state.listing.as_mut() {
                 let listing = Arc::make_mut(listing);
@@ -363,6 +372,9 @@ impl DirCache {
                     Change::Upsert(entry) => listing.upsert(entry),
                     Change::Remove(name) => listing.remove(&name),
                 }
+            }
+            if state.generation + 1 == generation {
+                state.generation = generation;
             }
         };
     }
@@ -432,11 +444,7 @@ impl DirCache {
         let Ok(mut cached) = slot.state.try_lock() else {
             return true;
         };
-        if cached
-            .listing
-            .as_ref()
-            .is_some_and(|l| l.fetched.elapsed() < self.ttl)
-        {
+        if self.fresh(&slot, &cached).is_some() {
             return true;
         }
         let mut conn = match pool.try_get_spare(CONNECTIONS_RESERVED_FROM_PREFETCH).await {
@@ -451,6 +459,7 @@ impl DirCache {
                     let listing = self.listing(path, listing.entries);
                     self.sweep(pool, path, &listing);
                     cached.listing = Some(listing);
+                    cached.generation = changes_before;
                 }
                 true
             }
@@ -622,5 +631,26 @@ mod tests {
         for (i, entry) in listing.entries.iter().enumerate() {
             assert_eq!(listing.index[&entry.name], i);
         }
+    }
+
+    #[test]
+    fn a_change_recorded_while_a_reader_holds_the_lock_makes_the_listing_stale() {
+        let cache = DirCache::new(Duration::from_secs(60), 0, false);
+        let slot = cache.slot(b"dir");
+        slot.state.try_lock().unwrap().listing =
+            Some(Arc::new(DirListing::new(vec![file("a", 1)])));
+        let fresh = |cache: &DirCache| cache.fresh(&slot, &slot.state.try_lock().unwrap());
+        assert!(fresh(&cache).is_some());
+        // Patched in when the lock is free: still fresh, and it has the change.
+        cache.record(b"dir", Change::Upsert(file("b", 2)));
+        assert!(fresh(&cache).unwrap().get(b"b").is_some());
+        // A reader holds the lock: the change cannot be patched in, so the listing that
+        // lacks it must not be served any more.
+        let reader = slot.state.try_lock().unwrap();
+        cache.record(b"dir", Change::Upsert(file("c", 3)));
+        drop(reader);
+        assert!(fresh(&cache).is_none());
+        cache.invalidate(b"dir");
+        assert!(fresh(&cache).is_none());
     }
 }
