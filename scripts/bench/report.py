@@ -20,10 +20,16 @@ END = "<!-- bench:results:end -->"
 SYSTEMS = [
     ("ftpsfs", "ftpsfs"),
     ("rclone-off", "rclone<br>cache off"),
+    ("rclone-writes", "rclone<br>cache writes"),
     ("rclone-full", "rclone<br>cache full"),
     ("raw", "raw limit<br>(curl / ftp-raw.py)"),
 ]
-RATIOS = [("rclone-off", "ftpsfs ÷<br>rclone off"), ("rclone-full", "ftpsfs ÷<br>rclone full"), ("raw", "ftpsfs ÷<br>raw")]
+RATIOS = [
+    ("rclone-off", "ftpsfs ÷<br>rclone off"),
+    ("rclone-writes", "ftpsfs ÷<br>rclone writes"),
+    ("rclone-full", "ftpsfs ÷<br>rclone full"),
+    ("raw", "ftpsfs ÷<br>raw"),
+]
 
 # metric, label, unit, better ("high", "low" or None for counts, which get no ratio)
 ROWS = [
@@ -63,6 +69,28 @@ ROWS = [
     ("seq_rss_mib", "7. Peak RSS (VmHWM) of the mount process during 1", "MiB", "low"),
     ("par_rss_mib", "7. Peak RSS (VmHWM) of the mount process during 6", "MiB", "low"),
 ]
+
+# The write workloads, once per server ({srv}): the metric names end in _SERVER.
+WRITE_ROWS = [
+    ("wcp_mbps", "8. `cp` of {seq} into the mount, {srv}: until whole on the server", "MB/s", "high"),
+    ("wcp_close_s", "&emsp;until `cp` returned", "s", "low"),
+    ("wcp_cmds", "&emsp;FTP commands sent", "count", None),
+    ("wcp_cpu_s", "&emsp;CPU time of the mount process", "s", "low"),
+    ("wcp_rss_mib", "&emsp;peak RSS (VmHWM) of the mount process", "MiB", "low"),
+    ("wsmall_s", "9. `rsync -a` of {small} files of 4–64 KiB into the mount, {srv}: until all are on the server", "s", "low"),
+    ("wsmall_close_s", "&emsp;until `rsync` returned", "s", "low"),
+    ("wsmall_cmds", "&emsp;FTP commands sent", "count", None),
+    ("wsmall_rss_mib", "&emsp;peak RSS (VmHWM) of the mount process", "MiB", "low"),
+]
+SERVER_NAMES = {"vsftpd": "vsftpd", "proftpd": "ProFTPD"}
+
+
+def write_rows(meta):
+    rows = []
+    for server in meta.get("write_servers", "").split():
+        for metric, label, unit, better in WRITE_ROWS:
+            rows.append((f"{metric}_{server}", label.replace("{srv}", SERVER_NAMES.get(server, server)), unit, better))
+    return rows
 
 
 def size_text(mib):
@@ -129,7 +157,7 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
-def table(meta, runs, lat):
+def table(meta, runs, lat, rows):
     names = {
         "seq": size_text(meta["seq_mib"]),
         "cached": size_text(meta["cached_mib"]),
@@ -139,13 +167,17 @@ def table(meta, runs, lat):
         "rand_s": meta.get("rand_max_s", "?"),
         "tree": tree_text(meta.get(f"tree_{lat}", "")),
     }
-    systems = [(s, h) for s, h in SYSTEMS if any(k[1] == s and k[0] == lat for k in list(runs) + list(ERRORS))]
+    metrics = {r[0] for r in rows}
+    systems = [(s, h) for s, h in SYSTEMS
+               if any(k[1] == s and k[0] == lat and k[2] in metrics for k in list(runs) + list(ERRORS))]
+    if not systems:
+        return ""
     ratios = [(s, h) for s, h in RATIOS if any(s == t for t, _ in systems)]
     head = ["Workload", "unit", "better"] + [h for _, h in systems]
     if any(s == "ftpsfs" for s, _ in systems):
         head += [h for _, h in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
-    for metric, label, unit, better in ROWS:
+    for metric, label, unit, better in rows:
         values = {s: median(runs, (lat, s, metric)) for s, _ in systems}
         if all(v is None for v in values.values()) and not any(ERRORS.get((lat, s, metric)) for s, _ in systems):
             continue
@@ -224,6 +256,51 @@ def checks(meta, runs, lat):
     return "\n".join(out)
 
 
+def write_checks(meta, runs, lat):
+    """The read-write mount issue's targets, per server, on this latency's medians."""
+    m = lambda s, k: median(runs, (lat, s, k))  # noqa: E731
+    failed = lambda s, k: ERRORS.get((lat, s, k), 0)  # noqa: E731
+    out = []
+
+    def check(ok, text):
+        out.append(f"- {'PASS' if ok else '**FAIL**'}: {text}")
+
+    for server in meta.get("write_servers", "").split():
+        name = SERVER_NAMES.get(server, server)
+        wcp, wsmall = f"wcp_mbps_{server}", f"wsmall_s_{server}"
+        f, c = m("ftpsfs", wcp), m("raw", wcp)
+        if f is not None and c:
+            check(f >= 0.9 * c, f"{name}: `cp` into the mount at {f:.0f} MB/s is {f / c:.2f}× `curl -T` ({c:.0f} MB/s; needs ≥ 0.9×)")
+        r = m("rclone-writes", wcp)
+        if f is not None and r:
+            check(f >= 1.3 * r, f"{name}: `cp` is {f / r:.2f}× rclone's writes mode ({r:.0f} MB/s until whole on the server; needs ≥ 1.3×)")
+        elif f is not None and failed("rclone-writes", wcp):
+            out.append(f"- n/a: {name}: rclone's writes mode failed to upload in {failed('rclone-writes', wcp)} of {meta['runs']} run(s), so there is nothing to compare")
+        f = m("ftpsfs", wsmall)
+        rclones = {s: m(s, wsmall) for s in ("rclone-off", "rclone-writes") if m(s, wsmall)}
+        if f is not None and rclones:
+            best = min(rclones, key=rclones.get)
+            check(f <= 0.5 * rclones[best],
+                  f"{name}: `rsync -a` of the small files takes {f:.1f} s, {f / rclones[best]:.2f}× rclone's faster mode "
+                  f"({best.replace('rclone-', 'cache ')}, {rclones[best]:.1f} s; needs ≤ 0.5×)")
+        elif f is not None:
+            out.append(f"- n/a: {name}: rclone failed the small-file upload in every run of both modes")
+        for metric in (f"wcp_corrupt_{server}", f"wsmall_corrupt_{server}"):
+            for system, _ in SYSTEMS:
+                bad = runs.get((lat, system, metric))
+                if bad:
+                    out.append(f"- **FAIL**: {name}: {system}'s upload differed from its source in {len(bad)} run(s)")
+        resumed = sum(m("ftpsfs", f"{w}_resumed_{server}") or 0 for w in ("wcp", "wsmall"))
+        full = sum(m("ftpsfs", f"{w}_full_{server}") or 0 for w in ("wcp", "wsmall"))
+        replaced = sum(m("ftpsfs", f"{w}_replaced_{server}") or 0 for w in ("wcp", "wsmall"))
+        tls12 = sum(m("ftpsfs", f"{w}_tls12_{server}") or 0 for w in ("wcp", "wsmall"))
+        if resumed or full:
+            check(full == 0, f"{name}: ftpsfs's data connections in the write workloads: {resumed:.0f} resumed, {full:.0f} full "
+                             f"handshakes; {replaced:.0f} control connections replaced ahead for lack of TLS 1.3 tickets, "
+                             f"{tls12:.0f} opened on TLS 1.2 instead (per run, median)")
+    return "\n".join(out)
+
+
 def report(meta, runs):
     lats = sorted({k[0] for k in runs}, key=int)
     parts = []
@@ -236,7 +313,8 @@ def report(meta, runs):
     parts.append("| machine | |\n|---|---|")
     for key, label in (("cpu", "CPU"), ("nproc", "nproc"), ("memory", "memory"), ("kernel", "kernel"),
                        ("os", "OS"), ("ftpsfs", "ftpsfs"), ("rustc", "rustc"), ("rclone", "rclone"),
-                       ("curl", "curl"), ("vsftpd", "server"), ("openssl", "OpenSSL"), ("fio", "fio"),
+                       ("curl", "curl"), ("vsftpd", "server"), ("proftpd", "server for writes"),
+                       ("openssl", "OpenSSL"), ("fio", "fio"),
                        ("rsync", "rsync")):
         if key in meta:
             parts.append(f"| {label} | {meta[key]} |")
@@ -264,14 +342,28 @@ def report(meta, runs):
         if measured:
             parts.append(f"Round trip measured with FTP NOOPs on the control connection: median {measured.group(1)} ms ({rtt}).")
             parts.append("")
-        parts.append(table(meta, runs, lat))
-        parts.append("")
-        c = checks(meta, runs, lat)
-        if c:
-            parts.append(f"Criteria of the mount issue at RTT {lat} ms:")
+        reads = table(meta, runs, lat, ROWS)
+        if reads:
+            parts.append(reads)
             parts.append("")
-            parts.append(c)
+            c = checks(meta, runs, lat)
+            if c:
+                parts.append(f"Criteria of the mount issue at RTT {lat} ms:")
+                parts.append("")
+                parts.append(c)
+                parts.append("")
+        writes = table(meta, runs, lat, write_rows(meta))
+        if writes:
+            parts.append(f"Writes at RTT {lat} ms, on each server (TLS 1.3 on both):")
             parts.append("")
+            parts.append(writes)
+            parts.append("")
+            c = write_checks(meta, runs, lat)
+            if c:
+                parts.append(f"Criteria of the read-write mount issue at RTT {lat} ms:")
+                parts.append("")
+                parts.append(c)
+                parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 
 

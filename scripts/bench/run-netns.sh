@@ -7,7 +7,7 @@
 # Not meant to be run by hand: bench.sh exports the variables below.
 #
 #   BENCH DATA CA PASSWORD_FILE BENCH_USER    state dir, data dir, CA, password, FTP user
-#   FTPSFS_BIN RCLONE_BIN VSFTPD_BIN NFQ_DELAY_BIN
+#   FTPSFS_BIN RCLONE_BIN VSFTPD_BIN PROFTPD_BIN NFQ_DELAY_BIN
 #   RESULTS            TSV file to append to (latency system run metric value)
 #   META               KEY=value file to append to (RTT measurements, checks)
 #   RUNS LATENCIES SYSTEMS WORKLOADS
@@ -16,23 +16,33 @@
 #   META_TREE META_TREE_LATENCY   the tree walked by find / ls -lR
 #   RAND_MAX_S         time limit of one random-read job
 #   FTPSFS_CACHE       ftpsfs cache_size= (bytes)
+#   UPLOAD_SRC         local copies of the small files, owned by root (rsync -a keeps owners)
+#   WRITE_SERVERS      servers the write workloads run on: vsftpd and/or proftpd
 set -euo pipefail
 
 # shellcheck source=../lib/vsftpd-conf.sh
 source "$BENCH_SCRIPTS/../lib/vsftpd-conf.sh"
+# shellcheck source=../lib/proftpd-conf.sh
+source "$BENCH_SCRIPTS/../lib/proftpd-conf.sh"
 
 HOST=127.0.0.1
-PORT=21021
-PASV_MIN=20000
-PASV_MAX=20999
+VSFTPD_PORT=21021
+PROFTPD_PORT=21022
+# The read workloads run on vsftpd; the write workloads on each of WRITE_SERVERS.
+SRV=vsftpd
+SRV_PORT=$VSFTPD_PORT
+# Where uploads go, under DATA (the FTP user's home on both servers).
+UP=up
 QUEUE=7
 LOGS=$BENCH/logs
 CONF=$BENCH/conf
 PRIV=$BENCH/private # 0700: curl configs that hold the password
 MNT=$BENCH/mnt
 VLOG=$LOGS/vsftpd.log
+PLOG=$LOGS/proftpd-verbs.log
 
 VSFTPD_PID=
+PROFTPD_PID=
 DELAY_PID=
 MOUNT_PID=
 MOUNT_DIR=
@@ -42,6 +52,11 @@ RUN=0
 MOUNT_SEQ=0
 TLS_RESUMED=0
 TLS_FULL=0
+# The last ftpsfs mount's own counts, from its unmount line.
+LAST_RESUMED=0
+LAST_FULL=0
+LAST_REPLACED=0
+LAST_TLS12=0
 
 say() { echo "bench: $(date +%H:%M:%S) $*" >&2; }
 die() {
@@ -87,6 +102,10 @@ cleanup() {
         for p in $(descendants "$VSFTPD_PID") "$VSFTPD_PID"; do kill -TERM "$p" 2>/dev/null || true; done
         wait "$VSFTPD_PID" 2>/dev/null || true
     fi
+    if [[ -n $PROFTPD_PID ]]; then
+        for p in $(descendants "$PROFTPD_PID") "$PROFTPD_PID"; do kill -TERM "$p" 2>/dev/null || true; done
+        wait "$PROFTPD_PID" 2>/dev/null || true
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -100,15 +119,23 @@ meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
 mbps() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.1f", n / (b - a) / 1e6 }'; }
 
-# vsftpd logs every command (log_ftp_protocol=YES): counting lines between two marks
-# counts what a workload sent. Trailing commands (the ABOR of an unneeded read-ahead
-# stream, a pool's QUIT) land after the workload, so counts are taken a little later.
-log_mark() { wc -l <"$VLOG"; }
+# vsftpd logs every command (log_ftp_protocol=YES), ProFTPD every command's verb (an
+# ExtendedLog): counting lines between two marks counts what a workload sent to the
+# server SRV. Trailing commands (the ABOR of an unneeded read-ahead stream, a pool's
+# QUIT) land after the workload, so counts are taken a little later.
+command_log() { if [[ $SRV == proftpd ]]; then echo "$PLOG"; else echo "$VLOG"; fi; }
+log_mark() { wc -l <"$(command_log)"; }
 count_since() {
     local from=$1 pattern=$2
     tail -n +"$((from + 1))" "$VLOG" | grep -cE "$pattern" || true
 }
-cmds_since() { count_since "$1" 'FTP command: '; }
+cmds_since() {
+    if [[ $SRV == proftpd ]]; then
+        tail -n +"$(($1 + 1))" "$PLOG" | wc -l
+    else
+        count_since "$1" 'FTP command: '
+    fi
+}
 # What the server wrote to data connections (its transfer log), in MiB: more than the
 # client needed when transfers are cut short (ABOR) or read twice.
 sent_mib_since() {
@@ -154,9 +181,9 @@ warm_server() { cat "$@" >/dev/null; }
 write_vsftpd_conf() {
     mkdir -p "$CONF" "$BENCH/vsftpd-empty"
     chmod 0755 "$BENCH/vsftpd-empty"
-    # The test vsftpd's settings (scripts/lib/vsftpd-conf.sh), read-only, on this
-    # namespace's loopback, with room for rclone's unlimited concurrency.
-    vsftpd_conf scripts/bench/run-netns.sh "$HOST" "$PORT" "$PASV_MIN" "$PASV_MAX" NO NO 400 \
+    # The test vsftpd's settings (scripts/lib/vsftpd-conf.sh), on this namespace's
+    # loopback, with room for rclone's unlimited concurrency.
+    vsftpd_conf scripts/bench/run-netns.sh "$HOST" "$VSFTPD_PORT" 20000 20999 NO YES 400 \
         "$BENCH/vsftpd-empty" "$BENCH/certs" "$VLOG" >"$CONF/vsftpd.conf"
 }
 
@@ -170,12 +197,45 @@ start_vsftpd() {
     local i
     for ((i = 0; i < 100; i++)); do
         kill -0 "$VSFTPD_PID" 2>/dev/null || die "vsftpd exited: $(cat "$LOGS/vsftpd.oops")"
-        ss -Htln "sport = :$PORT" | grep -q "$HOST:$PORT" && break
+        ss -Htln "sport = :$VSFTPD_PORT" | grep -q "$HOST:$VSFTPD_PORT" && break
         sleep 0.1
     done
-    curl_base --list-only "ftp://$HOST:$PORT/" -o /dev/null ||
+    curl_base --list-only "ftp://$HOST:$VSFTPD_PORT/" -o /dev/null ||
         die "vsftpd: TLS login and listing failed (see $LOGS)"
-    say "vsftpd listening on $HOST:$PORT inside the namespace (pid $VSFTPD_PID)"
+    say "vsftpd listening on $HOST:$VSFTPD_PORT inside the namespace (pid $VSFTPD_PID)"
+}
+
+start_proftpd() {
+    mkdir -p "$CONF" "$BENCH/srv"
+    # The test ProFTPD's settings (scripts/lib/proftpd-conf.sh): TLS 1.2 and 1.3,
+    # overwrites allowed, with a log of every command's verb.
+    proftpd_conf scripts/bench/run-netns.sh proftpd "$HOST" "$PROFTPD_PORT" 22000 22999 on \
+        "TLSv1.2 TLSv1.3" 400 "$BENCH/srv" "$LOGS" "$BENCH/certs" "$PLOG" >"$CONF/proftpd.conf"
+    "$PROFTPD_BIN" -t -c "$CONF/proftpd.conf" >"$LOGS/proftpd-configtest.log" 2>&1 ||
+        die "proftpd: config test failed (see $LOGS/proftpd-configtest.log)"
+    : >"$PLOG"
+    # -n: in the foreground, so that this pid is the listener's.
+    setsid "$PROFTPD_BIN" -n -c "$CONF/proftpd.conf" </dev/null >>"$LOGS/proftpd.stderr" 2>&1 &
+    PROFTPD_PID=$!
+    local i
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$PROFTPD_PID" 2>/dev/null || die "proftpd exited (see $LOGS/proftpd.stderr)"
+        ss -Htln "sport = :$PROFTPD_PORT" | grep -q "$HOST:$PROFTPD_PORT" && break
+        sleep 0.1
+    done
+    curl_base --list-only "ftp://$HOST:$PROFTPD_PORT/" -o /dev/null ||
+        die "proftpd: TLS login and listing failed (see $LOGS)"
+    say "proftpd listening on $HOST:$PROFTPD_PORT inside the namespace (pid $PROFTPD_PID)"
+}
+
+# Makes SERVER (vsftpd or proftpd) the one the next workloads talk to.
+use_server() {
+    SRV=$1
+    case $SRV in
+    vsftpd) SRV_PORT=$VSFTPD_PORT ;;
+    proftpd) SRV_PORT=$PROFTPD_PORT ;;
+    *) die "unknown server $SRV" ;;
+    esac
 }
 
 curl_base() {
@@ -201,31 +261,34 @@ set_latency() {
         iptables-legacy -A INPUT -i lo -j NFQUEUE --queue-num "$QUEUE"
     fi
     local out
-    out=$(python3 "$BENCH_SCRIPTS/ftp-rtt.py" "$HOST" "$PORT" "$BENCH_USER" "$PASSWORD_FILE" "$CA" 20)
+    out=$(python3 "$BENCH_SCRIPTS/ftp-rtt.py" "$HOST" "$VSFTPD_PORT" "$BENCH_USER" "$PASSWORD_FILE" "$CA" 20)
     say "added RTT $rtt ms: measured with FTP NOOPs: $out"
     meta "rtt_$rtt" "$out"
 }
 
 # ---------------------------------------------------------------- mounts
 
+# Mounts SRV for SYS: read-only for rclone (as its users mount for reading) unless the
+# argument is "rw"; ftpsfs as it mounts by default (read-write).
 mount_fs() {
-    local dir=$MNT/$SYS i
+    local dir=$MNT/$SYS i read_only=(--read-only) mode=${SYS#rclone-}
+    [[ ${1:-} == rw ]] && read_only=()
     mkdir -p "$dir"
     MOUNT_SEQ=$((MOUNT_SEQ + 1))
-    MOUNT_LOG=$LOGS/$SYS-rtt$LAT-run$RUN-$MOUNT_SEQ.log
+    MOUNT_LOG=$LOGS/$SYS-$SRV-rtt$LAT-run$RUN-$MOUNT_SEQ.log
     case $SYS in
     ftpsfs)
-        "$FTPSFS_BIN" "ftp://$BENCH_USER@$HOST:$PORT/" "$dir" -f \
+        "$FTPSFS_BIN" "ftp://$BENCH_USER@$HOST:$SRV_PORT/" "$dir" -f \
             -o "ca_file=$CA,password_file=$PASSWORD_FILE,cache_size=$FTPSFS_CACHE,log_file=$MOUNT_LOG${FTPSFS_OPTIONS:+,$FTPSFS_OPTIONS}" \
             </dev/null >>"$LOGS/ftpsfs.stderr" 2>&1 &
         ;;
-    rclone-off | rclone-full)
+    rclone-off | rclone-writes | rclone-full)
         rm -rf "$BENCH/rclone-cache"
-        RCLONE_FTP_HOST=$HOST RCLONE_FTP_PORT=$PORT RCLONE_FTP_USER=$BENCH_USER \
+        RCLONE_FTP_HOST=$HOST RCLONE_FTP_PORT=$SRV_PORT RCLONE_FTP_USER=$BENCH_USER \
             RCLONE_FTP_PASS=$RCLONE_PASS \
             "$RCLONE_BIN" mount :ftp: "$dir" --config "$BENCH/rclone.conf" \
-            --ftp-explicit-tls --ca-cert "$CA" --read-only \
-            --vfs-cache-mode "${SYS#rclone-}" --cache-dir "$BENCH/rclone-cache" \
+            --ftp-explicit-tls --ca-cert "$CA" "${read_only[@]}" \
+            --vfs-cache-mode "$mode" --cache-dir "$BENCH/rclone-cache" \
             --log-file "$MOUNT_LOG" --log-level NOTICE \
             </dev/null >>"$LOGS/rclone.stderr" 2>&1 &
         ;;
@@ -257,11 +320,14 @@ unmount_fs() {
     MOUNT_DIR=
     if [[ $SYS == ftpsfs ]]; then
         # The last line ftpsfs logs: `unmounted stats=FsStats {..} tls=data connections
-        # resumed N, full handshakes M; ...`.
-        line=$(grep -o 'resumed [0-9]*, full handshakes [0-9]*' "$MOUNT_LOG" | tail -n 1 || true)
-        if [[ $line =~ resumed\ ([0-9]+),\ full\ handshakes\ ([0-9]+) ]]; then
-            TLS_RESUMED=$((TLS_RESUMED + BASH_REMATCH[1]))
-            TLS_FULL=$((TLS_FULL + BASH_REMATCH[2]))
+        # resumed N, full handshakes M; ... control connections replaced for lack of
+        # tickets R, opened on TLS 1.2 for that T`.
+        line=$(grep -oE 'resumed [0-9]+, full handshakes [0-9]+;.*replaced for lack of tickets [0-9]+, opened on TLS 1.2 for that [0-9]+' "$MOUNT_LOG" | tail -n 1 || true)
+        if [[ $line =~ resumed\ ([0-9]+),\ full\ handshakes\ ([0-9]+).*tickets\ ([0-9]+),.*that\ ([0-9]+)$ ]]; then
+            LAST_RESUMED=${BASH_REMATCH[1]} LAST_FULL=${BASH_REMATCH[2]}
+            LAST_REPLACED=${BASH_REMATCH[3]} LAST_TLS12=${BASH_REMATCH[4]}
+            TLS_RESUMED=$((TLS_RESUMED + LAST_RESUMED))
+            TLS_FULL=$((TLS_FULL + LAST_FULL))
         else
             say "warning: no stats line in $MOUNT_LOG"
         fi
@@ -454,9 +520,125 @@ m_small() {
     rm -rf "$dest"
 }
 
+# ---------------------------------------------------------------- writes
+
+# An empty directory NAME for one workload's uploads, under UP on the server's disk,
+# writable by the FTP user; prints its path.
+fresh_upload_dir() {
+    local group dir=$DATA/$UP/$1
+    group=$(id -gn "$BENCH_USER")
+    install -d -o "$BENCH_USER" -g "$group" -m 0755 "$DATA/$UP"
+    rm -rf "$dir"
+    install -d -o "$BENCH_USER" -g "$group" -m 0755 "$dir"
+    echo "$dir"
+}
+
+# The files under DIR on the server's disk as sorted "size path" lines, leaving out
+# names that start with a dot (the temporary files of ftpsfs, rsync and rclone).
+server_manifest() {
+    [[ -d $1 ]] || return 0
+    (cd "$1" && find . -type f ! -name '.*' -printf '%s %P\n' 2>/dev/null | LC_ALL=C sort)
+}
+
+# Waits until DIR on the server's disk holds exactly what the file MANIFEST lists, then
+# sets ELAPSED to the time since T0: an upload counts once it is complete on the server,
+# not when the program's close() returned (rclone's writes mode uploads after the
+# close). Fails after LIMIT seconds, or as soon as rclone logs a failed upload (it
+# retries forever).
+until_on_server() {
+    local t0=$1 dir=$2 manifest=$3 limit=$4
+    while ! cmp -s <(server_manifest "$dir") "$manifest"; do
+        if [[ $SYS == rclone-* ]] && grep -q 'failed to upload' "$MOUNT_LOG" 2>/dev/null; then
+            say "warning: $SYS on $SRV, RTT $LAT ms, run $RUN: upload failed: $(grep -m 1 -A 1 'Failed to copy' "$MOUNT_LOG" | tr -s '\n\t' '  ')"
+            return 1
+        fi
+        if awk -v a="$t0" -v b="$EPOCHREALTIME" -v l="$limit" 'BEGIN { exit !(b - a > l) }'; then
+            say "warning: $SYS on $SRV, RTT $LAT ms, run $RUN: not all on the server after $limit s"
+            return 1
+        fi
+        sleep 0.05
+    done
+    ELAPSED=$(elapsed "$t0" "$EPOCHREALTIME")
+}
+
+# The uploaded copy must be the source, byte for byte, or the figure does not count.
+same_content() {
+    cmp -s "$1" "$2" && return 0
+    say "warning: $SYS on $SRV, RTT $LAT ms, run $RUN: $2 differs from $1"
+    return 1
+}
+
+# What the last ftpsfs mount's data connections did (from its unmount line).
+rec_write_tls() {
+    [[ $SYS == ftpsfs ]] || return 0
+    rec "${1}_resumed_$SRV" "$LAST_RESUMED"
+    rec "${1}_full_$SRV" "$LAST_FULL"
+    rec "${1}_replaced_$SRV" "$LAST_REPLACED"
+    rec "${1}_tls12_$SRV" "$LAST_TLS12"
+}
+
+# 8: cp of the big file into the mount; MB/s until the file is whole on the server.
+m_wcp() {
+    local m=$MNT/$SYS name=wcp-$SYS dest manifest=$PRIV/wcp.manifest mark c0 rc t0
+    dest=$(fresh_upload_dir "$name")
+    printf '%s %s\n' "$SEQ_BYTES" "$SEQ_FILE" >"$manifest"
+    mount_fs rw
+    settle 0.5
+    mark=$(log_mark)
+    c0=$(cpu_s "$MOUNT_PID")
+    t0=$EPOCHREALTIME
+    rc=0 && timed cp "$DATA/$SEQ_FILE" "$m/$UP/$name/" || rc=1
+    rec_time "wcp_close_s_$SRV" $rc
+    if [[ $rc -eq 0 ]]; then until_on_server "$t0" "$dest" "$manifest" 600 || rc=1; fi
+    rec_rate "wcp_mbps_$SRV" "$SEQ_BYTES" $rc
+    rec "wcp_cpu_s_$SRV" "$(cpu_delta "$c0" "$(cpu_s "$MOUNT_PID")")"
+    rec "wcp_rss_mib_$SRV" "$(hwm_mib "$MOUNT_PID")"
+    settle
+    rec "wcp_cmds_$SRV" "$(cmds_since "$mark")"
+    unmount_fs
+    rec_write_tls wcp
+    if [[ $rc -eq 0 ]] && ! same_content "$DATA/$SEQ_FILE" "$dest/$SEQ_FILE"; then
+        rec "wcp_corrupt_$SRV" 1
+    fi
+    rm -rf "$dest"
+}
+
+# The first N small files' directories (small/NN) and their "size NN/fNNNN.bin" lines.
+small_manifest() {
+    local dirs
+    dirs=$(small_dirs "$1")
+    (cd "$UPLOAD_SRC/small" && find ${dirs//small\//} -type f -printf '%s %p\n' | LC_ALL=C sort)
+}
+
+# 9: rsync -a of N small files into the mount; seconds until all are on the server.
+m_wsmall() {
+    local n=$1 m=$MNT/$SYS name=wsmall-$SYS dest manifest=$PRIV/wsmall-$1.manifest d rc t0 mark srcs=()
+    for d in $(small_dirs "$n"); do srcs+=("$UPLOAD_SRC/$d"); done
+    small_manifest "$n" >"$manifest"
+    dest=$(fresh_upload_dir "$name")
+    mount_fs rw
+    settle 0.5
+    mark=$(log_mark)
+    t0=$EPOCHREALTIME
+    rc=0 && timed rsync -a "${srcs[@]}" "$m/$UP/$name/" || rc=1
+    rec_time "wsmall_close_s_$SRV" $rc
+    if [[ $rc -eq 0 ]]; then until_on_server "$t0" "$dest" "$manifest" 900 || rc=1; fi
+    rec_time "wsmall_s_$SRV" $rc
+    rec "wsmall_rss_mib_$SRV" "$(hwm_mib "$MOUNT_PID")"
+    settle
+    rec "wsmall_cmds_$SRV" "$(cmds_since "$mark")"
+    unmount_fs
+    rec_write_tls wsmall
+    if [[ $rc -eq 0 ]] && ! diff -rq "$UPLOAD_SRC/small/00" "$dest/00" >/dev/null; then
+        say "warning: $SYS on $SRV: uploaded small files differ from the source"
+        rec "wsmall_corrupt_$SRV" 1
+    fi
+    rm -rf "$dest"
+}
+
 # ---------------------------------------------------------------- the raw limit: curl
 
-url() { echo "ftp://$HOST:$PORT/$1"; }
+url() { echo "ftp://$HOST:$SRV_PORT/$1"; }
 
 # curl's own timings: from "about to transfer" (after login, EPSV, SIZE, RETR) to the
 # end, so the raw limit leaves out the login that the mounts did before the workload.
@@ -506,7 +688,7 @@ r_meta() {
 
 # A minimal client (ftp-raw.py) where curl cannot show the limit: see its docstring.
 raw_client() {
-    python3 "$BENCH_SCRIPTS/ftp-raw.py" "$1" "$HOST" "$PORT" "$BENCH_USER" "$PASSWORD_FILE" "$CA" "${@:2}"
+    python3 "$BENCH_SCRIPTS/ftp-raw.py" "$1" "$HOST" "$SRV_PORT" "$BENCH_USER" "$PASSWORD_FILE" "$CA" "${@:2}"
 }
 
 r_small() {
@@ -533,6 +715,40 @@ r_rand() {
     rec rand_sent_mib "$(sent_mib_since "$mark")"
 }
 
+# 8: curl -T of the big file; its own transfer time, as for downloads.
+r_wcp() {
+    local name=wcp-raw dest mark times
+    dest=$(fresh_upload_dir "$name")
+    mark=$(log_mark)
+    if times=$(curl_base -T "$DATA/$SEQ_FILE" "$(url "$UP/$name/$SEQ_FILE")" -w "$CURL_TIMES"); then
+        rec "wcp_mbps_$SRV" "$(awk -v n="$SEQ_BYTES" -v t="$times" 'BEGIN { split(t, a, " "); printf "%.1f", n / (a[2] - a[1]) / 1e6 }')"
+        same_content "$DATA/$SEQ_FILE" "$dest/$SEQ_FILE" || rec "wcp_corrupt_$SRV" 1
+    else
+        say "warning: curl -T to $SRV failed"
+        rec "wcp_mbps_$SRV" ERR
+    fi
+    settle 0.3
+    rec "wcp_cmds_$SRV" "$(cmds_since "$mark")"
+    rm -rf "$dest"
+}
+
+# 9: the small files uploaded one after another on one connection (ftp-raw.py put).
+r_wsmall() {
+    local n=$1 name=wsmall-raw dest mark out list=$PRIV/wsmall-$1.list
+    small_manifest "$n" | cut -d' ' -f2- >"$list"
+    dest=$(fresh_upload_dir "$name")
+    mark=$(log_mark)
+    if out=$(raw_client put "$list" "$UPLOAD_SRC/small" "$UP/$name"); then
+        rec "wsmall_s_$SRV" "$(seconds_of "$out")"
+    else
+        say "warning: ftp-raw.py put to $SRV failed"
+        rec "wsmall_s_$SRV" ERR
+    fi
+    settle 0.3
+    rec "wsmall_cmds_$SRV" "$(cmds_since "$mark")"
+    rm -rf "$dest"
+}
+
 seconds_of() { [[ $1 =~ seconds=([0-9.]+) ]] && echo "${BASH_REMATCH[1]}"; }
 ops_of() { [[ $1 =~ ops=([0-9]+) ]] && echo "${BASH_REMATCH[1]}"; }
 
@@ -544,10 +760,12 @@ install -d -m 0700 "$PRIV"
 RCLONE_PASS=$("$RCLONE_BIN" obscure - <"$PASSWORD_FILE")
 : >"$BENCH/rclone.conf"
 
+wants() { [[ " $WORKLOADS " == *" $1 "* ]]; }
+writes_wanted() { wants wcp || wants wsmall; }
+
 ip link set lo up
 start_vsftpd
-
-wants() { [[ " $WORKLOADS " == *" $1 "* ]]; }
+if writes_wanted && [[ " $WRITE_SERVERS " == *" proftpd "* ]]; then start_proftpd; fi
 
 for LAT in $LATENCIES; do
     set_latency "$LAT"
@@ -559,6 +777,8 @@ for LAT in $LATENCIES; do
     for ((RUN = 1; RUN <= RUNS; RUN++)); do
         # The server reads from its page cache, never from disk.
         warm_server "$DATA/$SEQ_FILE" $(for f in $PAR_FILES; do echo "$DATA/$f"; done) "$DATA/$CACHED_FILE"
+        # And the uploads read their sources from the page cache.
+        if wants wsmall; then find "$UPLOAD_SRC" -type f -exec cat {} + >/dev/null; fi
         for SYS in $SYSTEMS; do
             say "RTT $LAT ms, run $RUN/$RUNS: $SYS"
             # Other work on the machine (a build, a test suite) skews the figures: note
@@ -566,18 +786,36 @@ for LAT in $LATENCIES; do
             meta "load_${LAT}_${RUN}_$SYS" "$(cut -d' ' -f1 /proc/loadavg)"
             TLS_RESUMED=0
             TLS_FULL=0
+            # Reads on vsftpd, by every system but rclone's writes mode (for reading it
+            # is its cache mode off).
+            use_server vsftpd
             if [[ $SYS == raw ]]; then
                 wants seq && r_seq
                 wants par && r_par
                 wants rand && r_rand "$n_rand"
                 wants meta && r_meta "$tree"
                 wants small && r_small "$n_small"
-            else
+            elif [[ $SYS != rclone-writes ]]; then
                 wants seq && m_seq
                 wants par && m_par
                 wants rand && m_rand "$n_rand"
                 wants meta && m_meta "$tree"
                 wants small && m_small "$n_small"
+            fi
+            # Writes on each server, by every system but rclone's full cache mode (for
+            # writing it is its writes mode).
+            if [[ $SYS != rclone-full ]]; then
+                for server in $WRITE_SERVERS; do
+                    use_server "$server"
+                    if [[ $SYS == raw ]]; then
+                        wants wcp && r_wcp
+                        wants wsmall && r_wsmall "$n_small"
+                    else
+                        wants wcp && m_wcp
+                        wants wsmall && m_wsmall "$n_small"
+                    fi
+                done
+                use_server vsftpd
             fi
             if [[ $SYS == ftpsfs ]]; then
                 rec tls_resumed "$TLS_RESUMED"
