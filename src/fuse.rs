@@ -7,8 +7,8 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -38,15 +38,46 @@ pub struct FuseAdapter {
     fs: Arc<FtpFs>,
     runtime: Handle,
     ttl: Duration,
+    /// Where the filesystem is mounted, and its mount id once known (see [`closer_of`]).
+    mount: Arc<MountIdentity>,
+}
+
+/// The mount as the kernel numbers it in `/proc/PID/fdinfo`.
+struct MountIdentity {
+    mountpoint: PathBuf,
+    id: OnceLock<u64>,
+}
+
+impl MountIdentity {
+    /// The mount's id, read from `/proc/self/mountinfo` the first time (the mount exists
+    /// by the time a file on it is closed).
+    fn id(&self) -> Option<u64> {
+        if let Some(id) = self.id.get() {
+            return Some(*id);
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let id = fuse_mount_id(&mountinfo, self.mountpoint.as_os_str().as_bytes())?;
+        Some(*self.id.get_or_init(|| id))
+    }
 }
 
 impl FuseAdapter {
     /// An adapter running `fs`'s operations on `runtime`.
-    pub fn new(fs: Arc<FtpFs>, runtime: Handle) -> Self {
+    pub fn new(fs: Arc<FtpFs>, runtime: Handle, mountpoint: &Path) -> Self {
         // The kernel caches entries and attributes for as long as our listings are
         // trusted; never zero, since Linux behaves badly with a zero TTL.
         let ttl = fs.config().dir_ttl.max(Duration::from_secs(1));
-        Self { fs, runtime, ttl }
+        let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or(mountpoint.to_path_buf());
+        let mount = Arc::new(MountIdentity {
+            mountpoint,
+            id: OnceLock::new(),
+        });
+        Self {
+            fs,
+            runtime,
+            ttl,
+            mount,
+        }
     }
 
     fn ttl_of(&self, attr: &Attr) -> Duration {
@@ -164,29 +195,107 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
     }
 }
 
-/// Longest wait for `/proc/PID/stat` of a process closing a file it wrote.
+/// Longest wait for `/proc/PID/` of a process closing a file it wrote.
 const CLOSER_CHECK_LIMIT: Duration = Duration::from_secs(1);
 
-/// Who closes a file, from the closing writer's exit code. The read of `/proc` runs
-/// apart, with a time limit: a process in the middle of execve holds locks that the read
-/// waits for, and the request loop must never wait on the process it serves. A process
-/// that cannot be read in time is taken for one that closes its file normally.
-async fn closer_of(pid: u32) -> Closer {
-    let check = tokio::task::spawn_blocking(move || killed_by_signal(pid));
-    match tokio::time::timeout(CLOSER_CHECK_LIMIT, check).await {
-        Ok(Ok(true)) => {
-            tracing::debug!(pid, "the process closing the file was killed by a signal");
-            Closer::KilledProcess
+/// Who closes a file, from the closing writer's exit code and, for a new file nothing
+/// was written to yet (`unwritten`, its inode), whether the process still holds it on
+/// another descriptor. The reads of `/proc` run apart, with a time limit: a process in
+/// the middle of execve holds locks that the read waits for, and the request loop must
+/// never wait on the process it serves. A process that cannot be read in time is taken
+/// for one that closes its file normally.
+async fn closer_of(pid: u32, unwritten: Option<u64>, mount: Arc<MountIdentity>) -> Closer {
+    let check = tokio::task::spawn_blocking(move || {
+        if killed_by_signal(pid) {
+            return Closer::KilledProcess;
         }
-        Ok(_) => Closer::Program,
+        let keeps_open = unwritten.is_some_and(|ino| {
+            mount
+                .id()
+                .is_some_and(|mount_id| holds_open(pid, mount_id, ino))
+        });
+        if keeps_open {
+            Closer::ProgramKeepsOpen
+        } else {
+            Closer::Program
+        }
+    });
+    match tokio::time::timeout(CLOSER_CHECK_LIMIT, check).await {
+        Ok(Ok(closer)) => {
+            if closer != Closer::Program {
+                tracing::debug!(pid, ?closer, "who closes the file");
+            }
+            closer
+        }
+        Ok(Err(_)) => Closer::Program,
         Err(_) => {
-            tracing::debug!(
-                pid,
-                "could not read the closing process's exit code in time"
-            );
+            tracing::debug!(pid, "could not read the closing process's state in time");
             Closer::Program
         }
     }
+}
+
+/// Whether process `pid` has a descriptor open on inode `ino` of mount `mount_id`. The
+/// descriptor being closed is already gone from its table when the flush arrives.
+fn holds_open(pid: u32, mount_id: u64, ino: u64) -> bool {
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    descriptors.flatten().any(|fd| {
+        std::fs::read_to_string(fd.path())
+            .ok()
+            .and_then(|info| fdinfo_file(&info))
+            == Some((mount_id, ino))
+    })
+}
+
+/// The mount id and inode of a `/proc/PID/fdinfo/FD`.
+fn fdinfo_file(fdinfo: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        fdinfo.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(':')?;
+            value.trim().parse::<u64>().ok()
+        })
+    };
+    Some((field("mnt_id")?, field("ino")?))
+}
+
+/// The id of the newest FUSE mount on `mountpoint` in a `/proc/self/mountinfo`.
+fn fuse_mount_id(mountinfo: &str, mountpoint: &[u8]) -> Option<u64> {
+    mountinfo.lines().rev().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        let fields: Vec<&str> = mount.split(' ').collect();
+        let is_fuse = filesystem.starts_with("fuse");
+        (is_fuse && unescape_mountinfo(fields.get(4)?) == mountpoint)
+            .then(|| fields[0].parse().ok())?
+    })
+}
+
+/// A mountinfo path: space, tab, newline and backslash come as octal escapes (`\040`).
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut path = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|digits| bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)));
+        match octal {
+            Some(digits) => {
+                path.push(
+                    digits
+                        .iter()
+                        .fold(0u8, |n, d| n.wrapping_mul(8) + (d - b'0')),
+                );
+                i += 4;
+            }
+            None => {
+                path.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    path
 }
 
 /// Whether the process `pid` is exiting because a signal killed it, read from the exit
@@ -471,7 +580,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (fs, data, pid) = (self.fs.clone(), data.to_vec(), req.pid());
         self.runtime.spawn(async move {
-            match fs.write(fh.0, offset, &data, pid).await {
+            match fs.write(fh.0, offset, data, pid).await {
                 Ok(written) => reply.written(written),
                 Err(e) => reply.error(errno("write", &e)),
             }
@@ -486,11 +595,12 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let fs = self.fs.clone();
+        let (fs, mount) = (self.fs.clone(), self.mount.clone());
         let pid = req.pid();
         self.empty_reply("flush", reply, async move {
             let closer = if fs.is_writer(fh.0, pid) {
-                closer_of(pid).await
+                let unwritten = fs.unwritten_new_file(fh.0).await;
+                closer_of(pid, unwritten, mount).await
             } else {
                 Closer::Bystander
             };
@@ -645,5 +755,30 @@ mod tests {
         assert_eq!(exit_signal("garbage"), None);
         // This test process is alive and well.
         assert!(!killed_by_signal(std::process::id()));
+    }
+
+    #[test]
+    fn descriptors_are_matched_to_the_mount_and_inode() {
+        let fdinfo = "pos:\t0\nflags:\t0100001\nmnt_id:\t412\nino:\t7\n";
+        assert_eq!(fdinfo_file(fdinfo), Some((412, 7)));
+        assert_eq!(fdinfo_file("pos:\t0\nflags:\t02\n"), None);
+        let mountinfo = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+411 27 0:60 / /mnt/my\\040ftp rw,nosuid,nodev - fuse.sshfs host: rw
+412 27 0:61 / /mnt/my\\040ftp rw,nosuid,nodev,relatime - fuse.ftpsfs ftps://h/ rw
+413 27 0:62 / /mnt/other rw - fuse.ftpsfs ftps://h/ rw
+414 27 0:63 / /mnt/plain rw - ext4 /dev/sda1 rw
+";
+        // Mounted over another FUSE mount: the newest one.
+        assert_eq!(fuse_mount_id(mountinfo, b"/mnt/my ftp"), Some(412));
+        assert_eq!(fuse_mount_id(mountinfo, b"/mnt/other"), Some(413));
+        assert_eq!(fuse_mount_id(mountinfo, b"/mnt/plain"), None);
+        assert_eq!(fuse_mount_id(mountinfo, b"/mnt/my"), None);
+        assert_eq!(unescape_mountinfo(r"a\134b\011c\12"), b"a\\b\tc\\12");
+        // This process's own descriptor 0 is on some mount, and not on inode 0 of it.
+        let own = std::fs::read_to_string("/proc/self/fdinfo/0").unwrap();
+        let (mount_id, ino) = fdinfo_file(&own).unwrap();
+        assert!(holds_open(std::process::id(), mount_id, ino));
+        assert!(!holds_open(std::process::id(), mount_id, u64::MAX));
     }
 }

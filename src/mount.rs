@@ -155,7 +155,7 @@ pub fn serve(
     } else {
         SessionACL::Owner
     };
-    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), mountpoint);
     let mut session = match fuser::Session::new(adapter, mountpoint, &config) {
         Ok(session) => session,
         Err(e) => {

@@ -48,7 +48,10 @@ async fn write_new(
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
     for (i, chunk) in data.chunks(piece.max(1)).enumerate() {
-        if let Err(e) = fs.write(opened.handle, (i * piece) as u64, chunk, 1).await {
+        if let Err(e) = fs
+            .write(opened.handle, (i * piece) as u64, chunk.to_vec(), 1)
+            .await
+        {
             let closed = fs.flush(opened.handle, Closer::Program).await;
             fs.release(opened.handle).await;
             return (attr.ino, Err(closed.err().unwrap_or(e)));
@@ -127,7 +130,7 @@ async fn an_overwritten_file_keeps_its_old_content_until_the_new_one_is_complete
     for (i, chunk) in new.chunks(64 * 1024).enumerate() {
         local
             .fs
-            .write(opened.handle, (i * 64 * 1024) as u64, chunk, 1)
+            .write(opened.handle, (i * 64 * 1024) as u64, chunk.to_vec(), 1)
             .await
             .unwrap();
         assert_eq!(
@@ -159,16 +162,25 @@ async fn writes_out_of_order_fall_back_to_a_staging_file() {
     let mut expected = pattern(2 * 1024 * 1024, 3);
     local
         .fs
-        .write(opened.handle, 0, &expected, 1)
+        .write(opened.handle, 0, expected.clone(), 1)
         .await
         .unwrap();
     // Back to the start: the stream cannot take this, the staging file can.
-    local.fs.write(opened.handle, 10, b"XYZ", 1).await.unwrap();
+    local
+        .fs
+        .write(opened.handle, 10, b"XYZ".to_vec(), 1)
+        .await
+        .unwrap();
     expected[10..13].copy_from_slice(b"XYZ");
     // A hole past the end reads as zeros.
     local
         .fs
-        .write(opened.handle, expected.len() as u64 + 100, b"end", 1)
+        .write(
+            opened.handle,
+            expected.len() as u64 + 100,
+            b"end".to_vec(),
+            1,
+        )
         .await
         .unwrap();
     expected.extend_from_slice(&[0; 100]);
@@ -195,7 +207,7 @@ async fn appends_and_truncation_change_the_file_on_the_server() {
     let opened = local.fs.open(attr.ino, WRITE, 1).await.unwrap();
     local
         .fs
-        .write(opened.handle, 7, b"line 2\n", 1)
+        .write(opened.handle, 7, b"line 2\n".to_vec(), 1)
         .await
         .unwrap();
     local
@@ -268,7 +280,11 @@ async fn a_shell_redirect_uploads_once_with_the_data() {
         b"previous",
         "the truncation alone was uploaded"
     );
-    local.fs.write(opened.handle, 0, b"hi\n", 1).await.unwrap();
+    local
+        .fs
+        .write(opened.handle, 0, b"hi\n".to_vec(), 1)
+        .await
+        .unwrap();
     local
         .fs
         .flush(opened.handle, Closer::Program)
@@ -279,7 +295,7 @@ async fn a_shell_redirect_uploads_once_with_the_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_empty_new_file_is_created_at_its_last_close() {
+async fn an_empty_new_file_is_on_the_server_when_close_returns() {
     let local = LocalFs::new();
     let (attr, opened) = local
         .fs
@@ -301,11 +317,16 @@ async fn an_empty_new_file_is_created_at_its_last_close() {
         .collect();
     local.fs.releasedir(dir);
     assert!(names.contains(&b"empty".to_vec()), "{names:?}");
+    // close() is the flush; the kernel sends the release later, without waiting.
     local
         .fs
         .flush(opened.handle, Closer::Program)
         .await
         .unwrap();
+    assert!(
+        local.on_server("empty").exists(),
+        "`touch` returned before the file existed"
+    );
     local.fs.release(opened.handle).await;
     let meta = fs::metadata(local.on_server("empty")).unwrap();
     assert_eq!(meta.len(), 0);
@@ -323,7 +344,7 @@ async fn a_killed_writer_leaves_the_server_as_it_was() {
     let opened = local.fs.open(attr.ino, TRUNCATE, 1).await.unwrap();
     local
         .fs
-        .write(opened.handle, 0, &pattern(1024 * 1024, 4), 1)
+        .write(opened.handle, 0, pattern(1024 * 1024, 4), 1)
         .await
         .unwrap();
     local
@@ -340,7 +361,7 @@ async fn a_killed_writer_leaves_the_server_as_it_was() {
         .unwrap();
     local
         .fs
-        .write(created.handle, 0, &pattern(512 * 1024, 5), 1)
+        .write(created.handle, 0, pattern(512 * 1024, 5), 1)
         .await
         .unwrap();
     local
@@ -373,7 +394,7 @@ async fn a_full_disk_and_a_quota_give_their_errno_at_close_and_keep_the_old_file
         for (i, chunk) in data.chunks(64 * 1024).enumerate() {
             if let Err(e) = local
                 .fs
-                .write(opened.handle, (i * 65536) as u64, chunk, 1)
+                .write(opened.handle, (i * 65536) as u64, chunk.to_vec(), 1)
                 .await
             {
                 failed = Some(e);
@@ -396,6 +417,60 @@ async fn a_full_disk_and_a_quota_give_their_errno_at_close_and_keep_the_old_file
     assert_eq!(fs::read(local.on_server("after.txt")).unwrap(), b"fine");
 }
 
+/// The kernel sends a handle's release after close() returned, so a program that opens
+/// the file again may find the failed handle still open: the new open starts afresh,
+/// while the failed handle keeps reporting its own failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_is_reported_to_its_handles_only() {
+    let local = LocalFs::new();
+    fs::write(local.on_server("data.bin"), b"old").unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"data.bin").await.unwrap();
+    local.server.set_space_left(Some(1000), 452);
+    let failed = local.fs.open(attr.ino, TRUNCATE, 1).await.unwrap();
+    let _ = local
+        .fs
+        .write(failed.handle, 0, pattern(200_000, 1), 1)
+        .await;
+    let closed = local.fs.flush(failed.handle, Closer::Program).await;
+    assert_eq!(closed.unwrap_err().errno(), libc::ENOSPC);
+    local.server.set_space_left(None, 452);
+    // Opened again before the failed handle's release.
+    let again = local.fs.open(attr.ino, TRUNCATE, 2).await.unwrap();
+    local
+        .fs
+        .write(again.handle, 0, b"new".to_vec(), 2)
+        .await
+        .unwrap();
+    local.fs.flush(again.handle, Closer::Program).await.unwrap();
+    assert_eq!(fs::read(local.on_server("data.bin")).unwrap(), b"new");
+    let failed_again = local.fs.flush(failed.handle, Closer::Program).await;
+    assert_eq!(failed_again.unwrap_err().errno(), libc::ENOSPC);
+    local.fs.release(failed.handle).await;
+    local.fs.release(again.handle).await;
+    assert_eq!(read_all(&local.fs, attr.ino).await, b"new");
+}
+
+/// A server whose passive ports are all taken for a moment answers EPSV with 425: the
+/// upload asks again rather than failing, whether EPSV went out alone or together with
+/// the STOR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_ask_again_when_no_passive_port_is_free() {
+    // On TLS 1.2 every session resumes, so later uploads send STOR with their EPSV.
+    for tls in [Tls::V12, Tls::V13] {
+        let local = LocalFs::with(LocalConfig {
+            tls,
+            ..LocalConfig::default()
+        });
+        for i in 0..3 {
+            local.server.set_passive_ports_busy(2);
+            let name = format!("f{i}");
+            let (_, closed) = write_new(&local.fs, ROOT_INODE, &name, name.as_bytes(), 4).await;
+            closed.unwrap();
+            assert_eq!(fs::read(local.on_server(&name)).unwrap(), name.as_bytes());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directories_are_made_removed_and_renamed() {
     let local = LocalFs::new();
@@ -410,6 +485,20 @@ async fn directories_are_made_removed_and_renamed() {
             .errno(),
         libc::EEXIST
     );
+    // Made by someone else after this mount listed the root: EEXIST all the same, and
+    // the name shows from then on.
+    fs::create_dir(local.on_server("by-another")).unwrap();
+    assert_eq!(
+        local
+            .fs
+            .mkdir(ROOT_INODE, b"by-another", 0o755)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    assert!(local.fs.lookup(ROOT_INODE, b"by-another").await.is_ok());
+    local.fs.rmdir(ROOT_INODE, b"by-another").await.unwrap();
     let (_, closed) = write_new(&local.fs, dir.ino, "f.txt", b"inside", 6).await;
     closed.unwrap();
     assert_eq!(
@@ -546,7 +635,11 @@ async fn times_modes_and_owners() {
         .create(ROOT_INODE, b"later.txt", 0o644, WRITE, 1)
         .await
         .unwrap();
-    local.fs.write(opened.handle, 0, b"x", 1).await.unwrap();
+    local
+        .fs
+        .write(opened.handle, 0, b"x".to_vec(), 1)
+        .await
+        .unwrap();
     local
         .fs
         .setattr(
@@ -729,7 +822,7 @@ async fn a_childs_close_of_an_inherited_descriptor_uploads_nothing() {
         .unwrap();
     local
         .fs
-        .write(opened.handle, 0, &pattern(100_000, 8), 7)
+        .write(opened.handle, 0, pattern(100_000, 8), 7)
         .await
         .unwrap();
     // A child of the writer (fork, then execve) closes its copy of the descriptor.
@@ -747,7 +840,7 @@ async fn a_childs_close_of_an_inherited_descriptor_uploads_nothing() {
     );
     local
         .fs
-        .write(opened.handle, 100_000, b"more", 7)
+        .write(opened.handle, 100_000, b"more".to_vec(), 7)
         .await
         .unwrap();
     local
@@ -787,7 +880,7 @@ async fn a_listing_that_predates_an_upload_is_not_kept() {
         .unwrap();
     local
         .fs
-        .write(opened.handle, 0, &pattern(64 * 1024, 9), 1)
+        .write(opened.handle, 0, pattern(64 * 1024, 9), 1)
         .await
         .unwrap();
     // Let the root's listing expire, then make the next one slow: it reads the

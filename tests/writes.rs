@@ -189,7 +189,7 @@ fn copies(server: Server, tls: Tls) {
     );
     let again = sh(
         &format!(
-            "rsync -a --stats {}/ {}/rsync/",
+            "rsync -ai --stats {}/ {}/rsync/",
             source.display(),
             target.display()
         ),

@@ -18,8 +18,9 @@ impl FtpFs {
         }
         if let Some(file) = self.write_file(ino) {
             // Being written here: reads see what was written, not what the server has.
+            let failures = file.failures().await;
             let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle::new(
-                file, true, false, pid,
+                file, failures, true, false, pid,
             ))));
             return Ok(Opened {
                 handle,

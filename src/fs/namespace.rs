@@ -133,6 +133,15 @@ impl FtpFs {
                         return Err(e.into());
                     }
                 }
+                // Someone else may have made the name since this mount listed the
+                // directory: vsftpd then says only "550 Create directory operation
+                // failed". The fresh listing tells, and keeps it.
+                Err(e @ FtpError::Rejected { .. }) => {
+                    return Err(match self.exists_now(&dir, name).await? {
+                        Some(_) => FsError::AlreadyExists,
+                        None => e.into(),
+                    });
+                }
                 Err(e) => return Err(e.into()),
             }
             // Servers make directories 0755 (umask 022); ask only for something else.

@@ -56,27 +56,49 @@ pub async fn start(
     }
 }
 
-/// Ends an upload: the server's final reply, then the size it stores for `path` compared
-/// with the bytes sent. Returns that size.
-pub async fn finish(
-    conn: &mut PooledConnection,
-    upload: UploadConnection,
-    path: &[u8],
-) -> Result<u64, FsError> {
+/// Ends an upload with the server's final reply; returns the bytes sent. What the server
+/// stores is checked next, by [`check_and_apply`] or [`verify`].
+pub async fn finish(conn: &mut PooledConnection, upload: UploadConnection) -> Result<u64, FsError> {
     let sent = upload.sent();
     conn.finish_upload(upload).await?;
-    match conn.stored_size(path).await? {
-        Some(size) if size == sent => Ok(size),
-        Some(size) => Err(FtpError::Protocol {
-            step: format!("checking the upload of {}", shown(path)),
-            detail: format!("the server stores {size} bytes of the {sent} sent"),
+    Ok(sent)
+}
+
+/// Checks that the server stores all `sent` bytes of the just uploaded `path`, and sets
+/// `metadata` on it in the same round trip (on the temporary name, so a failed check
+/// leaves nothing behind). Returns the size and what of `metadata` was set.
+pub async fn check_and_apply(
+    conn: &mut ControlConnection,
+    path: &[u8],
+    sent: u64,
+    metadata: Metadata,
+) -> Result<(u64, Metadata), FsError> {
+    let check = conn
+        .check_upload(path, metadata.mtime.map(unix_seconds), metadata.mode)
+        .await?;
+    let size = match check.size {
+        Some(size) if size == sent => size,
+        Some(size) => {
+            return Err(FtpError::Protocol {
+                step: format!("checking the upload of {}", shown(path)),
+                detail: format!("the server stores {size} bytes of the {sent} sent"),
+            }
+            .into())
         }
-        .into()),
         None => {
             tracing::debug!(path = %shown(path), "the server reports no sizes; trusting its 226");
-            Ok(sent)
+            sent
         }
-    }
+    };
+    let applied = what_was_set(path, Target::File, metadata, check.time_set, check.mode_set)?;
+    Ok((size, applied))
+}
+
+/// Checks that the server stores all `sent` bytes of `path` (see [`check_and_apply`]).
+pub async fn verify(conn: &mut ControlConnection, path: &[u8], sent: u64) -> Result<u64, FsError> {
+    check_and_apply(conn, path, sent, Metadata::default())
+        .await
+        .map(|(size, _)| size)
 }
 
 /// Sends `len` zeros.
@@ -91,7 +113,7 @@ async fn send_zeros(upload: &mut UploadConnection, mut len: u64) -> Result<(), F
 }
 
 /// Uploads `len` zeros, or the staging file when there is one, to `path`; returns the
-/// connection (for the rename that follows) and the size the server stores.
+/// connection (for the check and rename that follow) and the bytes sent.
 pub async fn upload(
     pool: &Pool,
     path: &[u8],
@@ -126,8 +148,8 @@ pub async fn upload(
     .await;
     match sent {
         Ok(()) => {
-            let size = finish(&mut conn, upload, path).await?;
-            Ok((conn, size))
+            let sent = finish(&mut conn, upload).await?;
+            Ok((conn, sent))
         }
         Err(Stopped::Network(e)) => Err(conn.failed_upload(upload, e).await.into()),
         Err(Stopped::Staging(e)) => {
@@ -164,8 +186,8 @@ impl StreamUpload {
                     return Err(conn.failed_upload(upload, e).await.into());
                 }
             }
-            let size = finish(&mut conn, upload, &task_path).await?;
-            Ok((conn, size))
+            let sent = finish(&mut conn, upload).await?;
+            Ok((conn, sent))
         });
         Self {
             path,
@@ -217,8 +239,8 @@ impl StreamUpload {
         }
     }
 
-    /// Ends the data: the server confirms and reports the size. Returns the connection,
-    /// for what follows, and that size.
+    /// Ends the data: the server confirms it. Returns the connection, for what follows,
+    /// and the bytes sent.
     pub async fn finish(mut self) -> Result<(PooledConnection, u64), FsError> {
         self.queue = None;
         match (&mut self.task).await {
@@ -265,39 +287,57 @@ pub async fn apply_metadata(
     target: Target,
     metadata: Metadata,
 ) -> Result<Metadata, FtpError> {
+    let time_set = match metadata.mtime {
+        Some(mtime) => Some(conn.set_modified(path, unix_seconds(mtime)).await),
+        None => None,
+    };
+    let mode_set = match metadata.mode {
+        Some(mode) => Some(conn.set_mode(path, mode).await),
+        None => None,
+    };
+    what_was_set(path, target, metadata, time_set, mode_set)
+}
+
+/// What of `metadata` the server set on `path`, from its answers; a refusal is logged
+/// and leaves that part as the server has it, an error that broke the connection is
+/// returned.
+fn what_was_set(
+    path: &[u8],
+    target: Target,
+    metadata: Metadata,
+    time_set: Option<Result<(), FtpError>>,
+    mode_set: Option<Result<(), FtpError>>,
+) -> Result<Metadata, FtpError> {
     let mut applied = Metadata::default();
-    if let Some(mtime) = metadata.mtime {
-        let seconds = unix_seconds(mtime);
-        match conn.set_modified(path, seconds).await {
-            Ok(()) => applied.mtime = Some(mtime),
-            Err(e) if e.breaks_connection() => return Err(e),
-            // vsftpd's MDTM sets the times of files only: `rsync -a` would log this for
-            // every directory it copies. Said once, then at debug level.
-            Err(e)
-                if target == Target::Directory
-                    && !DIRECTORY_TIMES_REFUSED.swap(true, Ordering::Relaxed) =>
-            {
-                tracing::warn!(
-                    path = %shown(path),
-                    "the server does not set directories' modification times ({e}); \
-                     they keep the server's (further refusals are logged at debug level)"
-                )
-            }
-            Err(e) if target == Target::Directory => {
-                tracing::debug!(path = %shown(path), "directory time not set: {e}")
-            }
-            Err(e) => tracing::warn!(path = %shown(path), "modification time not set: {e}"),
+    match time_set {
+        None => {}
+        Some(Ok(())) => applied.mtime = metadata.mtime,
+        Some(Err(e)) if e.breaks_connection() => return Err(e),
+        // vsftpd's MDTM sets the times of files only: `rsync -a` would log this for
+        // every directory it copies. Said once, then at debug level.
+        Some(Err(e))
+            if target == Target::Directory
+                && !DIRECTORY_TIMES_REFUSED.swap(true, Ordering::Relaxed) =>
+        {
+            tracing::warn!(
+                path = %shown(path),
+                "the server does not set directories' modification times ({e}); \
+                 they keep the server's (further refusals are logged at debug level)"
+            )
         }
+        Some(Err(e)) if target == Target::Directory => {
+            tracing::debug!(path = %shown(path), "directory time not set: {e}")
+        }
+        Some(Err(e)) => tracing::warn!(path = %shown(path), "modification time not set: {e}"),
     }
-    if let Some(mode) = metadata.mode {
-        match conn.set_mode(path, mode).await {
-            Ok(()) => applied.mode = Some(mode),
-            Err(e) if e.breaks_connection() => return Err(e),
-            Err(e) if e.is_unsupported() => {
-                tracing::debug!(path = %shown(path), "the server has no SITE CHMOD: {e}")
-            }
-            Err(e) => tracing::warn!(path = %shown(path), "permissions not set: {e}"),
+    match mode_set {
+        None => {}
+        Some(Ok(())) => applied.mode = metadata.mode,
+        Some(Err(e)) if e.breaks_connection() => return Err(e),
+        Some(Err(e)) if e.is_unsupported() => {
+            tracing::debug!(path = %shown(path), "the server has no SITE CHMOD: {e}")
         }
+        Some(Err(e)) => tracing::warn!(path = %shown(path), "permissions not set: {e}"),
     }
     Ok(applied)
 }

@@ -81,8 +81,12 @@ pub struct WriteState {
     mode: Option<u32>,
     /// Nothing is uploaded any more: the file was deleted, or its writer was killed.
     discarded: bool,
-    /// A failed upload: the next writes and the flush report it.
+    /// The last failed upload: the next writes and flushes of the handles open when it
+    /// failed report it (handles opened later start afresh, as with a local file's
+    /// write-back errors).
     failure: Option<FsError>,
+    /// Uploads of this file that failed so far.
+    failures: u64,
     /// Last change, shown as the modification time.
     changed_at: SystemTime,
 }
@@ -107,6 +111,8 @@ pub struct WriteHandle {
     pub counted: bool,
     /// The processes that opened the handle or wrote through it (see [`Closer`]).
     writers: Mutex<Vec<u32>>,
+    /// The file's failed uploads when the handle was opened: later ones are its own.
+    failures_at_open: u64,
 }
 
 /// Processes remembered per handle: a program's threads, and the children it runs.
@@ -114,12 +120,27 @@ const WRITERS_KEPT: usize = 64;
 
 impl WriteHandle {
     /// A handle on `file` opened by process `pid`.
-    pub fn new(file: Arc<WriteFile>, readable: bool, counted: bool, pid: u32) -> Self {
+    pub fn new(
+        file: Arc<WriteFile>,
+        failures_at_open: u64,
+        readable: bool,
+        counted: bool,
+        pid: u32,
+    ) -> Self {
         Self {
             file,
             readable,
             counted,
             writers: Mutex::new(vec![pid]),
+            failures_at_open,
+        }
+    }
+
+    /// The failed upload this handle has to report, if one failed since it was opened.
+    fn failure(&self, state: &WriteState) -> Result<(), FsError> {
+        match &state.failure {
+            Some(failure) if state.failures > self.failures_at_open => Err(failure.clone()),
+            _ => Ok(()),
         }
     }
 
@@ -155,6 +176,10 @@ pub struct OpenMode {
 pub enum Closer {
     /// The program that opened or wrote the file, closing it.
     Program,
+    /// The program closing one descriptor while another of its own still holds the file:
+    /// a shell's `>` or dd opens the file, dup2()s it onto stdout and closes the first
+    /// descriptor before writing anything.
+    ProgramKeepsOpen,
     /// The kernel closing the files of a writer killed by a signal, whose half-written
     /// file must not be taken for whole.
     KilledProcess,
@@ -193,6 +218,11 @@ impl WriteFile {
             shown: Mutex::new(shown),
             opens: Mutex::new(0),
         }
+    }
+
+    /// Uploads of the file that failed so far.
+    pub(super) async fn failures(&self) -> u64 {
+        self.state.lock().await.failures
     }
 
     /// What `stat` shows now.
@@ -339,11 +369,13 @@ impl FtpFs {
             mode: Some(requested),
             discarded: false,
             failure: None,
+            failures: 0,
             changed_at: now,
         });
         let attr = self.written_attr(ino, file.shown());
+        let failures = file.failures().await;
         let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle::new(
-            file, how.read, true, pid,
+            file, failures, how.read, true, pid,
         ))));
         tracing::debug!(ino, name = %shown(name), "created");
         Ok((
@@ -392,10 +424,12 @@ impl FtpFs {
                     mode: entry.mode,
                     discarded: false,
                     failure: None,
+                    failures: 0,
                     changed_at: shown_mtime,
                 })
             }
         };
+        let failures = file.failures().await;
         if how.truncate {
             let mut state = file.state.lock().await;
             self.truncate_locked(ino, &mut state, 0).await?;
@@ -407,7 +441,7 @@ impl FtpFs {
             file.publish(&state);
         }
         let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle::new(
-            file, how.read, true, pid,
+            file, failures, how.read, true, pid,
         ))));
         Ok(Opened {
             handle,
@@ -415,27 +449,27 @@ impl FtpFs {
         })
     }
 
-    /// Writes `data` at `offset` of an open file, for process `pid`.
+    /// Writes `data` at `offset` of an open file, for process `pid`. It takes the buffer
+    /// so that a streamed upload queues it without another copy.
     pub async fn write(
         &self,
         handle: u64,
         offset: u64,
-        data: &[u8],
+        data: Vec<u8>,
         pid: u32,
     ) -> Result<u32, FsError> {
         let write = self.handles.write(handle)?;
         write.note_writer(pid);
         let file = write.file.clone();
         let mut state = file.state.lock().await;
-        if let Some(failure) = &state.failure {
-            return Err(failure.clone());
-        }
+        write.failure(&state)?;
+        let len = data.len() as u32;
         let result = self.write_locked(file.ino, &mut state, offset, data).await;
         if let Err(e) = &result {
             self.fail(&mut state, e.clone());
         }
         file.publish(&state);
-        result.map(|()| data.len() as u32)
+        result.map(|()| len)
     }
 
     async fn write_locked(
@@ -443,7 +477,7 @@ impl FtpFs {
         ino: u64,
         state: &mut WriteState,
         offset: u64,
-        data: &[u8],
+        data: Vec<u8>,
     ) -> Result<(), FsError> {
         state.dirty = true;
         state.written = true;
@@ -467,14 +501,14 @@ impl FtpFs {
             if offset >= stream.position {
                 let gap = offset - stream.position;
                 stream.send_zeros(gap).await?;
-                stream.send(data.to_vec()).await?;
+                stream.send(data).await?;
                 state.size = state.size.max(end);
                 return Ok(());
             }
             tracing::debug!(ino, offset, "a write out of order: staging the file");
         }
         let staging = self.staged(ino, state).await?;
-        staging.write_at(offset, data)?;
+        staging.write_at(offset, &data)?;
         state.size = staging.len();
         Ok(())
     }
@@ -511,15 +545,20 @@ impl FtpFs {
                     // What was streamed is on the server whole; it comes back to the
                     // staging file, and its temporary file goes.
                     let path = stream.path.clone();
-                    let (conn, uploaded) = stream.finish().await?;
-                    drop(conn);
-                    let version = Arc::new(FileVersion {
-                        path: path.clone().into(),
-                        size: uploaded,
-                        // A version no listing will ever show, so no stale block is hit.
-                        mtime: (-1, super::names::unique() as u32),
-                    });
-                    let filled = self.fill(&mut staging, version).await;
+                    let filled = async {
+                        let (mut conn, sent) = stream.finish().await?;
+                        let uploaded = upload::verify(&mut conn, &path, sent).await?;
+                        drop(conn);
+                        let version = Arc::new(FileVersion {
+                            path: path.clone().into(),
+                            size: uploaded,
+                            // A version no listing will ever show, so no stale block is
+                            // hit.
+                            mtime: (-1, super::names::unique() as u32),
+                        });
+                        self.fill(&mut staging, version).await
+                    }
+                    .await;
                     self.discard_temporary(path);
                     filled?;
                 }
@@ -627,6 +666,7 @@ impl FtpFs {
         state.dirty = false;
         state.written = false;
         state.failure = Some(error);
+        state.failures += 1;
     }
 
     /// Whether process `pid` opened `handle` for writing or wrote through it: then its
@@ -635,6 +675,15 @@ impl FtpFs {
         self.handles
             .write(handle)
             .is_ok_and(|write| write.counted && write.is_writer(pid))
+    }
+
+    /// The inode of `handle`'s file when it is new and nothing was written to it yet:
+    /// its flush creates it on the server unless the closer still holds it open
+    /// (see [`Closer::ProgramKeepsOpen`]).
+    pub async fn unwritten_new_file(&self, handle: u64) -> Option<u64> {
+        let write = self.handles.write(handle).ok()?;
+        let state = write.file.state.lock().await;
+        (!state.on_server && !state.written && !state.discarded).then_some(write.file.ino)
     }
 
     /// Ends a use of an open file (`close()`, or the kernel closing a killed process's
@@ -662,10 +711,15 @@ impl FtpFs {
             }
             return Ok(());
         }
-        if let Some(failure) = &state.failure {
-            return Err(failure.clone());
-        }
-        if state.written {
+        write.failure(&state)?;
+        // A file not yet on the server is uploaded even if nothing was written: `touch`
+        // and `cp` of an empty file must find it there, or its error, when close()
+        // returns (the release that follows is not waited for); unless the program
+        // still holds it on another descriptor and is about to write. An existing file
+        // whose only change is the open's O_TRUNC keeps its content until something is
+        // written or the last close: a shell's `>` closes its copy before the program
+        // writes.
+        if state.written || (!state.on_server && closer != Closer::ProgramKeepsOpen) {
             self.commit(&file, &mut state).await?;
         }
         Ok(())
@@ -678,9 +732,7 @@ impl FtpFs {
         };
         let file = write.file.clone();
         let mut state = file.state.lock().await;
-        if let Some(failure) = &state.failure {
-            return Err(failure.clone());
-        }
+        write.failure(&state)?;
         self.commit(&file, &mut state).await
     }
 
@@ -719,7 +771,7 @@ impl FtpFs {
             mode: state.set_mode,
         };
         let size = state.size;
-        let (mut conn, uploaded, path) = match &mut state.content {
+        let (mut conn, sent, path) = match &mut state.content {
             Content::Streaming(_) => {
                 let Content::Streaming(mut stream) =
                     std::mem::replace(&mut state.content, Content::Server)
@@ -762,8 +814,8 @@ impl FtpFs {
             }
         };
         let landed = async {
-            let applied =
-                upload::apply_metadata(&mut conn, &path, upload::Target::File, metadata).await?;
+            let (uploaded, applied) =
+                upload::check_and_apply(&mut conn, &path, sent, metadata).await?;
             if path != final_path {
                 let target_exists =
                     state.on_server || self.dirs.cached_entry(&dir, &name).is_some();
@@ -780,11 +832,11 @@ impl FtpFs {
                     self.refuses_overwrite.store(true, Ordering::Relaxed);
                 }
             }
-            Ok::<Metadata, FsError>(applied)
+            Ok::<(u64, Metadata), FsError>((uploaded, applied))
         }
         .await;
-        let applied = match landed {
-            Ok(applied) => applied,
+        let (uploaded, applied) = match landed {
+            Ok(landed) => landed,
             Err(e) => {
                 drop(conn);
                 return Err(self.discard_after(e, path));
@@ -858,7 +910,8 @@ impl FtpFs {
         }
         {
             let mut state = file.state.lock().await;
-            if state.dirty && !state.discarded && state.failure.is_none() {
+            // Dirty after a failure means written since (a failure clears it).
+            if state.dirty && !state.discarded {
                 if let Err(e) = self.commit(&file, &mut state).await {
                     tracing::warn!(
                         ino = file.ino,
@@ -955,10 +1008,8 @@ impl FtpFs {
             }
         };
         let result = async {
+            // A truncation after a failed upload applies to what the server has.
             let mut state = file.state.lock().await;
-            if let Some(failure) = &state.failure {
-                return Err(failure.clone());
-            }
             let cut = self.truncate_locked(ino, &mut state, size).await;
             file.publish(&state);
             cut?;

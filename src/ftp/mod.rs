@@ -12,7 +12,8 @@ pub mod tls;
 pub mod transport;
 
 pub use control::{
-    verb, ControlConnection, DataConnection, Retry, Standing, TlsSummary, UploadConnection, Verb,
+    verb, ControlConnection, DataConnection, Retry, Standing, TlsSummary, UploadCheck,
+    UploadConnection, Verb,
 };
 pub use error::FtpError;
 pub use options::{ConnectOptions, Secret, Security, Timeouts};

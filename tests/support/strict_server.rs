@@ -182,6 +182,8 @@ struct Faults {
     refuse_upload_data: AtomicBool,
     /// Milliseconds a listing waits between reading the directory and sending it.
     listing_delay_ms: AtomicU64,
+    /// The next this many PASV/EPSV find no passive port free.
+    passive_ports_busy: AtomicU64,
 }
 
 /// A control connection that drops at a command, without replying to it.
@@ -258,6 +260,7 @@ impl StrictServer {
                 drop_at: Mutex::new(None),
                 refuse_upload_data: AtomicBool::new(false),
                 listing_delay_ms: AtomicU64::new(0),
+                passive_ports_busy: AtomicU64::new(0),
             },
         });
         // Fail now rather than on the first connection if cert and key
@@ -422,6 +425,15 @@ impl StrictServer {
             .faults
             .listing_delay_ms
             .store(delay.map_or(0, |d| d.as_millis() as u64), Ordering::SeqCst);
+    }
+
+    /// The next `count` PASV or EPSV commands fail with 425 as if every passive port
+    /// were taken (a busy server's range, or ports still in TIME_WAIT).
+    pub fn set_passive_ports_busy(&self, count: u64) {
+        self.shared
+            .faults
+            .passive_ports_busy
+            .store(count, Ordering::SeqCst);
     }
 
     /// Stops accepting, closes every control connection (which aborts any
@@ -1244,6 +1256,14 @@ impl Session {
         }
         // Replaces (and so closes) any listener a previous PASV left open.
         self.passive = None;
+        let busy = self.shared.faults.passive_ports_busy.fetch_update(
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if busy.is_ok() {
+            return self.reply(425, "Unable to open passive port: Address already in use.");
+        }
         let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
             Ok(l) => l,
             Err(_) => return self.reply(425, "Can't open passive listener."),

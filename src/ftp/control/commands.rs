@@ -188,23 +188,100 @@ impl ControlConnection {
     /// The size of a file in bytes (SIZE, RFC 3659).
     pub async fn size(&mut self, path: &[u8]) -> Result<u64, FtpError> {
         let reply = self.path_command(&verb::SIZE, path, 213).await?;
-        reply
-            .first_line()
-            .parse::<u64>()
-            .map_err(|_| FtpError::Protocol {
-                step: "SIZE".into(),
-                detail: format!("not a size: {reply}"),
-            })
+        size_of(&reply)
+    }
+
+    /// After an upload to `path`: the size the server stores (as [`Self::stored_size`]),
+    /// and the modification time and mode set, when asked for, all in one round trip
+    /// where the server's way of setting times is known.
+    pub async fn check_upload(
+        &mut self,
+        path: &[u8],
+        unix_seconds: Option<i64>,
+        mode: Option<u32>,
+    ) -> Result<UploadCheck, FtpError> {
+        let size = Command::with_arg(&verb::SIZE, path)?;
+        let time = match unix_seconds {
+            Some(seconds) => self.time_command_for(path, seconds)?,
+            None => None,
+        };
+        let chmod = match mode {
+            Some(mode) => Some(Command::with_arg(
+                &verb::SITE,
+                [format!("CHMOD {:o} ", mode & 0o7777).as_bytes(), path].concat(),
+            )?),
+            None => None,
+        };
+        let commands: Vec<&Command> = [Some(&size), time.as_ref(), chmod.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut replies = self.mutate_all(&commands).await?.into_iter();
+        let mut outcome = |command: &Command| {
+            let reply = replies.next().expect("one reply per command");
+            if reply.is_success() {
+                Ok(reply)
+            } else {
+                Err(FtpError::Rejected {
+                    command: command.shown(),
+                    reply,
+                })
+            }
+        };
+        let size_reply = outcome(&size);
+        let time_set = time.as_ref().map(|c| outcome(c).map(drop));
+        let mode_set = chmod.as_ref().map(|c| outcome(c).map(drop));
+        let stored = match size_reply {
+            Ok(reply) => Some(size_of(&reply)?),
+            Err(e) if e.is_unsupported() => self.stored_size_without_size(path).await?,
+            Err(e) => return Err(e),
+        };
+        // The way to set times is probed once per connection, on its own.
+        let time_set = match (time_set, unix_seconds) {
+            (None, Some(seconds)) => Some(self.set_modified(path, seconds).await),
+            (set, _) => set,
+        };
+        Ok(UploadCheck {
+            size: stored,
+            time_set,
+            mode_set,
+        })
+    }
+
+    /// The command that sets `path`'s time where the connection knows which one the
+    /// server has; None while that is unknown (see [`Self::set_modified`]).
+    fn time_command_for(
+        &self,
+        path: &[u8],
+        unix_seconds: i64,
+    ) -> Result<Option<Command>, FtpError> {
+        let Some(time) = listing::format_time_val(unix_seconds) else {
+            return Ok(None);
+        };
+        let with_time = [time.as_bytes(), b" ", path].concat();
+        Ok(match self.time_setting {
+            TimeSetting::Mfmt => Some(Command::with_arg(&verb::MFMT, &with_time)?),
+            TimeSetting::MdtmWithTime => Some(Command::with_arg(&MDTM_SET, &with_time)?),
+            TimeSetting::SiteUtime => Some(Command::with_arg(
+                &verb::SITE,
+                [b"UTIME ".as_slice(), &with_time].concat(),
+            )?),
+            TimeSetting::Unknown | TimeSetting::Unsupported => None,
+        })
     }
 
     /// The size of a file as the server stores it, to check an upload: SIZE, or the
     /// size fact of MLST where SIZE is unknown; None when the server has neither.
     pub async fn stored_size(&mut self, path: &[u8]) -> Result<Option<u64>, FtpError> {
         match self.size(path).await {
-            Ok(size) => return Ok(Some(size)),
-            Err(e) if !e.is_unsupported() => return Err(e),
-            Err(_) => {}
+            Ok(size) => Ok(Some(size)),
+            Err(e) if !e.is_unsupported() => Err(e),
+            Err(_) => self.stored_size_without_size(path).await,
         }
+    }
+
+    /// The size fact of MLST, for a server without SIZE; None without MLST either.
+    async fn stored_size_without_size(&mut self, path: &[u8]) -> Result<Option<u64>, FtpError> {
         if !self.features.mlsd {
             return Ok(None);
         }
@@ -271,8 +348,16 @@ impl ControlConnection {
         &mut self,
         commands: [&Command; N],
     ) -> Result<[Reply; N], FtpError> {
+        let replies = self.mutate_all(&commands).await?;
+        Ok(replies
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one reply per command")))
+    }
+
+    /// [`Self::mutate`] for a number of commands known only at run time.
+    async fn mutate_all(&mut self, commands: &[&Command]) -> Result<Vec<Reply>, FtpError> {
         let written_before = self.commands_written;
-        match self.pipeline(commands).await {
+        match self.pipeline_all(commands).await {
             Ok(replies) => Ok(replies),
             // A 421 is the server's refusal: it did nothing.
             Err(error)
@@ -281,7 +366,7 @@ impl ControlConnection {
                     && error.reply_code() != Some(421) =>
             {
                 Err(FtpError::Unconfirmed {
-                    command: commands[N - 1].shown(),
+                    command: commands.last().map_or_else(String::new, |c| c.shown()),
                     source: Box::new(error),
                 })
             }
@@ -489,6 +574,28 @@ impl ControlConnection {
         self.open_data(Command::with_arg(&verb::RETR, path)?, offset)
             .await
     }
+}
+
+/// What the server said after an upload (see [`ControlConnection::check_upload`]).
+#[derive(Debug)]
+pub struct UploadCheck {
+    /// The size it stores; None when it reports no sizes at all.
+    pub size: Option<u64>,
+    /// Whether the modification time was set, when one was asked for.
+    pub time_set: Option<Result<(), FtpError>>,
+    /// Whether the mode was set, when one was asked for.
+    pub mode_set: Option<Result<(), FtpError>>,
+}
+
+/// The number in a 213 reply to SIZE.
+fn size_of(reply: &Reply) -> Result<u64, FtpError> {
+    reply
+        .first_line()
+        .parse::<u64>()
+        .map_err(|_| FtpError::Protocol {
+            step: "SIZE".into(),
+            detail: format!("not a size: {reply}"),
+        })
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ use crate::ftp::transport::{connect_tcp, tls_handshake, Transport};
 /// How long to wait for a refused data connection's handshake to settle, to report it.
 const REJECTED_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 
+/// EPSVs asked when the server has no passive port free (425), and the pause between.
+const PASSIVE_ATTEMPTS: u32 = 3;
+const PASSIVE_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 impl ControlConnection {
     /// Opens a passive data connection for `command`, resuming this connection's TLS session.
     ///
@@ -59,7 +63,21 @@ impl ControlConnection {
             });
         }
         let tickets_before = self.tickets_received();
-        let target = self.passive_address_and_offset(offset).await?;
+        // Where EPSV is known to work and a session is in hand, the command goes out with
+        // EPSV (and REST): the server takes it once its passive port is open and waits
+        // for the connection, one round trip sooner.
+        let mut command_sent = self.can_send_command_with_epsv();
+        let target = match command_sent {
+            true => self.passive_with_command(offset, &command).await?,
+            false => None,
+        };
+        let target = match target {
+            Some(target) => target,
+            None => {
+                command_sent = false;
+                self.passive_address_and_offset(offset).await?
+            }
+        };
         if self.tickets_received() > tickets_before {
             // FileZilla Server sends a ticket on the control connection at each EPSV.
             self.tickets_at_passive = true;
@@ -80,9 +98,11 @@ impl ControlConnection {
             connected_tx,
         )));
         let verb = command.verb().name;
-        if let Err(e) = self.send(&command).await {
-            handshake.abandon();
-            return Err(e);
+        if !command_sent {
+            if let Err(e) = self.send(&command).await {
+                handshake.abandon();
+                return Err(e);
+            }
         }
         if connected.await != Ok(true) {
             let connect_error = handshake.connect_error(&step).await;
@@ -296,6 +316,84 @@ impl ControlConnection {
         Ok(target)
     }
 
+    /// Whether a data command may go out together with its EPSV: EPSV worked on this
+    /// connection, and the data connection will not need a ticket the 229 might bring
+    /// (FileZilla Server sends one there): it holds a session to resume, or needs none.
+    fn can_send_command_with_epsv(&self) -> bool {
+        if !self.epsv_works || self.epsv_refused {
+            return false;
+        }
+        match &self.session {
+            None => true,
+            Some((_, store)) => {
+                !self.options.resume_data_sessions || store.can_resume() || !store.ever_issued()
+            }
+        }
+    }
+
+    /// Sends EPSV, REST when `offset` > 0, and `command` together, and reads the first
+    /// replies; `command`'s is left to read. Returns where to connect, or None when the
+    /// server could not open a passive port this time (425) and refused the command with
+    /// it: then both are to be sent again, one after the other.
+    async fn passive_with_command(
+        &mut self,
+        offset: u64,
+        command: &Command,
+    ) -> Result<Option<SocketAddr>, FtpError> {
+        let epsv = Command::new(&verb::EPSV);
+        let rest = match offset {
+            0 => None,
+            _ => Some(Command::with_arg(&verb::REST, offset.to_string())?),
+        };
+        let commands: Vec<&Command> = [Some(&epsv), rest.as_ref(), Some(command)]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.send_all(&commands).await?;
+        let epsv_reply = self.read_reply("EPSV").await?;
+        let rest_reply = match &rest {
+            Some(_) => Some(self.read_reply("REST").await?),
+            None => None,
+        };
+        if epsv_reply.code == 425 && rest.is_none() {
+            let verb = command.verb().name;
+            let reply = tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, self.read_reply(verb)).await;
+            if let Ok(Ok(reply)) = reply {
+                if !(reply.is_preliminary() || reply.is_success()) {
+                    tracing::debug!(conn = self.id, %epsv_reply, %reply, "no passive port this time; trying again");
+                    return Ok(None);
+                }
+            }
+        }
+        // EPSV worked before on this connection, so a refusal now, or a refused REST
+        // (after which the command would start at 0), leaves the server waiting for a
+        // connection that must not come: the connection is given up.
+        let target = match self.epsv_target(epsv_reply) {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                self.mark_broken();
+                return Err(FtpError::Protocol {
+                    step: "EPSV".into(),
+                    detail: "the server refused EPSV after accepting it before".into(),
+                });
+            }
+            Err(e) => {
+                self.mark_broken();
+                return Err(e);
+            }
+        };
+        if let Some(reply) = rest_reply {
+            if reply.code != 350 {
+                self.mark_broken();
+                return Err(FtpError::Rejected {
+                    command: format!("REST {offset}"),
+                    reply,
+                });
+            }
+        }
+        Ok(Some(target))
+    }
+
     /// The address in a reply to EPSV, or None when the server does not do EPSV.
     fn epsv_target(&mut self, reply: Reply) -> Result<Option<SocketAddr>, FtpError> {
         if reply.code == 229 {
@@ -306,6 +404,7 @@ impl ControlConnection {
                     detail,
                 }
             })?;
+            self.epsv_works = true;
             return Ok(Some(SocketAddr::new(self.peer.ip(), port)));
         }
         if !(500..=504).contains(&reply.code) {
@@ -320,8 +419,17 @@ impl ControlConnection {
     }
 
     async fn passive_address(&mut self) -> Result<SocketAddr, FtpError> {
-        if !self.epsv_refused {
+        let mut attempts = 0;
+        while !self.epsv_refused {
+            attempts += 1;
             let reply = self.command(Command::new(&verb::EPSV)).await?;
+            // 425: no passive port free this time (a busy server's range, ports still in
+            // TIME_WAIT). EPSV opens nothing when it fails, so asking again is safe.
+            if reply.code == 425 && attempts < PASSIVE_ATTEMPTS {
+                tracing::debug!(conn = self.id, %reply, "no passive port this time; asking again");
+                tokio::time::sleep(PASSIVE_RETRY_PAUSE * attempts).await;
+                continue;
+            }
             if let Some(target) = self.epsv_target(reply)? {
                 return Ok(target);
             }

@@ -22,7 +22,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::AsyncWriteExt;
 
-pub use commands::{verb, Retry, Verb, MAX_LISTING_BYTES};
+pub use commands::{verb, Retry, UploadCheck, Verb, MAX_LISTING_BYTES};
 use commands::{Command, TimeSetting};
 pub use data::DataConnection;
 use replies::PendingReplies;
@@ -82,6 +82,8 @@ pub struct ControlConnection {
     greeting: Reply,
     features: Features,
     epsv_refused: bool,
+    /// EPSV has worked on this connection: data commands may go out with it.
+    epsv_works: bool,
     data_connections: u64,
     state: State,
     /// A command that changes the server ([`Retry::Never`]) went out since the pool lent
@@ -176,6 +178,7 @@ impl ControlConnection {
             },
             features: Features::default(),
             epsv_refused: false,
+            epsv_works: false,
             data_connections: 0,
             state: State::Ready,
             sent_mutation: false,

@@ -184,8 +184,19 @@ impl ControlConnection {
         &mut self,
         commands: [&Command; N],
     ) -> Result<[Reply; N], FtpError> {
-        self.send_all(&commands).await?;
-        let mut replies = Vec::with_capacity(N);
+        let replies = self.pipeline_all(&commands).await?;
+        Ok(replies
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one reply per command")))
+    }
+
+    /// [`Self::pipeline`] for a number of commands known only at run time.
+    pub(super) async fn pipeline_all(
+        &mut self,
+        commands: &[&Command],
+    ) -> Result<Vec<Reply>, FtpError> {
+        self.send_all(commands).await?;
+        let mut replies = Vec::with_capacity(commands.len());
         for command in commands {
             let reply = self.read_reply(command.verb().name).await?;
             if reply.code == 421 {
@@ -200,9 +211,7 @@ impl ControlConnection {
             replies.push(reply);
         }
         self.enter(State::Ready);
-        Ok(replies
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("one reply per command")))
+        Ok(replies)
     }
 
     /// Reads the replies to an earlier ABOR + NOOP, up to the NOOP's 200.
