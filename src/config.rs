@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::ftp::{self, ConnectOptions, Secret, Security, Timeouts, TlsOptions};
@@ -200,7 +200,7 @@ pub fn resolve_credentials(
         .clone()
         .or_else(|| netrc.as_ref().and_then(|n| n.login.clone()))
         .unwrap_or_else(|| "anonymous".to_string());
-    if let Ok(password) = std::env::var("FTPSFS_PASSWORD") {
+    if let Some(password) = take_password_env() {
         return Ok((user, Secret::new(password)));
     }
     if let Some(path) = &sources.password_file {
@@ -227,14 +227,44 @@ pub fn resolve_credentials(
     )))
 }
 
-/// Reads a password file (first line), refusing one that other users can read.
+/// The password in FTPSFS_PASSWORD, taken out of the environment: fusermount3 and any
+/// other program this process starts would inherit it, and `/proc/PID/environ` shows the
+/// environment the process started with, so that copy is blanked too. Called before any
+/// thread starts (the environment is not thread-safe).
+fn take_password_env() -> Option<String> {
+    let password = std::env::var("FTPSFS_PASSWORD").ok()?;
+    // SAFETY: single-threaded here (see above). getenv returns the value's bytes in
+    // place, in the block the kernel gave the process (unless something set it since),
+    // which is writable; its length is that of the value just read.
+    unsafe {
+        let value = libc::getenv(c"FTPSFS_PASSWORD".as_ptr());
+        if !value.is_null() && libc::strlen(value) == password.len() {
+            std::ptr::write_bytes(value, 0, password.len());
+        }
+    }
+    std::env::remove_var("FTPSFS_PASSWORD");
+    Some(password)
+}
+
+/// Reads a password file (first line), refusing one that other users could read or change
+/// (.netrc's rule): it must belong to the user or root and have no group or other bits.
 pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
     let meta = fs::metadata(path)
         .map_err(|e| ConfigError::Password(format!("cannot read {}: {e}", path.display())))?;
-    if meta.permissions().mode() & 0o004 != 0 {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
         return Err(ConfigError::Password(format!(
-            "{} is readable by every user; chmod 600 it first",
+            "{} is open to other users (mode {mode:04o}); chmod 600 it first",
             path.display()
+        )));
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Err(ConfigError::Password(format!(
+            "{} belongs to another user (uid {}); it must be yours or root's",
+            path.display(),
+            meta.uid()
         )));
     }
     let text = fs::read_to_string(path)
@@ -524,11 +554,21 @@ mod tests {
         let file = dir.join("pw");
         fs::write(&file, "s3cret\n").unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read_password_file(&file).unwrap_err().to_string();
-        assert!(err.contains("readable by every user"), "{err}");
-        assert!(!err.contains("s3cret"));
+        for mode in [0o644, 0o640, 0o620, 0o604] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_password_file(&file).unwrap_err().to_string();
+            assert!(err.contains("open to other users"), "{mode:o}: {err}");
+            assert!(!err.contains("s3cret"));
+        }
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_password_file(&file).unwrap(), "s3cret");
+        // Someone else's file, private or not, is not the user's password (only root
+        // can give a file away).
+        if unsafe { libc::getuid() } == 0 {
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+            let err = read_password_file(&file).unwrap_err().to_string();
+            assert!(err.contains("belongs to another user (uid 65534)"), "{err}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use ftpsfs::config::{self, FtpUrl, PasswordSources};
+use ftpsfs::ftp::ConnectOptions;
 use ftpsfs::mount;
 use ftpsfs::settings::{Scope, Setting, Settings, SETTINGS};
 
@@ -203,6 +204,20 @@ fn main() -> ExitCode {
                 eprintln!("ftpsfs: {e}");
                 return ExitCode::from(2);
             }
+            // Before the runtime's threads start: reading the password takes it out of
+            // the environment.
+            let prepared = (|| {
+                let mut settings = Settings::default();
+                flags.apply(&mut settings)?;
+                prepare(&url, &settings)
+            })();
+            let (url, options) = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    eprintln!("ftpsfs: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -213,7 +228,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(check(&url, data_connections, write_test.as_deref(), &flags))
+            runtime.block_on(check(url, options, data_connections, write_test.as_deref()))
         }
         None => mount_command(cli.verbose, cli.mount),
     }
@@ -243,18 +258,7 @@ fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
         eprintln!("ftpsfs: {e}");
         return ExitCode::from(2);
     }
-    let prepared = (|| {
-        let url = FtpUrl::parse(&url)?;
-        let sources = PasswordSources {
-            password_file: settings.password_file.clone(),
-            netrc: None,
-            allow_prompt: true,
-        };
-        let (user, password) = config::resolve_credentials(&url, &sources)?;
-        let options = config::connect_options(&url, user, password, &settings.connection)?;
-        Ok::<_, config::ConfigError>((url, options))
-    })();
-    let (parsed, options) = match prepared {
+    let (parsed, options) = match prepare(&url, &settings) {
         Ok(prepared) => prepared,
         Err(e) => {
             eprintln!("ftpsfs: {e}");
@@ -296,32 +300,29 @@ fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
     }
 }
 
-async fn check(
+/// The parsed URL and how to connect: the password is read (and taken out of the
+/// environment) here, before any thread starts.
+fn prepare(
     url: &str,
+    settings: &Settings,
+) -> Result<(FtpUrl, ConnectOptions), config::ConfigError> {
+    let url = FtpUrl::parse(url)?;
+    let sources = PasswordSources {
+        password_file: settings.password_file.clone(),
+        netrc: None,
+        allow_prompt: true,
+    };
+    let (user, password) = config::resolve_credentials(&url, &sources)?;
+    let options = config::connect_options(&url, user, password, &settings.connection)?;
+    Ok((url, options))
+}
+
+async fn check(
+    url: FtpUrl,
+    options: ConnectOptions,
     data_connections: usize,
     write_test: Option<&str>,
-    flags: &OptionFlags<false>,
 ) -> ExitCode {
-    let prepared = (|| {
-        let mut settings = Settings::default();
-        flags.apply(&mut settings)?;
-        let url = FtpUrl::parse(url)?;
-        let sources = PasswordSources {
-            password_file: settings.password_file.clone(),
-            netrc: None,
-            allow_prompt: true,
-        };
-        let (user, password) = config::resolve_credentials(&url, &sources)?;
-        let options = config::connect_options(&url, user, password, &settings.connection)?;
-        Ok::<_, config::ConfigError>((url, options))
-    })();
-    let (url, options) = match prepared {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            eprintln!("ftpsfs: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let checked = ftpsfs::check::run(options.clone(), &url.path, data_connections, |line| {
         println!("{line}")
     })

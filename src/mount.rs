@@ -139,13 +139,25 @@ pub fn serve(
     config.mount_options = vec![
         MountOption::FSName(source.to_string()),
         MountOption::Subtype("ftpsfs".into()),
-        MountOption::NoDev,
-        MountOption::NoSuid,
     ];
+    let flags = settings.kernel_flags;
+    let pick = |on: bool, yes: MountOption, no: MountOption| if on { yes } else { no };
+    config.mount_options.extend([
+        pick(flags.exec, MountOption::Exec, MountOption::NoExec),
+        pick(flags.suid, MountOption::Suid, MountOption::NoSuid),
+        pick(flags.dev, MountOption::Dev, MountOption::NoDev),
+        pick(flags.sync, MountOption::Sync, MountOption::Async),
+    ]);
+    if flags.noatime {
+        config.mount_options.push(MountOption::NoAtime);
+    }
+    if flags.dirsync {
+        config.mount_options.push(MountOption::DirSync);
+    }
     if settings.read_only {
         config.mount_options.push(MountOption::RO);
     }
-    if settings.default_permissions {
+    if settings.kernel_checks_permissions() {
         config.mount_options.push(MountOption::DefaultPermissions);
     }
     config.acl = if settings.allow_other {

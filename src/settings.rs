@@ -45,8 +45,9 @@ pub struct Settings {
     pub allow_other: bool,
     /// `allow_root`.
     pub allow_root: bool,
-    /// `default_permissions`: let the kernel check permissions.
-    pub default_permissions: bool,
+    /// `default_permissions` (Some(true)) or `no_default_permissions` (Some(false)):
+    /// whether the kernel checks permissions; see [`Settings::kernel_checks_permissions`].
+    pub default_permissions: Option<bool>,
     /// `log_file=`: where logs go (needed to see them after detaching).
     pub log_file: Option<PathBuf>,
     /// `debug`: debug-level logging.
@@ -57,6 +58,61 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     /// `atomic_upload=`: upload to a temporary name, then rename.
     pub atomic_uploads: bool,
+    /// Standard flags the kernel applies to the mount (`noexec`, `nosuid`, ...).
+    pub kernel_flags: KernelFlags,
+}
+
+/// The standard mount flags that mean something to the kernel for any filesystem
+/// (mount(8)); the last one given of a pair wins, as with mount(8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelFlags {
+    /// `exec`/`noexec`: programs on the mount may run.
+    pub exec: bool,
+    /// `suid`/`nosuid`: set-user-ID bits take effect (off by default, as for every FUSE
+    /// mount: the server decides the bits).
+    pub suid: bool,
+    /// `dev`/`nodev`: device files work (off by default, as for every FUSE mount).
+    pub dev: bool,
+    /// `noatime`: the kernel does not update access times.
+    pub noatime: bool,
+    /// `sync`: writes are synchronous.
+    pub sync: bool,
+    /// `dirsync`: directory changes are synchronous.
+    pub dirsync: bool,
+}
+
+impl Default for KernelFlags {
+    fn default() -> Self {
+        Self {
+            exec: true,
+            suid: false,
+            dev: false,
+            noatime: false,
+            sync: false,
+            dirsync: false,
+        }
+    }
+}
+
+impl KernelFlags {
+    /// Applies `option` if it is one of these flags; false if it is not.
+    fn apply(&mut self, option: &str) -> bool {
+        match option {
+            "exec" => self.exec = true,
+            "noexec" => self.exec = false,
+            "suid" => self.suid = true,
+            "nosuid" => self.suid = false,
+            "dev" => self.dev = true,
+            "nodev" => self.dev = false,
+            "atime" => self.noatime = false,
+            "noatime" => self.noatime = true,
+            "sync" => self.sync = true,
+            "async" => self.sync = false,
+            "dirsync" => self.dirsync = true,
+            _ => return false,
+        }
+        true
+    }
 }
 
 impl Default for Settings {
@@ -81,12 +137,13 @@ impl Default for Settings {
             umask: 0o022,
             allow_other: false,
             allow_root: false,
-            default_permissions: false,
+            default_permissions: None,
             log_file: None,
             debug: false,
             read_only: false,
             cache_dir: default_cache_dir(),
             atomic_uploads: true,
+            kernel_flags: KernelFlags::default(),
         }
     }
 }
@@ -177,7 +234,7 @@ pub const SETTINGS: &[Setting] = &[
         value: Some("FILE"),
         short: None,
         default: WhenUnset::Otherwise("—"),
-        meaning: "read the password from the first line of FILE, which must not be world-readable",
+        meaning: "read the password from the first line of FILE, which must be yours (or root's) and closed to group and others (as .netrc)",
         reason: "without it FTPSFS_PASSWORD, ~/.netrc and then a prompt are tried, so a password never has to be on the command line",
         scope: Scope::Connection,
         apply: |s, v| {
@@ -457,13 +514,27 @@ pub const SETTINGS: &[Setting] = &[
         key: "default_permissions",
         value: None,
         short: None,
-        default: WhenUnset::Otherwise("off"),
+        default: WhenUnset::Otherwise("on with `allow_other`, else off"),
         meaning: "let the kernel check permissions against the shown modes",
-        reason: "the server checks every access itself",
+        reason: "the server checks every access as the mounting user, so with `allow_other` the shown modes are all that keeps other users out",
         scope: Scope::Mount,
         apply: |s, v| {
             flag(v)?;
-            s.default_permissions = true;
+            s.default_permissions = Some(true);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "no_default_permissions",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "leave every access check to the server, even with `allow_other` (then every local user has the mounting user's access)",
+        reason: "with `allow_other`, that would let any local user read and change all the mounting user can",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.default_permissions = Some(false);
             Ok(())
         },
     },
@@ -569,7 +640,9 @@ pub const SETTINGS: &[Setting] = &[
 ];
 
 /// Standard mount options that say nothing to ftpsfs (mount(8), fstab, mount.fuse3), and
-/// options of mount.fuse3's own that the URL and mountpoint already say.
+/// options of mount.fuse3's own that the URL and mountpoint already say. The atime
+/// variants other than `noatime` choose how the kernel updates access times, which no
+/// FTP server keeps; FUSE mounts cannot pass them.
 const IGNORED_OPTIONS: &[&str] = &[
     "defaults",
     "_netdev",
@@ -581,21 +654,11 @@ const IGNORED_OPTIONS: &[&str] = &[
     "nouser",
     "owner",
     "group",
-    "suid",
-    "nosuid",
-    "dev",
-    "nodev",
-    "exec",
-    "noexec",
-    "atime",
-    "noatime",
     "relatime",
     "norelatime",
     "strictatime",
     "nodiratime",
     "diratime",
-    "sync",
-    "async",
     "loud",
     "silent",
     "fsname",
@@ -609,6 +672,12 @@ pub fn find(key: &str) -> Option<&'static Setting> {
 }
 
 impl Settings {
+    /// Whether the kernel checks permissions against the shown modes: as asked, else
+    /// when other users are let in (as sshfs advises).
+    pub fn kernel_checks_permissions(&self) -> bool {
+        self.default_permissions.unwrap_or(self.allow_other)
+    }
+
     /// Applies one `-o` list (`key=value,flag,...`).
     pub fn apply_options(&mut self, list: &str) -> Result<(), ConfigError> {
         for option in list.split(',').filter(|o| !o.is_empty()) {
@@ -619,6 +688,7 @@ impl Settings {
             match find(key) {
                 Some(setting) => (setting.apply)(self, value)
                     .map_err(|why| ConfigError::Option(format!("mount option {key}: {why}")))?,
+                None if value.is_none() && self.kernel_flags.apply(key) => {}
                 None if key.starts_with("x-") || IGNORED_OPTIONS.contains(&key) => {}
                 None => return Err(ConfigError::Option(format!("unknown mount option {key:?}"))),
             }
@@ -821,6 +891,37 @@ mod tests {
                 setting.key
             );
         }
+    }
+
+    #[test]
+    fn kernel_flags_are_kept_and_the_last_of_a_pair_wins() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.kernel_flags, KernelFlags::default());
+        settings
+            .apply_options("noexec,suid,dev,nodev,noatime,sync,dirsync,relatime")
+            .unwrap();
+        let flags = settings.kernel_flags;
+        assert!(!flags.exec && flags.suid && !flags.dev && flags.noatime);
+        assert!(flags.sync && flags.dirsync);
+        settings.apply_options("exec,async,atime").unwrap();
+        let flags = settings.kernel_flags;
+        assert!(flags.exec && !flags.sync && !flags.noatime);
+        // A flag with a value is a typo, not a flag.
+        assert!(settings.apply_options("noexec=1").is_err());
+    }
+
+    #[test]
+    fn allow_other_turns_kernel_permission_checks_on_unless_refused() {
+        let with = |options: &str| {
+            let mut settings = Settings::default();
+            settings.apply_options(options).unwrap();
+            settings.kernel_checks_permissions()
+        };
+        assert!(!with(""));
+        assert!(with("default_permissions"));
+        assert!(with("allow_other"));
+        assert!(!with("allow_other,no_default_permissions"));
+        assert!(!with("allow_root"));
     }
 
     #[test]

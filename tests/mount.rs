@@ -1313,6 +1313,61 @@ fn vsftpd_sigterm_while_busy_still_ends_the_mount() {
     );
 }
 
+/// The per-mount flags of `path` (mountinfo's sixth field: ro/rw, nosuid, noexec, ...).
+fn mount_flags(path: &Path) -> Vec<String> {
+    let path = fs::canonicalize(path).unwrap();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .rfind(|line| line.split(' ').nth(4) == path.to_str())
+        .unwrap_or_else(|| panic!("{} not in mountinfo", path.display()));
+    line.split(' ')
+        .nth(5)
+        .unwrap()
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
+/// Standard flags with a meaning to the kernel reach it: `noexec` stops programs on the
+/// mount from running, and so on, while the FUSE defaults `nosuid` and `nodev` stay.
+#[test]
+fn strict_kernel_flags_are_applied() {
+    let scratch = ServerScratch::new();
+    let script = scratch.dir.join("run-me.sh");
+    fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let run_script = |m: &Mounted| Command::new(m.join(&scratch.name).join("run-me.sh")).output();
+
+    let m = Mounted::new(Server::Strict, Tls::V13);
+    let flags = mount_flags(m.path());
+    for flag in ["nosuid", "nodev"] {
+        assert!(flags.iter().any(|f| f == flag), "{flag} missing: {flags:?}");
+    }
+    assert!(!flags.iter().any(|f| f == "noexec"), "{flags:?}");
+    let out = run_script(&m).unwrap();
+    assert_eq!(
+        out.stdout,
+        b"ran\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(m);
+
+    let m = Mounted::with(MountConfig::new(Server::Strict, Tls::V13).option("noexec,noatime"));
+    let flags = mount_flags(m.path());
+    for flag in ["noexec", "noatime", "nosuid", "nodev"] {
+        assert!(flags.iter().any(|f| f == flag), "{flag} missing: {flags:?}");
+    }
+    let err = run_script(&m).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    drop(m);
+
+    // The last of a pair wins, as with mount(8).
+    let m = Mounted::with(MountConfig::new(Server::Strict, Tls::V13).option("noexec,exec"));
+    assert!(!mount_flags(m.path()).iter().any(|f| f == "noexec"));
+}
+
 #[test]
 fn vsftpd_fstab_options_are_accepted() {
     // What an fstab line's options reach ftpsfs as (mount.fuse3 passes them through).

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::mount::{run, scratch_dir, MountConfig, Mounted};
+use common::mount::{run, scratch_dir, MountConfig, Mounted, ServerScratch};
 use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
 use common::{env, Server, Tls};
 
@@ -76,6 +76,13 @@ fn the_password_is_never_in_argv_or_any_log() {
     assert!(
         !text(&argv).contains(password),
         "the password is on the command line"
+    );
+    // Taken out of the environment: fusermount3 did not inherit it, and the block
+    // /proc/PID/environ shows was blanked.
+    let environ = fs::read(format!("/proc/{}/environ", m.pid())).unwrap();
+    assert!(
+        !text(&environ).contains(password),
+        "the password is in the mount's environment"
     );
     assert_reads_small(&m);
     assert!(fs::read_dir(m.join("dir1")).unwrap().count() > 0);
@@ -142,7 +149,7 @@ fn a_password_file_readable_by_everyone_is_refused() {
     let mut refused = config(&server).option(&format!("password_file={}", file.display()));
     refused.no_password_env = true;
     let line = config_error(&refused);
-    assert!(line.contains("readable by every user"), "{line}");
+    assert!(line.contains("open to other users (mode 0644)"), "{line}");
     assert!(!line.contains(&env().password), "{line}");
 
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
@@ -298,6 +305,7 @@ fn as_nobody(args: &[&str], path: &Path) -> Output {
 
 #[test]
 fn the_mount_is_private_unless_allow_other() {
+    let scratch = ServerScratch::new();
     let m = Mounted::new(Server::Strict, Tls::V13);
     let options = super_options(m.path());
     assert!(
@@ -339,4 +347,27 @@ fn the_mount_is_private_unless_allow_other() {
         text(&out.stdout),
         text(&fs::read(env().data.join("small.txt")).unwrap())
     );
+    // The server sees every access as the mounting user's: with others let in, the
+    // kernel checks the shown modes, and the root directory (0755, root's) is not
+    // theirs to write in.
+    assert!(super_options(m.path()).contains("default_permissions"));
+    let target = m.join(&scratch.name).join("nobody-was-here");
+    let out = as_nobody(&["touch"], &target);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("Permission denied"),
+        "another user wrote through allow_other: {} {}",
+        out.status,
+        text(&out.stderr)
+    );
+    drop(m);
+
+    // Turned off explicitly: the server alone decides, and lets them in.
+    let m = Mounted::with(
+        MountConfig::new(Server::Strict, Tls::V13).option("allow_other,no_default_permissions"),
+    );
+    assert!(!super_options(m.path()).contains("default_permissions"));
+    let target = m.join(&scratch.name).join("nobody-was-here");
+    let out = as_nobody(&["touch"], &target);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(scratch.dir.join("nobody-was-here").exists());
 }
