@@ -95,10 +95,14 @@ impl FuseAdapter {
         reply: ReplyEntry,
         work: impl std::future::Future<Output = Result<Attr, FsError>> + Send + 'static,
     ) {
-        let adapter = self.timing();
+        let (adapter, fs) = (self.timing(), self.fs.clone());
         self.runtime.spawn(async move {
             match work.await {
-                Ok(attr) => reply.entry(&adapter.ttl_of(&attr), &file_attr(&attr), Generation(0)),
+                Ok(attr) => {
+                    // Counted before the kernel can forget it.
+                    fs.remember(attr.ino);
+                    reply.entry(&adapter.ttl_of(&attr), &file_attr(&attr), Generation(0))
+                }
                 Err(e) => reply.error(errno(operation, &e)),
             }
         });
@@ -354,6 +358,11 @@ impl Filesystem for FuseAdapter {
         );
     }
 
+    // batch_forget's default calls this for each node.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, timing) = (self.fs.clone(), self.timing());
         self.runtime.spawn(async move {
@@ -534,13 +543,16 @@ impl Filesystem for FuseAdapter {
         let (how, pid) = (open_mode(OpenFlags(flags)), req.pid());
         self.runtime.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask, how, pid).await {
-                Ok((attr, opened)) => reply.created(
-                    &timing.ttl_of(&attr),
-                    &file_attr(&attr),
-                    Generation(0),
-                    FileHandle(opened.handle),
-                    fopen_flags(&opened),
-                ),
+                Ok((attr, opened)) => {
+                    fs.remember(attr.ino);
+                    reply.created(
+                        &timing.ttl_of(&attr),
+                        &file_attr(&attr),
+                        Generation(0),
+                        FileHandle(opened.handle),
+                        fopen_flags(&opened),
+                    )
+                }
                 Err(e) => reply.error(errno("create", &e)),
             }
         });
@@ -682,11 +694,14 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(fh.0, offset) {
+        match self.fs.readdirplus(fh.0, offset) {
             Ok(entries) => {
                 for entry in entries {
                     let attr = file_attr(&entry.attr);
                     let name = OsStr::from_bytes(&entry.name);
+                    // The kernel takes a reference to every entry but `.` and `..`
+                    // (readdirplus counted them).
+                    let counted = !matches!(entry.name.as_slice(), b"." | b"..");
                     if reply.add(
                         INodeNo(entry.ino),
                         entry.offset,
@@ -695,6 +710,10 @@ impl Filesystem for FuseAdapter {
                         &attr,
                         Generation(0),
                     ) {
+                        // It did not fit, so the kernel never saw it.
+                        if counted {
+                            self.fs.forget(entry.ino, 1);
+                        }
                         break;
                     }
                 }

@@ -471,6 +471,189 @@ async fn uploads_ask_again_when_no_passive_port_is_free() {
     }
 }
 
+/// A listing whose data ends cleanly (close_notify) but whose final reply is 426 was cut
+/// short by the server: it is an error, and nothing of it is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_cut_short_is_an_error_and_not_cached() {
+    let local = LocalFs::new();
+    for i in 0..40 {
+        fs::write(local.on_server(format!("file-{i:02}")), b"x").unwrap();
+    }
+    local.server.set_cut_listings(true);
+    let listed = local.fs.opendir(ROOT_INODE).await;
+    assert_eq!(listed.err().map(|e| e.errno()), Some(libc::EIO));
+    assert!(local.fs.lookup(ROOT_INODE, b"file-39").await.is_err());
+    local.server.set_cut_listings(false);
+    let dir = local.fs.opendir(ROOT_INODE).await.unwrap();
+    assert_eq!(local.fs.readdir(dir, 0).unwrap().len(), 40 + 2);
+    local.fs.releasedir(dir);
+}
+
+/// A server may keep an accepted REST offset when it refuses the RETR that followed: the
+/// connection must not serve another transfer, which would start mid-file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_retr_after_rest_does_not_shift_the_next_read() {
+    let local = LocalFs::new();
+    local.server.set_keep_rest_after_refusal(true);
+    let big = pattern(3 << 20, 9);
+    fs::write(local.on_server("gone.bin"), &big).unwrap();
+    let small: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("small-{i}"), pattern(1000 + i, i as u8)))
+        .collect();
+    for (name, data) in &small {
+        fs::write(local.on_server(name), data).unwrap();
+    }
+    let gone = local.fs.lookup(ROOT_INODE, b"gone.bin").await.unwrap();
+    let opened = local.fs.open(gone.ino, READ, 1).await.unwrap();
+    fs::remove_file(local.on_server("gone.bin")).unwrap();
+    // REST 2097152 accepted, RETR refused: the file is gone.
+    assert!(local.fs.read(opened.handle, 2 << 20, 4096).await.is_err());
+    local.fs.release(opened.handle).await;
+    for (name, data) in &small {
+        let attr = local.fs.lookup(ROOT_INODE, name.as_bytes()).await.unwrap();
+        assert_eq!(&read_all(&local.fs, attr.ino).await, data, "{name}");
+    }
+}
+
+/// Readers of one block at once share one fetch: those waiting find the block cached
+/// when the first fetch ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_of_a_block_share_one_fetch() {
+    let local = LocalFs::new();
+    let data = pattern(256 << 10, 3);
+    for round in 0..5 {
+        fs::write(local.on_server(format!("shared-{round}.bin")), &data).unwrap();
+    }
+    for round in 0..5 {
+        let name = format!("shared-{round}.bin");
+        let attr = local.fs.lookup(ROOT_INODE, name.as_bytes()).await.unwrap();
+        let before = local.fs.stats().range_fetches;
+        let readers: Vec<_> = (0..8)
+            .map(|i| {
+                let fs = local.fs.clone();
+                tokio::spawn(async move {
+                    let opened = fs.open(attr.ino, READ, 10 + i).await.unwrap();
+                    let read = fs.read(opened.handle, 0, 4096).await.unwrap().to_vec();
+                    fs.release(opened.handle).await;
+                    read
+                })
+            })
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.await.unwrap(), &data[..4096]);
+        }
+        assert_eq!(local.fs.stats().range_fetches - before, 1, "round {round}");
+    }
+}
+
+/// Listing ahead is a guess: a user who opens the directory meanwhile does not wait for
+/// it on a slow server, but lists it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_listing_ahead_does_not_hold_up_the_user() {
+    let local = LocalFs::with(LocalConfig {
+        dir_prefetch: 8,
+        ..LocalConfig::default()
+    });
+    fs::create_dir(local.on_server("slow")).unwrap();
+    fs::write(local.on_server("slow/inside"), b"x").unwrap();
+    local
+        .server
+        .set_slow_next_listing("slow", Duration::from_secs(8));
+    // Opening the root lists "slow" ahead, in the background.
+    let root = local.fs.opendir(ROOT_INODE).await.unwrap();
+    local.fs.releasedir(root);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let slow = local.fs.lookup(ROOT_INODE, b"slow").await.unwrap();
+    let started = Instant::now();
+    let dir = local.fs.opendir(slow.ino).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(local.fs.readdir(dir, 0).unwrap().len(), 3);
+    local.fs.releasedir(dir);
+    assert!(
+        waited < Duration::from_secs(4),
+        "the user waited {waited:?} for a listing ahead"
+    );
+}
+
+/// MLSD does not say where a symlink points (ProFTPD, Pure-FTPd): `LIST -a` of the
+/// directory does, once for all its links, even when they are read all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlink_targets_of_a_directory_are_listed_once() {
+    let local = LocalFs::new();
+    local.server.set_show_symlinks(true);
+    fs::create_dir(local.on_server("links")).unwrap();
+    for i in 0..8 {
+        fs::write(local.on_server(format!("links/t{i}")), b"x").unwrap();
+        std::os::unix::fs::symlink(format!("t{i}"), local.on_server(format!("links/l{i}")))
+            .unwrap();
+    }
+    let dir = local.fs.lookup(ROOT_INODE, b"links").await.unwrap();
+    let mut links = Vec::new();
+    for i in 0..8 {
+        let name = format!("l{i}");
+        links.push(local.fs.lookup(dir.ino, name.as_bytes()).await.unwrap().ino);
+    }
+    let before = local.fs.stats().listings;
+    // A slow LIST: the readlinks all ask while it is on its way.
+    local
+        .server
+        .set_slow_next_listing("links", Duration::from_millis(300));
+    let reads: Vec<_> = links
+        .iter()
+        .map(|&ino| {
+            let fs = local.fs.clone();
+            tokio::spawn(async move { fs.readlink(ino).await })
+        })
+        .collect();
+    for (i, read) in reads.into_iter().enumerate() {
+        assert_eq!(read.await.unwrap().unwrap(), format!("t{i}").into_bytes());
+    }
+    assert_eq!(local.fs.stats().listings - before, 1);
+}
+
+/// The kernel forgetting what readdirplus handed it lets the inode table shrink back:
+/// a long-lived mount does not keep every name it ever showed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_inodes_are_dropped() {
+    let local = LocalFs::new();
+    fs::create_dir(local.on_server("synthetic")).unwrap();
+    local.server.set_synthetic_tree(Some([1, 1, 100_000]));
+    // What the kernel does: look the path up, read the directory with readdirplus.
+    let mut held = Vec::new();
+    let mut dir = ROOT_INODE;
+    for name in ["synthetic", "d0000", "e0000"] {
+        dir = local.fs.lookup(dir, name.as_bytes()).await.unwrap().ino;
+        local.fs.remember(dir);
+        held.push(dir);
+    }
+    let handle = local.fs.opendir(dir).await.unwrap();
+    let entries = local.fs.readdirplus(handle, 0).unwrap();
+    local.fs.releasedir(handle);
+    assert_eq!(entries.len(), 100_002);
+    assert!(local.fs.inodes_held() > 100_000);
+    // A name handed out keeps its number while the kernel holds it.
+    let f17 = local.fs.lookup(dir, b"f0017").await.unwrap();
+    local.fs.remember(f17.ino);
+    assert_eq!(f17.ino, entries[2 + 17].ino);
+    // Memory pressure: the kernel forgets them all but f0017 and its directories.
+    for entry in &entries[2..] {
+        local.fs.forget(entry.ino, 1);
+    }
+    // Any later call may sweep; opening the directory again is one.
+    let handle = local.fs.opendir(ROOT_INODE).await.unwrap();
+    local.fs.releasedir(handle);
+    // Sweeps look at the whole table, so they wait for enough change and spare small
+    // tables (see inode.rs): what is left is bounded by that, not by what was seen.
+    let held_now = local.fs.inodes_held();
+    assert!(
+        held_now < 20_000,
+        "{held_now} inodes held after the kernel forgot 100,000"
+    );
+    // What is still held kept its number.
+    assert_eq!(local.fs.lookup(dir, b"f0017").await.unwrap().ino, f17.ino);
+    assert_eq!(local.fs.getattr(f17.ino).await.unwrap().size, 1234);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directories_are_made_removed_and_renamed() {
     let local = LocalFs::new();

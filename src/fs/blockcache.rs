@@ -49,7 +49,30 @@ pub struct Segment {
 impl Segment {
     /// True when the segment holds the block-relative range `from..to`.
     pub fn covers(&self, from: u64, to: u64) -> bool {
-        from >= self.start && to <= self.start + self.data.len() as u64
+        from >= self.start && to <= self.end()
+    }
+
+    /// The block-relative offset just past the segment.
+    pub fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+
+    /// One segment holding both, when they overlap or touch; None when a gap lies between.
+    fn joined(&self, other: &Segment) -> Option<Segment> {
+        if other.start > self.end() || self.start > other.end() {
+            return None;
+        }
+        let start = self.start.min(other.start);
+        let mut data = vec![0; (self.end().max(other.end()) - start) as usize];
+        // The newer bytes win where the two overlap.
+        for segment in [self, other] {
+            let at = (segment.start - start) as usize;
+            data[at..at + segment.data.len()].copy_from_slice(&segment.data);
+        }
+        Some(Segment {
+            start,
+            data: Arc::new(data),
+        })
     }
 }
 
@@ -153,18 +176,24 @@ impl BlockCache {
     }
 
     /// Stores a segment, keeping whichever of old and new holds more, then evicts to fit.
-    pub fn insert(&self, key: BlockKey, segment: Segment) {
-        let size = segment.data.len() as u64;
-        if size > self.capacity {
-            return;
-        }
+    pub fn insert(&self, key: BlockKey, mut segment: Segment) {
         let mut evicted = Vec::new();
         {
             let mut inner = self.lock();
+            // A block holds one segment: the new range is joined to the cached one when
+            // they meet, so random reads within a block build it up instead of pushing
+            // each other out; a range already held changes nothing.
             if let Some(old) = inner.lru.peek(&key) {
-                if old.data.len() as u64 >= size && old.start <= segment.start {
+                if old.covers(segment.start, segment.end()) {
                     return;
                 }
+                if let Some(joined) = old.joined(&segment) {
+                    segment = joined;
+                }
+            }
+            let size = segment.data.len() as u64;
+            if size > self.capacity {
+                return;
             }
             if let Some(old) = inner.lru.put(key, segment) {
                 inner.bytes -= old.data.len() as u64;
@@ -243,6 +272,30 @@ mod tests {
             start,
             data: Arc::new(vec![7; len]),
         }
+    }
+
+    #[test]
+    fn ranges_within_a_block_are_joined_not_dropped() {
+        let cache = BlockCache::new(1 << 20);
+        let block = key("a", 1 << 20, 0);
+        cache.insert(block.clone(), segment(0, 64 << 10));
+        // Elsewhere in the block: the new range is kept (the old one, with a gap between,
+        // gives way).
+        cache.insert(block.clone(), segment(512 << 10, 64 << 10));
+        assert!(cache.get(&block, 512 << 10, 576 << 10).is_some());
+        // Touching and overlapping ranges join.
+        cache.insert(block.clone(), segment(576 << 10, 64 << 10));
+        let mut newer = segment(600 << 10, 100 << 10);
+        newer.data = Arc::new(vec![9; 100 << 10]);
+        cache.insert(block.clone(), newer);
+        let joined = cache.get(&block, 512 << 10, 700 << 10).expect("joined");
+        assert_eq!(joined.start, 512 << 10);
+        assert_eq!(joined.data[(600 - 512) << 10], 9);
+        assert_eq!(joined.data[((600 - 512) << 10) - 1], 7);
+        assert_eq!(cache.bytes(), 188 << 10);
+        // A range inside changes nothing.
+        cache.insert(block.clone(), segment(520 << 10, 4 << 10));
+        assert_eq!(cache.bytes(), 188 << 10);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,8 +31,9 @@ pub struct DirListing {
     index: HashMap<Vec<u8>, usize>,
     /// ftpsfs's own temporary files, which are not shown (see `names.rs`).
     pub leftovers: Vec<Entry>,
-    /// Symlink targets learnt from `LIST -a` when the listing itself (MLSD) lacks them.
-    link_targets: Mutex<Option<HashMap<Vec<u8>, Vec<u8>>>>,
+    /// Symlink targets learnt from `LIST -a` when the listing itself (MLSD) lacks them;
+    /// locked while they are fetched, so concurrent readlinks share one `LIST`.
+    link_targets: tokio::sync::Mutex<Option<HashMap<Vec<u8>, Vec<u8>>>>,
     /// Whether the subdirectories' listings were already fetched ahead once.
     children_prefetched: AtomicBool,
 }
@@ -44,11 +45,12 @@ impl Clone for DirListing {
             entries: self.entries.clone(),
             index: self.index.clone(),
             leftovers: self.leftovers.clone(),
-            link_targets: Mutex::new(
+            // Being fetched: the copy fetches them again if asked.
+            link_targets: tokio::sync::Mutex::new(
                 self.link_targets
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
+                    .try_lock()
+                    .ok()
+                    .and_then(|targets| targets.clone()),
             ),
             children_prefetched: AtomicBool::new(self.children_prefetched.load(Ordering::Relaxed)),
         }
@@ -94,7 +96,7 @@ impl DirListing {
             entries,
             index,
             leftovers,
-            link_targets: Mutex::new(None),
+            link_targets: tokio::sync::Mutex::new(None),
             children_prefetched: AtomicBool::new(false),
         }
     }
@@ -129,10 +131,7 @@ impl DirListing {
     }
 
     fn forget_link_target(&mut self, name: Option<&[u8]>) {
-        let targets = self
-            .link_targets
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner());
+        let targets = self.link_targets.get_mut();
         match (targets.as_mut(), name) {
             (Some(targets), Some(name)) => {
                 targets.remove(name);
@@ -181,6 +180,14 @@ struct Slot {
 /// Connections that listing ahead leaves free, so that what the user asks for now never
 /// waits behind a guess.
 const CONNECTIONS_RESERVED_FROM_PREFETCH: usize = 1;
+
+/// Listed names kept at most, over all directories: about 200 bytes each, so some 50 MB.
+/// A walk of a larger tree (`find`, `du`) keeps the most recent listings; the older ones
+/// are fetched again if asked for after their turn.
+pub const MAX_CACHED_ENTRIES: usize = 250_000;
+
+/// Directories tracked before expired and unused ones are dropped, at least.
+const MIN_PRUNE_AT: usize = 1024;
 
 /// How often a listing is fetched again because this mount changed the directory while
 /// it was on its way; after that, the last one is returned without being kept.
@@ -260,24 +267,39 @@ impl KnownTimes {
 pub struct DirCache {
     ttl: Duration,
     slots: Mutex<HashMap<Vec<u8>, Arc<Slot>>>,
+    /// Entries in the listings stored since the last prune (an upper bound of those held).
+    stored_entries: AtomicUsize,
+    /// Slot count at which the next prune runs.
+    prune_at: AtomicUsize,
     listings: AtomicU64,
     /// Subdirectories listed ahead per opened directory (0: none).
     prefetch_children: usize,
     /// Whether old temporary files of earlier mounts are deleted (not on a read-only mount).
     sweep_leftovers: bool,
+    /// Longest a listing ahead may take.
+    prefetch_limit: Duration,
     known_times: KnownTimes,
 }
 
 impl DirCache {
     /// A cache whose listings are trusted for `ttl`; opening a directory lists up to
-    /// `prefetch_children` of its subdirectories ahead, on spare connections. With
-    /// `sweep_leftovers`, ftpsfs's own old temporary files are deleted as they are seen.
-    pub fn new(ttl: Duration, prefetch_children: usize, sweep_leftovers: bool) -> Self {
+    /// `prefetch_children` of its subdirectories ahead, on spare connections, each within
+    /// `prefetch_limit`. With `sweep_leftovers`, ftpsfs's own old temporary files are
+    /// deleted as they are seen.
+    pub fn new(
+        ttl: Duration,
+        prefetch_children: usize,
+        prefetch_limit: Duration,
+        sweep_leftovers: bool,
+    ) -> Self {
         Self {
             ttl,
             slots: Mutex::new(HashMap::new()),
+            stored_entries: AtomicUsize::new(0),
+            prune_at: AtomicUsize::new(MIN_PRUNE_AT),
             listings: AtomicU64::new(0),
             prefetch_children,
+            prefetch_limit,
             sweep_leftovers,
             known_times: KnownTimes::new(),
         }
@@ -339,6 +361,9 @@ impl DirCache {
             if !changed {
                 attempt.state.listing = result.as_ref().ok().cloned();
                 attempt.state.generation = changes_before;
+                if let Ok(listing) = &result {
+                    self.stored(listing);
+                }
                 break;
             }
             // This mount changed the directory while the listing was on its way: it
@@ -349,9 +374,84 @@ impl DirCache {
             }
         }
         attempt.finish(&result);
+        drop(attempt);
+        drop(slot);
         let listing = result?;
         self.sweep(pool, path, &listing);
+        self.prune_if_due();
         Ok(listing)
+    }
+
+    /// Counts a listing stored in the cache.
+    fn stored(&self, listing: &DirListing) {
+        self.stored_entries
+            .fetch_add(listing.entries.len(), Ordering::Relaxed);
+    }
+
+    /// Prunes when the listings stored may exceed [`MAX_CACHED_ENTRIES`] or the tracked
+    /// directories have doubled since the last prune.
+    fn prune_if_due(&self) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if self.stored_entries.load(Ordering::Relaxed) > MAX_CACHED_ENTRIES
+            || slots >= self.prune_at.load(Ordering::Relaxed)
+        {
+            self.prune();
+        }
+    }
+
+    /// Drops the directories nobody is using whose listing expired (or that have none),
+    /// then the oldest listings until at most [`MAX_CACHED_ENTRIES`] names are held. A
+    /// slot in use (locked, or held by a caller) stays.
+    fn prune(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: Vec<(Instant, usize, Vec<u8>)> = Vec::new();
+        slots.retain(|path, slot| {
+            if Arc::strong_count(slot) > 1 {
+                return true;
+            }
+            let Ok(state) = slot.state.try_lock() else {
+                return true;
+            };
+            match &state.listing {
+                Some(listing) if listing.fetched.elapsed() < self.ttl => {
+                    kept.push((listing.fetched, listing.entries.len(), path.clone()));
+                    true
+                }
+                // Expired, or never listed (a failure remembered, or a change recorded
+                // for a directory not cached): nothing worth keeping.
+                _ => !state.failure.is_recent(),
+            }
+        });
+        let mut total: usize = kept.iter().map(|(_, entries, _)| entries).sum();
+        if total > MAX_CACHED_ENTRIES {
+            kept.sort();
+            for (_, entries, path) in kept {
+                if total <= MAX_CACHED_ENTRIES {
+                    break;
+                }
+                if let Some(slot) = slots.remove(&path) {
+                    // Counted as a change: a listing on its way for it is not kept.
+                    slot.changes.fetch_add(1, Ordering::SeqCst);
+                }
+                total -= entries;
+            }
+        }
+        self.stored_entries.store(total, Ordering::Relaxed);
+        self.prune_at
+            .store(MIN_PRUNE_AT.max(2 * slots.len()), Ordering::Relaxed);
+    }
+
+    /// Directories tracked and names held in their listings (for tests and statistics).
+    pub fn footprint(&self) -> (usize, usize) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let names = slots
+            .values()
+            .filter_map(|slot| {
+                let state = slot.state.try_lock().ok()?;
+                Some(state.listing.as_ref()?.entries.len())
+            })
+            .sum();
+        (slots.len(), names)
     }
 
     /// Patches `change`, made by this mount, into the cached listing of `dir`; a listing
@@ -440,32 +540,49 @@ impl DirCache {
     /// spare (the worker stops).
     async fn prefetch(&self, pool: &Pool, path: &[u8]) -> bool {
         let slot = self.slot(path);
-        // A busy slot is being listed by someone else: nothing to do.
-        let Ok(mut cached) = slot.state.try_lock() else {
-            return true;
-        };
-        if self.fresh(&slot, &cached).is_some() {
-            return true;
+        {
+            // A busy slot is being listed by someone else: nothing to do.
+            let Ok(cached) = slot.state.try_lock() else {
+                return true;
+            };
+            if self.fresh(&slot, &cached).is_some() {
+                return true;
+            }
         }
         let mut conn = match pool.try_get_spare(CONNECTIONS_RESERVED_FROM_PREFETCH).await {
             Ok(Some(conn)) => conn,
             _ => return false,
         };
+        // Listed without the slot's lock, and within a limit: a user's request for this
+        // directory meanwhile sends its own listing rather than wait for a guess on a
+        // slow server (a listing cut off by the limit retires its connection).
         let changes_before = slot.changes.load(Ordering::SeqCst);
-        match conn.list(path).await {
-            Ok(listing) => {
+        let listed = tokio::time::timeout(self.prefetch_limit, conn.list(path)).await;
+        match listed {
+            Ok(Ok(listing)) => {
                 self.listings.fetch_add(1, Ordering::Relaxed);
-                if slot.changes.load(Ordering::SeqCst) == changes_before {
-                    let listing = self.listing(path, listing.entries);
-                    self.sweep(pool, path, &listing);
-                    cached.listing = Some(listing);
-                    cached.generation = changes_before;
+                // Kept only if nothing newer came meanwhile: no change by this mount,
+                // and no listing of a user's (one on its way holds the lock).
+                if let Ok(mut cached) = slot.state.try_lock() {
+                    if slot.changes.load(Ordering::SeqCst) == changes_before
+                        && self.fresh(&slot, &cached).is_none()
+                    {
+                        let listing = self.listing(path, listing.entries);
+                        self.sweep(pool, path, &listing);
+                        self.stored(&listing);
+                        cached.listing = Some(listing);
+                        cached.generation = changes_before;
+                    }
                 }
                 true
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // Not the user's request: stay quiet and let a real one ask again.
                 tracing::debug!(path = %path.escape_ascii(), "listing ahead failed: {e}");
+                true
+            }
+            Err(_) => {
+                tracing::debug!(path = %path.escape_ascii(), limit = ?self.prefetch_limit, "listing ahead took too long; given up");
                 true
             }
         }
@@ -520,12 +637,8 @@ impl DirCache {
         if let Some(target) = listing.get(name).and_then(|e| e.link_target.clone()) {
             return Ok(target);
         }
-        if let Some(targets) = listing
-            .link_targets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        let mut known = listing.link_targets.lock().await;
+        if let Some(targets) = known.as_ref() {
             return targets.get(name).cloned().ok_or(FsError::NoLinkTarget);
         }
         let unix =
@@ -538,10 +651,7 @@ impl DirCache {
             .filter_map(|e| Some((e.name, e.link_target?)))
             .collect();
         let target = targets.get(name).cloned();
-        *listing
-            .link_targets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(targets);
+        *known = Some(targets);
         target.ok_or(FsError::NoLinkTarget)
     }
 }
@@ -577,7 +687,7 @@ mod tests {
 
     #[test]
     fn exact_times_this_mount_set_survive_a_coarse_listing() {
-        let cache = DirCache::new(Duration::from_secs(60), 0, false);
+        let cache = DirCache::new(Duration::from_secs(60), 0, Duration::from_secs(10), false);
         let exact = |seconds| Timestamp {
             unix_seconds: seconds,
             nanos: 0,
@@ -635,7 +745,7 @@ mod tests {
 
     #[test]
     fn a_change_recorded_while_a_reader_holds_the_lock_makes_the_listing_stale() {
-        let cache = DirCache::new(Duration::from_secs(60), 0, false);
+        let cache = DirCache::new(Duration::from_secs(60), 0, Duration::from_secs(10), false);
         let slot = cache.slot(b"dir");
         slot.state.try_lock().unwrap().listing =
             Some(Arc::new(DirListing::new(vec![file("a", 1)])));

@@ -29,6 +29,13 @@ impl RecentFailure {
         Some(error.clone())
     }
 
+    /// Whether a failure is remembered now.
+    pub fn is_recent(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|(when, _)| when.elapsed() < FAILURE_MEMORY)
+    }
+
     /// Learns from an outcome: a success forgets, a timeout is remembered, and other
     /// errors leave the memory as it was.
     pub fn record<T>(&mut self, result: &Result<T, FsError>) {

@@ -172,6 +172,7 @@ impl FtpFs {
             dirs: Arc::new(DirCache::new(
                 config.dir_ttl,
                 config.dir_prefetch,
+                config.op_timeout,
                 !config.read_only,
             )),
             cache,
@@ -226,6 +227,84 @@ impl FtpFs {
             .get(ino)
             .cloned()
             .ok_or(FsError::BadHandle)
+    }
+
+    /// The kernel took a reference to `ino`: an entry reply (lookup, create, mkdir) or a
+    /// `readdirplus` entry handed it over.
+    pub fn remember(&self, ino: u64) {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remember(ino);
+    }
+
+    /// The kernel dropped `count` references to `ino` (FUSE forget): once none is left and
+    /// nothing here needs it, a sweep takes its number and what was kept for it.
+    pub fn forget(&self, ino: u64, count: u64) {
+        let due = {
+            let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+            inodes.forget(ino, count);
+            inodes.sweep_due()
+        };
+        if due {
+            self.sweep_inodes();
+        }
+    }
+
+    /// Sweeps inode numbers nothing holds any more (see [`InodeTable::sweep_if_due`]).
+    fn sweep_inodes(&self) {
+        if !self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep_due()
+        {
+            return;
+        }
+        // Files with an upload under way keep their numbers (the lock order is writes,
+        // then inodes, never both at once).
+        let busy: std::collections::HashSet<u64> = self
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let gone = self
+            .inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep_if_due(|ino| busy.contains(&ino));
+        if !gone.is_empty() {
+            tracing::debug!(
+                dropped = gone.len(),
+                "inode numbers nothing holds any more swept"
+            );
+        }
+        self.forget_versions(&gone);
+    }
+
+    fn forget_versions(&self, gone: &[u64]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut versions = self
+            .opened_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for ino in gone {
+            versions.remove(ino);
+        }
+    }
+
+    /// Inode numbers held now, the root included.
+    pub fn inodes_held(&self) -> usize {
+        self.inodes.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Directories tracked by the listing cache, and names held in its listings.
+    pub fn listings_held(&self) -> (usize, usize) {
+        self.dirs.footprint()
     }
 
     fn child_inode(&self, parent: u64, name: &[u8]) -> Result<u64, FsError> {

@@ -345,7 +345,6 @@ impl Reader {
             Ok::<_, FtpError>((buf, complete))
         })
         .await?;
-        drop(guard);
         if !complete {
             return Err(FsError::Changed);
         }
@@ -357,6 +356,8 @@ impl Reader {
             data: Arc::new(data),
         };
         self.cache.insert(key.clone(), segment.clone());
+        // Only now may the readers waiting for this block look at the cache.
+        drop(guard);
         Ok(segment)
     }
 }

@@ -158,6 +158,8 @@ pub struct LocalConfig {
     /// FileZilla Server).
     pub rename_over_existing: bool,
     pub dir_ttl: Duration,
+    /// Subdirectories listed ahead when a directory is opened.
+    pub dir_prefetch: usize,
 }
 
 impl Default for LocalConfig {
@@ -168,6 +170,7 @@ impl Default for LocalConfig {
             atomic_uploads: true,
             rename_over_existing: false,
             dir_ttl: Duration::from_secs(60),
+            dir_prefetch: 0,
         }
     }
 }
@@ -214,7 +217,7 @@ impl LocalFs {
                 op_timeout: Duration::from_secs(10),
                 data_timeout: Duration::from_secs(5),
                 max_readahead: 8 << 20,
-                dir_prefetch: 0,
+                dir_prefetch: config.dir_prefetch,
                 read_only: config.read_only,
                 staging_dir: staging.clone(),
                 atomic_uploads: config.atomic_uploads,

@@ -184,6 +184,19 @@ struct Faults {
     listing_delay_ms: AtomicU64,
     /// The next this many PASV/EPSV find no passive port free.
     passive_ports_busy: AtomicU64,
+    /// Listings send half their bytes, end the data connection properly (close_notify),
+    /// then answer 426, as a server whose directory read failed midway.
+    cut_listings: AtomicBool,
+    /// A refused RETR leaves the REST offset for the next transfer (RFC 3659 leaves
+    /// when it is reset to the server).
+    keep_rest_after_refusal: AtomicBool,
+    /// The next listing of this path (relative to the root) waits this long first.
+    slow_next_listing: Mutex<Option<(String, Duration)>>,
+    /// Listings show symlinks as ProFTPD does (MLSD: `type=OS.unix=symlink` without the
+    /// target; LIST: `name -> target`) instead of what they point to.
+    show_symlinks: AtomicBool,
+    /// Listings below `synthetic/` are made up (see `StrictServer::set_synthetic_tree`).
+    synthetic_tree: Mutex<Option<[usize; 3]>>,
 }
 
 /// A control connection that drops at a command, without replying to it.
@@ -261,6 +274,11 @@ impl StrictServer {
                 refuse_upload_data: AtomicBool::new(false),
                 listing_delay_ms: AtomicU64::new(0),
                 passive_ports_busy: AtomicU64::new(0),
+                cut_listings: AtomicBool::new(false),
+                keep_rest_after_refusal: AtomicBool::new(false),
+                slow_next_listing: Mutex::new(None),
+                show_symlinks: AtomicBool::new(false),
+                synthetic_tree: Mutex::new(None),
             },
         });
         // Fail now rather than on the first connection if cert and key
@@ -425,6 +443,43 @@ impl StrictServer {
             .faults
             .listing_delay_ms
             .store(delay.map_or(0, |d| d.as_millis() as u64), Ordering::SeqCst);
+    }
+
+    /// Listings from now on are cut in half and end with 426 after a clean end of the
+    /// data connection (see `Faults::cut_listings`).
+    pub fn set_cut_listings(&self, cut: bool) {
+        self.shared.faults.cut_listings.store(cut, Ordering::SeqCst);
+    }
+
+    /// The next listing of `path` (relative to the root, no leading slash) waits `delay`
+    /// before it is sent; later ones do not.
+    pub fn set_slow_next_listing(&self, path: &str, delay: Duration) {
+        *self.shared.faults.slow_next_listing.lock().unwrap() = Some((path.into(), delay));
+    }
+
+    /// Listings show symlinks as symlinks, as ProFTPD does (see `Faults::show_symlinks`).
+    pub fn set_show_symlinks(&self, show: bool) {
+        self.shared
+            .faults
+            .show_symlinks
+            .store(show, Ordering::SeqCst);
+    }
+
+    /// Listings of the directory `synthetic` (which must exist in the root) and below are
+    /// made up as they are asked for, nothing on disk: `synthetic` holds `fanout[0]`
+    /// directories `dNNNN`, each holds `fanout[1]` directories `eNNNN`, and each of those
+    /// holds `fanout[2]` files `fNNNN` of 1234 bytes. A tree of a million entries costs
+    /// no disk and no time to make.
+    pub fn set_synthetic_tree(&self, fanout: Option<[usize; 3]>) {
+        *self.shared.faults.synthetic_tree.lock().unwrap() = fanout;
+    }
+
+    /// A refused RETR keeps the REST offset given before it, for the next transfer.
+    pub fn set_keep_rest_after_refusal(&self, keep: bool) {
+        self.shared
+            .faults
+            .keep_rest_after_refusal
+            .store(keep, Ordering::SeqCst);
     }
 
     /// The next `count` PASV or EPSV commands fail with 425 as if every passive port
@@ -741,6 +796,7 @@ fn run_control(mut sock: TcpStream, shared: &Arc<Shared>) {
         tickets_issued: 0,
         rename_from: None,
         muted: false,
+        cut_transfer: false,
     };
     session.run();
 }
@@ -768,6 +824,8 @@ struct Session {
     rename_from: Option<PathBuf>,
     /// Replies are swallowed (a command carried out before the connection drops).
     muted: bool,
+    /// The transfer under way sends less than it should: its final reply is 426.
+    cut_transfer: bool,
 }
 
 enum Flow {
@@ -1320,6 +1378,14 @@ impl Session {
             None => return self.reply(550, "Permission denied: path outside the root."),
         };
         if !real.is_file() {
+            if self
+                .shared
+                .faults
+                .keep_rest_after_refusal
+                .load(Ordering::SeqCst)
+            {
+                self.rest = offset;
+            }
             return self.reply(550, "File not found.");
         }
         let mut file = match fs::File::open(&real) {
@@ -1348,10 +1414,19 @@ impl Session {
             }
         }
         let target = if path.is_empty() { "." } else { path };
-        let (_, real) = match self.real_path(target) {
+        let (parts, real) = match self.real_path(target) {
             Some(p) => p,
             None => return self.reply(550, "Permission denied: path outside the root."),
         };
+        let fanout = *self.shared.faults.synthetic_tree.lock().unwrap();
+        if let Some(fanout) =
+            fanout.filter(|_| parts.first().map(String::as_str) == Some("synthetic"))
+        {
+            return match synthetic_listing(kind, &parts[1..], fanout) {
+                Some(out) => self.transfer(Payload::Bytes(out.into_bytes())),
+                None => self.reply(550, "Directory not found."),
+            };
+        }
         let meta = match fs::metadata(&real) {
             Ok(m) => m,
             Err(_) => return self.reply(550, "Directory not found."),
@@ -1362,8 +1437,17 @@ impl Session {
             let Ok(entries) = list_dir(&real, show_hidden) else {
                 return self.reply(550, "Cannot read directory.");
             };
+            let show_symlinks = self.shared.faults.show_symlinks.load(Ordering::SeqCst);
             for (name, meta) in entries {
-                kind.format_entry(&mut out, &name, &meta, now);
+                let link = show_symlinks
+                    .then(|| fs::read_link(real.join(&name)).ok())
+                    .flatten();
+                match link {
+                    Some(target) => {
+                        kind.format_symlink(&mut out, &name, &target.to_string_lossy(), &meta, now)
+                    }
+                    None => kind.format_entry(&mut out, &name, &meta, now),
+                }
             }
         } else if kind == Listing::Mlsd {
             return self.reply(501, "Not a directory.");
@@ -1378,7 +1462,22 @@ impl Session {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        self.transfer(Payload::Bytes(out.into_bytes()))
+        let slow = {
+            let mut slow = self.shared.faults.slow_next_listing.lock().unwrap();
+            match slow.as_ref() {
+                Some((slow_path, _)) if slow_path.as_str() == path.trim_matches('/') => slow.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, delay)) = slow {
+            std::thread::sleep(delay);
+        }
+        let mut out = out.into_bytes();
+        if self.shared.faults.cut_listings.load(Ordering::SeqCst) {
+            out.truncate(out.len() / 2);
+            self.cut_transfer = true;
+        }
+        self.transfer(Payload::Bytes(out))
     }
 
     /// Checks common to all transfer commands; replies itself when not
@@ -1470,7 +1569,9 @@ impl Session {
             .get_ref()
             .set_read_timeout(Some(self.shared.opts.idle_timeout));
 
+        let cut = std::mem::take(&mut self.cut_transfer);
         match outcome {
+            Outcome::Done if cut => self.reply(426, "Failure reading directory.")?,
             Outcome::Done => self.reply(226, "Operation successful")?,
             Outcome::NotResumed => {
                 self.ctrl
@@ -1725,6 +1826,30 @@ enum Listing {
 }
 
 impl Listing {
+    fn format_symlink(
+        self,
+        out: &mut String,
+        name: &str,
+        target: &str,
+        meta: &fs::Metadata,
+        now: i64,
+    ) {
+        let _ = match self {
+            Listing::List => write!(
+                out,
+                "lrwxrwxrwx   1 ftp ftp {:>12} {} {name} -> {target}\r\n",
+                target.len(),
+                ls_time(mtime_secs(meta), now),
+            ),
+            Listing::Nlst => write!(out, "{name}\r\n"),
+            Listing::Mlsd => write!(
+                out,
+                "type=OS.unix=symlink;modify={};UNIX.mode=0777; {name}\r\n",
+                fact_time(mtime_secs(meta))
+            ),
+        };
+    }
+
     fn format_entry(self, out: &mut String, name: &str, meta: &fs::Metadata, now: i64) {
         match self {
             Listing::List => {
@@ -1746,6 +1871,46 @@ impl Listing {
             }
         }
     }
+}
+
+/// The listing of `synthetic/<below>` in a made-up tree (see
+/// `StrictServer::set_synthetic_tree`); None for a path not in it.
+fn synthetic_listing(kind: Listing, below: &[String], fanout: [usize; 3]) -> Option<String> {
+    let within = |name: &str, prefix: char, count: usize| {
+        name.strip_prefix(prefix)
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| n < count)
+    };
+    let (prefix, count, dirs) = match below {
+        [] => ('d', fanout[0], true),
+        [d] if within(d, 'd', fanout[0]) => ('e', fanout[1], true),
+        [d, e] if within(d, 'd', fanout[0]) && within(e, 'e', fanout[1]) => ('f', fanout[2], false),
+        _ => return None,
+    };
+    let mut out = String::new();
+    for i in 0..count {
+        let name = format!("{prefix}{i:04}");
+        let _ = match (kind, dirs) {
+            (Listing::Mlsd, true) => write!(
+                out,
+                "type=dir;modify=20260101000000;perm=el;UNIX.mode=0755; {name}\r\n"
+            ),
+            (Listing::Mlsd, false) => write!(
+                out,
+                "type=file;size=1234;modify=20260101000000;perm=r;UNIX.mode=0644; {name}\r\n"
+            ),
+            (Listing::List, true) => write!(
+                out,
+                "drwxr-xr-x   2 ftp ftp         4096 Jan  1  2026 {name}\r\n"
+            ),
+            (Listing::List, false) => write!(
+                out,
+                "-rw-r--r--   1 ftp ftp         1234 Jan  1  2026 {name}\r\n"
+            ),
+            (Listing::Nlst, _) => write!(out, "{name}\r\n"),
+        };
+    }
+    Some(out)
 }
 
 /// Entries sorted by name, following symlinks (broken ones are left out,

@@ -119,6 +119,7 @@ impl ControlConnection {
                         || self.is_broken()) =>
                 {
                     self.enter(State::Ready);
+                    self.retire_if_offset_kept(offset);
                     FtpError::Rejected {
                         command: command.shown(),
                         reply,
@@ -140,6 +141,7 @@ impl ControlConnection {
         if !(reply.is_preliminary() || reply.is_success()) {
             let error = self.refused_data(&command, number, reply, handshake).await;
             self.enter(State::Ready);
+            self.retire_if_offset_kept(offset);
             return Err(error);
         }
         let transport = match handshake.0.await {
@@ -314,6 +316,20 @@ impl ControlConnection {
             check_rest(reply)?;
         }
         Ok(target)
+    }
+
+    /// After a transfer command refused behind an accepted REST: servers differ on whether
+    /// the offset still holds (RFC 3659 leaves it open), and one that keeps it would start
+    /// the next transfer mid-file, so the connection serves no other.
+    fn retire_if_offset_kept(&mut self, offset: u64) {
+        if offset > 0 {
+            tracing::debug!(
+                conn = self.id,
+                offset,
+                "transfer refused after REST: retiring the connection"
+            );
+            self.mark_broken();
+        }
     }
 
     /// Whether a data command may go out together with its EPSV: EPSV worked on this
@@ -504,11 +520,11 @@ impl ControlConnection {
                 detail: format!("ended without TLS close_notify after {received} bytes; the data may be cut off (server then said: {reply})"),
             });
         }
+        // A 426 or 451 even after a clean end (close_notify) means the server stopped
+        // sending early (a failed read of the file or directory): the data is cut off.
+        // Only a caller that counted every byte it expected may let that pass
+        // (finish_complete_data).
         if reply.is_success() {
-            return Ok(());
-        }
-        if eof && close_notify && matches!(reply.code, 426 | 451) {
-            self.check_final_reply_of_complete_data(number, reply);
             return Ok(());
         }
         if is_data_connection_failure(&reply) {
