@@ -1005,6 +1005,48 @@ fn vsftpd_same_size_new_mtime_is_seen_after_dir_cache_expires() {
     );
 }
 
+/// vsftpd lists times to the minute: a file rewritten with the same size within the same
+/// minute looks unchanged in the listing. The exact time (MDTM) is checked before cached
+/// data is reused under a newer listing, so the new bytes are read.
+#[test]
+fn vsftpd_same_size_same_minute_rewrite_is_seen() {
+    let scratch = ServerScratch::new();
+    let first = b"0123456789".as_slice();
+    let second = b"abcdefghij".as_slice();
+    // Recent (so LIST shows the minute, not the day), at second 5 and then 35 of one
+    // minute.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let minute = (now - 3600) / 60 * 60;
+    let set_time = |seconds: u64| {
+        File::options()
+            .write(true)
+            .open(scratch.local("rewritten.bin"))
+            .unwrap()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(minute + seconds))
+            .unwrap();
+    };
+    let relative = scratch.write("rewritten.bin", first);
+    set_time(5);
+    let m = Mounted::with(MountConfig::new(Server::Vsftpd, Tls::V13).dir_cache(1));
+    let path = m.join(&relative);
+    assert_eq!(fs::read(&path).unwrap(), first);
+    assert_eq!(fs::read(&path).unwrap(), first, "a re-read");
+
+    scratch.write("rewritten.bin", second);
+    set_time(35);
+    thread::sleep(AFTER_DIR_CACHE);
+    assert_eq!(
+        text(&fs::read(&path).unwrap()),
+        text(second),
+        "old bytes served after a same-size rewrite within the listed minute"
+    );
+    // And the exact time is what the mount shows from then on.
+    assert_eq!(fs::read(&path).unwrap(), second);
+}
+
 #[test]
 fn vsftpd_mount_unmount_cycles_leave_nothing_behind() {
     for cycle in 0..5 {

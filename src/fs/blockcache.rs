@@ -215,6 +215,14 @@ impl BlockCache {
         }
     }
 
+    /// Whether any block of any version of `path` is held.
+    pub fn holds_path(&self, path: &[u8]) -> bool {
+        self.lock()
+            .lru
+            .iter()
+            .any(|(key, _)| &*key.version.path == path)
+    }
+
     /// Drops every block of every version of `path` (the file was replaced or deleted).
     pub fn forget_path(&self, path: &[u8]) {
         let mut evicted = Vec::new();

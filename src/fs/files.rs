@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use super::blockcache::FileVersion;
+use super::dircache::DirListing;
 use super::error::FsError;
 use super::handles::Handle;
+use super::inode::ROOT_INODE;
 use super::reader::{OpenFile, ReadData};
 use super::writes::{OpenMode, WriteHandle};
-use super::{Attr, FtpFs, Opened};
-use crate::ftp::listing::EntryKind;
+use super::{Attr, FtpFs, Opened, OpenedVersion};
+use crate::ftp::listing::{Entry, EntryKind, TimePrecision};
 
 impl FtpFs {
     /// Opens a file for reading, writing or both, for process `pid`.
@@ -28,32 +30,101 @@ impl FtpFs {
             });
         }
         self.within(async {
-            let (node, entry) = self.entry(ino).await?;
-            let entry = entry.ok_or(FsError::IsADirectory)?;
+            let node = self.node(ino)?;
+            if ino == ROOT_INODE {
+                return Err(FsError::IsADirectory);
+            }
+            let parent = self.node(node.parent)?;
+            let listing = self.dirs.get(&self.pool, &parent.path).await?;
+            let entry = listing.get(&node.name).cloned().ok_or(FsError::NotFound)?;
             match entry.kind {
                 EntryKind::Dir => return Err(FsError::IsADirectory),
                 EntryKind::File | EntryKind::Other | EntryKind::Symlink => {}
             }
+            let size = entry.size.unwrap_or(0);
+            let previous = self
+                .opened_versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&ino)
+                .cloned();
+            let (mtime, trusted) = self
+                .version_time(&node.path, &entry, &listing, previous.as_ref())
+                .await;
             let version = Arc::new(FileVersion {
                 path: node.path.clone().into(),
-                size: entry.size.unwrap_or(0),
-                mtime: entry.modified.map_or((0, 0), |t| (t.unix_seconds, t.nanos)),
+                size,
+                mtime,
             });
-            let keep_cache = {
-                let mut versions = self
-                    .opened_versions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let unchanged = versions.get(&ino).is_some_and(|v| **v == *version);
-                versions.insert(ino, version.clone());
-                unchanged
-            };
+            if !trusted {
+                self.cache.forget_path(&node.path);
+            }
+            let keep_cache = trusted && previous.is_some_and(|p| *p.version == *version);
+            self.opened_versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    ino,
+                    OpenedVersion {
+                        version: version.clone(),
+                        listed: entry.modified,
+                        listing_fetched: listing.fetched,
+                    },
+                );
             let handle = self
                 .handles
                 .insert(Handle::Read(Arc::new(OpenFile::new(ino, version))));
             Ok(Opened { handle, keep_cache })
         })
         .await
+    }
+
+    /// The time that tells this version of a file from others, and whether data cached
+    /// for the file may be trusted with it.
+    ///
+    /// The listing's time, when it is exact. A coarse one (vsftpd's LIST gives the
+    /// minute, or the day) cannot tell apart a file rewritten with the same size in the
+    /// same minute; so once a listing fetched since the last open says the same, and
+    /// data of the file is cached (blocks here, pages in the kernel), MDTM gives the exact
+    /// time before that data is reused: one round trip, only then. Without MDTM the
+    /// cached data cannot be checked and is not trusted.
+    async fn version_time(
+        &self,
+        path: &[u8],
+        entry: &Entry,
+        listing: &DirListing,
+        previous: Option<&OpenedVersion>,
+    ) -> ((i64, u32), bool) {
+        let listed = entry.modified;
+        let listed_time = listed.map_or((0, 0), |t| (t.unix_seconds, t.nanos));
+        if listed.is_some_and(|t| t.precision == TimePrecision::Second) {
+            return (listed_time, true);
+        }
+        let size = entry.size.unwrap_or(0);
+        if let Some(previous) = previous {
+            // The same listing as at the last open: nothing new to check against.
+            if previous.listing_fetched == listing.fetched
+                && previous.listed == listed
+                && previous.version.size == size
+            {
+                return (previous.version.mtime, true);
+            }
+        }
+        if previous.is_none() && !self.cache.holds_path(path) {
+            // Nothing cached that could be stale.
+            return (listed_time, true);
+        }
+        let pool = &self.pool;
+        match crate::with_connection!(pool, |conn| conn.modified(path).await).await {
+            Ok(exact) => {
+                tracing::debug!(path = %path.escape_ascii(), ?listed, ?exact, "coarse listing time checked with MDTM");
+                ((exact.unix_seconds, exact.nanos), true)
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.escape_ascii(), "cannot check a coarse listing time ({e}); cached data dropped");
+                (listed_time, false)
+            }
+        }
     }
 
     /// Reads up to `size` bytes at `offset` from an open file.

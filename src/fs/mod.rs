@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::ftp::listing::Entry;
+use crate::ftp::listing::{Entry, Timestamp};
 use crate::ftp::Pool;
 
 use attr::AttrPolicy;
@@ -95,6 +95,17 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
+/// What an inode was opened as last time: for FOPEN_KEEP_CACHE, and to tell whether a
+/// coarse listing time must be checked before cached data is reused (see `files.rs`).
+#[derive(Debug, Clone)]
+struct OpenedVersion {
+    version: Arc<FileVersion>,
+    /// The listing entry's time, as listed.
+    listed: Option<Timestamp>,
+    /// When the listing it came from was fetched.
+    listing_fetched: std::time::Instant,
+}
+
 /// Result of opening a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
@@ -131,8 +142,8 @@ pub struct FtpFs {
     reader: Reader,
     handles: HandleTable,
     attrs: AttrPolicy,
-    /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
-    opened_versions: Mutex<HashMap<u64, Arc<FileVersion>>>,
+    /// What each inode was opened as last time (see [`OpenedVersion`]).
+    opened_versions: Mutex<HashMap<u64, OpenedVersion>>,
     /// Files open for writing or with changes not yet uploaded, by inode.
     writes: Mutex<HashMap<u64, Arc<writes::WriteFile>>>,
     /// The server refused to rename onto an existing file once: from then on the old
