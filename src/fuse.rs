@@ -667,21 +667,16 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for entry in entries {
-                    let kind = file_type(entry.attr.kind);
-                    if reply.add(
-                        INodeNo(entry.ino),
-                        entry.offset,
-                        kind,
-                        OsStr::from_bytes(&entry.name),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let filled = self.fs.fill_dir(fh.0, offset, false, |entry| {
+            reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                file_type(entry.attr.kind),
+                OsStr::from_bytes(&entry.name),
+            )
+        });
+        match filled {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdir", &e)),
         }
     }
@@ -694,31 +689,20 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdirplus(fh.0, offset) {
-            Ok(entries) => {
-                for entry in entries {
-                    let attr = file_attr(&entry.attr);
-                    let name = OsStr::from_bytes(&entry.name);
-                    // The kernel takes a reference to every entry but `.` and `..`
-                    // (readdirplus counted them).
-                    let counted = !matches!(entry.name.as_slice(), b"." | b"..");
-                    if reply.add(
-                        INodeNo(entry.ino),
-                        entry.offset,
-                        name,
-                        &self.ttl_of(&entry.attr),
-                        &attr,
-                        Generation(0),
-                    ) {
-                        // It did not fit, so the kernel never saw it.
-                        if counted {
-                            self.fs.forget(entry.ino, 1);
-                        }
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        // The kernel takes a reference to every entry but `.` and `..`: fill_dir counts
+        // those the reply holds.
+        let filled = self.fs.fill_dir(fh.0, offset, true, |entry| {
+            reply.add(
+                INodeNo(entry.ino),
+                entry.offset,
+                OsStr::from_bytes(&entry.name),
+                &self.ttl_of(&entry.attr),
+                &file_attr(&entry.attr),
+                Generation(0),
+            )
+        });
+        match filled {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdirplus", &e)),
         }
     }

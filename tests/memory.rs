@@ -62,10 +62,12 @@ fn a_million_entry_walk_stays_bounded() {
     .unwrap();
     // 100 directories of 100 directories of 100 files: 1,010,100 entries.
     server.set_synthetic_tree(Some([100, 100, 100]));
+    // More connections than the default list more directories ahead at once: the walk
+    // waits on 10,100 listings.
     let m = Mounted::with(
         MountConfig::new(Server::External, Tls::V13)
             .port(server.port())
-            .option("timeout=20"),
+            .option("timeout=20,connections=12"),
     );
     let expected = 1 + 100 + 100 * 100 + 100 * 100 * 100;
     let before = rss_kib(m.pid());

@@ -424,9 +424,11 @@ impl DirCache {
         });
         let mut total: usize = kept.iter().map(|(_, entries, _)| entries).sum();
         if total > MAX_CACHED_ENTRIES {
-            kept.sort();
+            // Down to three quarters, so that a walk does not prune at every listing.
+            let target = MAX_CACHED_ENTRIES / 4 * 3;
+            kept.sort_unstable_by_key(|(fetched, _, _)| *fetched);
             for (_, entries, path) in kept {
-                if total <= MAX_CACHED_ENTRIES {
+                if total <= target {
                     break;
                 }
                 if let Some(slot) = slots.remove(&path) {

@@ -71,26 +71,44 @@ impl FtpFs {
 
     /// The entries of an open directory after position `offset`.
     pub fn readdir(&self, handle: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
-        self.entries_from(handle, offset, false)
+        let mut entries = Vec::new();
+        self.fill_dir(handle, offset, false, |entry| {
+            entries.push(entry.clone());
+            false
+        })?;
+        Ok(entries)
     }
 
-    /// The entries of an open directory after position `offset`, each (but `.` and `..`)
-    /// counted as a reference the kernel takes: `readdirplus` hands them over as lookups
-    /// do. An entry the caller cannot pass on must be forgotten again.
+    /// Like [`Self::readdir`], each entry (but `.` and `..`) counted as a reference the
+    /// kernel takes, as `readdirplus` hands them over.
     pub fn readdirplus(&self, handle: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
-        self.entries_from(handle, offset, true)
+        let mut entries = Vec::new();
+        self.fill_dir(handle, offset, true, |entry| {
+            entries.push(entry.clone());
+            false
+        })?;
+        Ok(entries)
     }
 
-    fn entries_from(&self, handle: u64, offset: u64, plus: bool) -> Result<Vec<DirEntry>, FsError> {
+    /// Passes the entries of an open directory after position `offset` to `add` until it
+    /// says the reply is full (returns true; that entry was not taken). With `plus`,
+    /// every entry taken but `.` and `..` counts as a reference the kernel holds.
+    pub fn fill_dir(
+        &self,
+        handle: u64,
+        offset: u64,
+        plus: bool,
+        mut add: impl FnMut(&DirEntry) -> bool,
+    ) -> Result<(), FsError> {
         let entries = self.handles.dir(handle)?;
         let dir = entries.first().ok_or(FsError::BadHandle)?.ino;
         // Numbers are looked up again, and counted, under one lock: a number handed out at
         // opendir that the kernel never took may have been swept since.
         let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
         for entry in entries.iter().skip(offset as usize) {
             let mut entry = entry.clone();
-            if !matches!(entry.name.as_slice(), b"." | b"..") {
+            let counted = !matches!(entry.name.as_slice(), b"." | b"..");
+            if counted {
                 let ino = inodes.child(dir, &entry.name).ok_or(FsError::BadHandle)?;
                 entry.ino = ino;
                 entry.attr.ino = ino;
@@ -98,9 +116,14 @@ impl FtpFs {
                     inodes.remember(ino);
                 }
             }
-            out.push(entry);
+            if add(&entry) {
+                if plus && counted {
+                    inodes.forget(entry.ino, 1);
+                }
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Closes a directory handle.
