@@ -16,6 +16,8 @@
 #                  for whole files, and a minimal client (scripts/bench/ftp-raw.py) for
 #                  listings, small files and random reads, where curl is far off the limit.
 #   --workloads L  any of: seq par rand meta small (reads), wcp wsmall (writes); default all.
+#                  reval (not in the default): reopening cached files under a refreshed
+#                  listing, ftpsfs only: the cost of its MDTM check on vsftpd.
 #   --write-servers L  the servers the write workloads run on: vsftpd proftpd (default both).
 #   --no-doc       do not write docs/BENCHMARKS.md (the report is still printed and kept
 #                  under the state dir).
@@ -104,7 +106,7 @@ for s in $SYSTEMS; do
     case $s in ftpsfs | rclone-off | rclone-writes | rclone-full | raw) ;; *) die "unknown system $s" ;; esac
 done
 for w in $WORKLOADS; do
-    case $w in seq | par | rand | meta | small | wcp | wsmall) ;; *) die "unknown workload $w" ;; esac
+    case $w in seq | par | rand | meta | small | wcp | wsmall | reval) ;; *) die "unknown workload $w" ;; esac
 done
 for s in $WRITE_SERVERS; do
     case $s in vsftpd | proftpd) ;; *) die "unknown write server $s (vsftpd or proftpd)" ;; esac

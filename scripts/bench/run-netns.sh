@@ -520,6 +520,38 @@ m_small() {
     rm -rf "$dest"
 }
 
+# 10 (ftpsfs only): reopening cached files under a listing fetched since. vsftpd's LIST
+# gives minutes, so ftpsfs asks MDTM for each such file before it reuses its cached
+# data: the time of those reopens and their MDTM count, the same for a cold read, and
+# the MDTMs of an ls -lR (none should be sent).
+m_reval() {
+    local n=$1 m=$MNT/$SYS mark rc files=() saved=${FTPSFS_OPTIONS:-}
+    [[ $SYS == ftpsfs ]] || return 0
+    mapfile -t files < <(small_paths "$n")
+    files=("${files[@]/#/$m/}")
+    FTPSFS_OPTIONS="dir_cache=1${saved:+,$saved}"
+    mount_fs
+    FTPSFS_OPTIONS=$saved
+    settle 0.5
+    mark=$(log_mark)
+    rc=0 && timed cat "${files[@]}" >/dev/null || rc=1
+    rec_time reval_cold_s $rc
+    settle 2
+    rec reval_cold_mdtm "$(count_since "$mark" 'MDTM')"
+    mark=$(log_mark)
+    rc=0 && timed cat "${files[@]}" >/dev/null || rc=1
+    rec_time reval_reopen_s $rc
+    settle 2
+    rec reval_reopen_mdtm "$(count_since "$mark" 'MDTM')"
+    rec reval_reopen_retr "$(count_since "$mark" 'RETR')"
+    mark=$(log_mark)
+    rc=0 && timed ls -lR "$m/small" >/dev/null || rc=1
+    rec_time reval_lslr_s $rc
+    settle 1
+    rec reval_lslr_mdtm "$(count_since "$mark" 'MDTM')"
+    unmount_fs
+}
+
 # ---------------------------------------------------------------- writes
 
 # An empty directory NAME for one workload's uploads, under UP on the server's disk,
@@ -801,6 +833,7 @@ for LAT in $LATENCIES; do
                 wants rand && m_rand "$n_rand"
                 wants meta && m_meta "$tree"
                 wants small && m_small "$n_small"
+                wants reval && m_reval "$n_small"
             fi
             # Writes on each server, by every system but rclone's full cache mode (for
             # writing it is its writes mode).
