@@ -60,6 +60,8 @@ pub struct Settings {
     pub atomic_uploads: bool,
     /// Standard flags the kernel applies to the mount (`noexec`, `nosuid`, ...).
     pub kernel_flags: KernelFlags,
+    /// `transform_symlinks`: absolute symlink targets inside the mount made relative.
+    pub transform_symlinks: bool,
 }
 
 /// The standard mount flags that mean something to the kernel for any filesystem
@@ -144,6 +146,7 @@ impl Default for Settings {
             cache_dir: default_cache_dir(),
             atomic_uploads: true,
             kernel_flags: KernelFlags::default(),
+            transform_symlinks: false,
         }
     }
 }
@@ -637,6 +640,20 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        key: "transform_symlinks",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "show an absolute symlink target that lies inside the mounted directory as a relative one, so that it resolves inside the mount (as sshfs's option of that name)",
+        reason: "links are shown as the server has them; an absolute target then points into the local machine's own tree",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.transform_symlinks = true;
+            Ok(())
+        },
+    },
 ];
 
 /// Standard mount options that say nothing to ftpsfs (mount(8), fstab, mount.fuse3), and
@@ -729,6 +746,7 @@ impl Settings {
             read_only: self.read_only,
             staging_dir: self.cache_dir.join("staging"),
             atomic_uploads: self.atomic_uploads,
+            transform_symlinks: self.transform_symlinks,
         }
     }
 }

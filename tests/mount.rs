@@ -1047,6 +1047,49 @@ fn vsftpd_same_size_same_minute_rewrite_is_seen() {
     assert_eq!(fs::read(&path).unwrap(), second);
 }
 
+/// An absolute symlink target points into the local machine's own tree once the kernel
+/// follows it; with `transform_symlinks` one inside the mounted directory is shown
+/// relative and resolves inside the mount.
+#[test]
+fn vsftpd_transform_symlinks_makes_absolute_targets_inside_the_mount_relative() {
+    let scratch = ServerScratch::new();
+    fs::create_dir(scratch.local("sub")).unwrap();
+    fs::set_permissions(scratch.local("sub"), fs::Permissions::from_mode(0o755)).unwrap();
+    scratch.write("sub/file.txt", b"reached through the link\n");
+    // vsftpd chroots to the data directory: "/" there is its root.
+    let inside = format!("/{}/sub/file.txt", scratch.name);
+    std::os::unix::fs::symlink(&inside, scratch.local("abs-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", scratch.local("outside-link")).unwrap();
+
+    let m = Mounted::new(Server::Vsftpd, Tls::V13);
+    let dir = m.join(&scratch.name);
+    assert_eq!(
+        fs::read_link(dir.join("abs-link")).unwrap(),
+        Path::new(&inside)
+    );
+    drop(m);
+
+    let m = Mounted::with(MountConfig::new(Server::Vsftpd, Tls::V13).option("transform_symlinks"));
+    let dir = m.join(&scratch.name);
+    assert_eq!(
+        fs::read_link(dir.join("abs-link")).unwrap(),
+        Path::new("sub/file.txt")
+    );
+    assert_eq!(
+        fs::read(dir.join("abs-link")).unwrap(),
+        b"reached through the link\n"
+    );
+    // vsftpd's root is the mount's root: the server's /etc/hostname is the mount's, not
+    // the local machine's (targets outside a mounted subdirectory stay as they are; see
+    // names.rs's tests).
+    assert_eq!(
+        fs::read_link(dir.join("outside-link")).unwrap(),
+        Path::new("../etc/hostname")
+    );
+    let err = fs::read(dir.join("outside-link")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+}
+
 #[test]
 fn vsftpd_mount_unmount_cycles_leave_nothing_behind() {
     for cycle in 0..5 {

@@ -537,18 +537,23 @@ m_reval() {
     rc=0 && timed cat "${files[@]}" >/dev/null || rc=1
     rec_time reval_cold_s $rc
     settle 2
-    rec reval_cold_mdtm "$(count_since "$mark" 'MDTM')"
-    mark=$(log_mark)
-    rc=0 && timed cat "${files[@]}" >/dev/null || rc=1
-    rec_time reval_reopen_s $rc
-    settle 2
-    rec reval_reopen_mdtm "$(count_since "$mark" 'MDTM')"
-    rec reval_reopen_retr "$(count_since "$mark" 'RETR')"
+    rec reval_cold_mdtm "$(count_since "$mark" '"MDTM ')"
+    # The first reopen refetches what the cold read cached under the listed minute (its
+    # exact time was not known then); the second reuses what the first cached under the
+    # exact time.
+    for step in reopen reopen2; do
+        mark=$(log_mark)
+        rc=0 && timed cat "${files[@]}" >/dev/null || rc=1
+        rec_time "reval_${step}_s" $rc
+        settle 2
+        rec "reval_${step}_mdtm" "$(count_since "$mark" '"MDTM ')"
+        rec "reval_${step}_retr" "$(count_since "$mark" '"RETR ')"
+    done
     mark=$(log_mark)
     rc=0 && timed ls -lR "$m/small" >/dev/null || rc=1
     rec_time reval_lslr_s $rc
     settle 1
-    rec reval_lslr_mdtm "$(count_since "$mark" 'MDTM')"
+    rec reval_lslr_mdtm "$(count_since "$mark" '"MDTM ')"
     unmount_fs
 }
 

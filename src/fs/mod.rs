@@ -80,6 +80,8 @@ pub struct FsConfig {
     /// Upload to a temporary name and rename it onto the final one when complete
     /// (otherwise: straight onto the final name, for servers that cannot rename).
     pub atomic_uploads: bool,
+    /// Show absolute symlink targets inside the mount as relative ones.
+    pub transform_symlinks: bool,
 }
 
 /// One entry of a directory handle.
@@ -142,6 +144,8 @@ pub struct FtpFs {
     reader: Reader,
     handles: HandleTable,
     attrs: AttrPolicy,
+    /// The login directory (PWD), once asked (see `namespace.rs`).
+    login_dir: Mutex<Option<Vec<u8>>>,
     /// What each inode was opened as last time (see [`OpenedVersion`]).
     opened_versions: Mutex<HashMap<u64, OpenedVersion>>,
     /// Files open for writing or with changes not yet uploaded, by inode.
@@ -191,6 +195,7 @@ impl FtpFs {
             handles: HandleTable::default(),
             attrs,
             opened_versions: Mutex::new(HashMap::new()),
+            login_dir: Mutex::new(None),
             writes: Mutex::new(HashMap::new()),
             refuses_overwrite: AtomicBool::new(false),
             janitor,

@@ -89,6 +89,40 @@ fn leftover_name(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An absolute symlink `target` that lies inside the mounted directory `root` (an
+/// absolute path on the server), rewritten relative to the link's directory `link_dir`
+/// (below the root; empty for the root), so that it resolves inside the mount (sshfs's
+/// `transform_symlinks`). None for a target that is relative or lies outside.
+pub fn relative_target(root: &[u8], link_dir: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+    fn components(path: &[u8]) -> Vec<&[u8]> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for part in path.split(|&b| b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => {
+                    parts.pop();
+                }
+                part => parts.push(part),
+            }
+        }
+        parts
+    }
+    if !target.starts_with(b"/") {
+        return None;
+    }
+    let root = components(root);
+    let target = components(target);
+    let inside = target.strip_prefix(root.as_slice())?;
+    let dir = components(link_dir);
+    let common = dir.iter().zip(inside).take_while(|(a, b)| a == b).count();
+    let mut relative: Vec<&[u8]> = vec![b".."; dir.len() - common];
+    relative.extend_from_slice(&inside[common..]);
+    if relative.is_empty() {
+        return Some(b".".to_vec());
+    }
+    Some(relative.join(&b'/'))
+}
+
 /// A number no other temporary name of any ftpsfs process will have: a per-process
 /// random seed (std's hasher keys are random) mixed with a counter.
 pub fn unique() -> u64 {
@@ -140,6 +174,31 @@ pub fn parse_leftover(name: &[u8]) -> Option<Leftover> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_targets_inside_the_mount_become_relative() {
+        let rel = |root: &str, dir: &str, target: &str| {
+            relative_target(root.as_bytes(), dir.as_bytes(), target.as_bytes())
+                .map(|t| String::from_utf8(t).unwrap())
+        };
+        assert_eq!(rel("/", "", "/a/b").as_deref(), Some("a/b"));
+        assert_eq!(
+            rel("/srv/ftp", "x/y", "/srv/ftp/a/b").as_deref(),
+            Some("../../a/b")
+        );
+        assert_eq!(rel("/srv/ftp", "a", "/srv/ftp/a/b").as_deref(), Some("b"));
+        assert_eq!(rel("/srv/ftp", "a/b", "/srv/ftp/a").as_deref(), Some(".."));
+        assert_eq!(rel("/srv/ftp", "a", "/srv/ftp/a").as_deref(), Some("."));
+        assert_eq!(
+            rel("/srv/ftp/", "", "//srv/./ftp/c/../d").as_deref(),
+            Some("d")
+        );
+        // Outside the mount, or relative already: left as it is.
+        assert_eq!(rel("/srv/ftp", "", "/srv/ftp2/a"), None);
+        assert_eq!(rel("/srv/ftp", "", "/etc/passwd"), None);
+        assert_eq!(rel("/srv/ftp", "", "/srv/ftp/../x"), None);
+        assert_eq!(rel("/srv/ftp", "", "a/b"), None);
+    }
 
     #[test]
     fn new_names_are_checked() {

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use super::dircache::Change;
 use super::error::FsError;
-use super::inode::join_path;
+use super::inode::{join_path, ROOT_INODE};
 use super::names::{check_new_name, NAME_MAX};
 use super::upload;
 use super::{Attr, FtpFs};
@@ -89,11 +89,54 @@ impl FtpFs {
             }
             let parent = self.node(node.parent)?;
             let listing = self.dirs.get(&self.pool, &parent.path).await?;
-            self.dirs
+            let target = self
+                .dirs
                 .link_target(&self.pool, &listing, &parent.path, &node.name)
-                .await
+                .await?;
+            if !(self.config.transform_symlinks && target.starts_with(b"/")) {
+                return Ok(target);
+            }
+            let root = self.node(ROOT_INODE)?.path;
+            let Some(absolute_root) = self.absolute_root(&root).await else {
+                return Ok(target);
+            };
+            let link_dir = parent
+                .path
+                .strip_prefix(root.as_slice())
+                .unwrap_or(&parent.path);
+            let link_dir = link_dir.strip_prefix(b"/").unwrap_or(link_dir);
+            Ok(super::names::relative_target(&absolute_root, link_dir, &target).unwrap_or(target))
         })
         .await
+    }
+
+    /// The mounted directory's absolute path on the server: the URL's path when it is
+    /// absolute, else below the login directory (PWD, asked once). None when the server
+    /// will not say; absolute symlink targets are then shown as they are.
+    async fn absolute_root(&self, root: &[u8]) -> Option<Vec<u8>> {
+        if root.starts_with(b"/") {
+            return Some(root.to_vec());
+        }
+        if let Some(known) = self
+            .login_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(join_path(&known, root));
+        }
+        let pool = &self.pool;
+        match crate::with_connection!(pool, |conn| conn.working_directory().await).await {
+            Ok(login) => {
+                tracing::debug!(login = %login.escape_ascii(), "login directory");
+                *self.login_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(login.clone());
+                Some(join_path(&login, root))
+            }
+            Err(e) => {
+                tracing::debug!("cannot learn the login directory ({e}); absolute symlink targets stay as they are");
+                None
+            }
+        }
     }
 
     /// The directory `parent`'s path, checking that it is a directory.

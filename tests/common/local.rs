@@ -221,6 +221,7 @@ impl LocalFs {
                 read_only: config.read_only,
                 staging_dir: staging.clone(),
                 atomic_uploads: config.atomic_uploads,
+                transform_symlinks: false,
             },
         );
         Self {

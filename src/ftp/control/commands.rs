@@ -77,6 +77,8 @@ pub mod verb {
         SIZE Idempotent;
         /// A file's modification time.
         MDTM Idempotent;
+        /// The working directory (the login directory: ftpsfs never changes it).
+        PWD Idempotent;
         /// One entry's facts.
         MLST Idempotent;
         /// A machine-readable listing.
@@ -290,6 +292,22 @@ impl ControlConnection {
             Err(e) if e.is_unsupported() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The working directory, as an absolute path: the login directory, since ftpsfs
+    /// never changes it (PWD, RFC 959).
+    pub async fn working_directory(&mut self) -> Result<Vec<u8>, FtpError> {
+        let reply = self.command(Command::new(&verb::PWD)).await?;
+        if reply.code != 257 {
+            return Err(FtpError::Rejected {
+                command: "PWD".into(),
+                reply,
+            });
+        }
+        quoted_path(reply.first_line()).ok_or_else(|| FtpError::Protocol {
+            step: "PWD".into(),
+            detail: format!("no quoted path in {reply}"),
+        })
     }
 
     /// The modification time of a file (MDTM, RFC 3659), UTC.
@@ -587,6 +605,28 @@ pub struct UploadCheck {
     pub mode_set: Option<Result<(), FtpError>>,
 }
 
+/// The path in a 257 reply: between double quotes, where two quotes stand for one
+/// (RFC 959, appendix II).
+fn quoted_path(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let start = bytes.iter().position(|&b| b == b'"')? + 1;
+    let mut path = Vec::new();
+    let mut i = start;
+    loop {
+        match (bytes.get(i)?, bytes.get(i + 1)) {
+            (b'"', Some(b'"')) => {
+                path.push(b'"');
+                i += 2;
+            }
+            (b'"', _) => return (!path.is_empty()).then_some(path),
+            (&b, _) => {
+                path.push(b);
+                i += 1;
+            }
+        }
+    }
+}
+
 /// The number in a 213 reply to SIZE.
 fn size_of(reply: &Reply) -> Result<u64, FtpError> {
     reply
@@ -601,6 +641,22 @@ fn size_of(reply: &Reply) -> Result<u64, FtpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pwd_replies_give_their_quoted_path() {
+        let path = |text: &str| quoted_path(text).map(|p| String::from_utf8(p).unwrap());
+        assert_eq!(
+            path(r#""/" is the current directory"#).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            path(r#""/home/a ""b"" c" is current directory."#).as_deref(),
+            Some(r#"/home/a "b" c"#)
+        );
+        assert_eq!(path("no quotes here"), None);
+        assert_eq!(path(r#""unterminated"#), None);
+        assert_eq!(path(r#""" empty"#), None);
+    }
 
     #[test]
     fn arguments_with_line_breaks_are_refused() {
