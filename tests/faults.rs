@@ -19,13 +19,14 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::mount::{
     mounted_fstype, read_at_most, read_concurrently, run, scratch_dir, MountConfig, Mounted,
 };
+use common::netns::Netns;
 use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
 use common::{env, Server, Tls};
 
@@ -272,67 +273,6 @@ fn idle_connections_closed_silently_reconnect_transparently() {
 #[test]
 fn idle_connections_closed_with_421_reconnect_transparently() {
     idle_connections_dropped(true);
-}
-
-/// A private network namespace, held open by a `sleep` started with `unshare --net`.
-struct Netns {
-    holder: Child,
-    path: PathBuf,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let holder = Command::new("unshare")
-            .args(["--net", "--", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("unshare --net (util-linux)");
-        let path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
-        let ours = fs::read_link("/proc/self/ns/net").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::read_link(&path).ok().is_none_or(|ns| ns == ours) {
-            assert!(
-                Instant::now() < deadline,
-                "unshare --net did not take effect"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        let ns = Netns { holder, path };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// The command prefix that runs a program in this namespace.
-    fn nsenter(&self) -> Vec<String> {
-        vec![
-            "nsenter".into(),
-            format!("--net={}", self.path.display()),
-            "--".into(),
-        ]
-    }
-
-    /// Runs a command in the namespace; panics if it fails.
-    fn exec(&self, args: &[&str]) -> Output {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", self.path.display()))
-            .arg("--")
-            .args(args);
-        let out = run(&mut command, COMMAND_TIMEOUT);
-        assert!(
-            out.status.success(),
-            "{args:?} in the test namespace: {}",
-            text(&out.stderr)
-        );
-        out
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
 }
 
 /// Retries `op` every 100 ms until it succeeds; returns how long that took (panics after

@@ -15,12 +15,13 @@ mod common;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::mount::{run, MountConfig, Mounted, ServerScratch};
+use common::netns::Netns;
 use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
 use common::{env, Server, Tls};
 
@@ -184,65 +185,6 @@ fn server_stopped_mid_upload_keeps_the_old_file_then_cleans_up() {
         new_errno,
         &format!("error after {to_error:?}; temporary files deleted {cleaned:?} after the restart"),
     );
-}
-
-/// A private network namespace (see tests/faults.rs).
-struct Netns {
-    holder: Child,
-    path: PathBuf,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let holder = Command::new("unshare")
-            .args(["--net", "--", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("unshare --net (util-linux)");
-        let path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
-        let ours = fs::read_link("/proc/self/ns/net").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::read_link(&path).ok().is_none_or(|ns| ns == ours) {
-            assert!(
-                Instant::now() < deadline,
-                "unshare --net did not take effect"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        let ns = Netns { holder, path };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn nsenter(&self) -> Vec<String> {
-        vec![
-            "nsenter".into(),
-            format!("--net={}", self.path.display()),
-            "--".into(),
-        ]
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let out = run(
-            Command::new("nsenter")
-                .arg(format!("--net={}", self.path.display()))
-                .arg("--")
-                .args(args),
-            COMMAND_TIMEOUT,
-        );
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! Blocks are keyed by path *and version* (size + modification time), so a file that
 //! changed on the server is never served from the old file's blocks.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,6 +99,27 @@ pub struct BlockCache {
 struct Inner {
     lru: LruCache<BlockKey, Segment>,
     bytes: u64,
+    /// Blocks held per path, so that an open can ask whether a file has cached data
+    /// without scanning the cache.
+    blocks_by_path: HashMap<Arc<[u8]>, usize>,
+}
+
+impl Inner {
+    fn count_added(&mut self, key: &BlockKey) {
+        *self
+            .blocks_by_path
+            .entry(key.version.path.clone())
+            .or_default() += 1;
+    }
+
+    fn count_removed(&mut self, key: &BlockKey) {
+        if let Some(count) = self.blocks_by_path.get_mut(&key.version.path) {
+            *count -= 1;
+            if *count == 0 {
+                self.blocks_by_path.remove(&key.version.path);
+            }
+        }
+    }
 }
 
 impl BlockCache {
@@ -108,6 +130,7 @@ impl BlockCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                blocks_by_path: HashMap::new(),
             }),
             spare: Mutex::new(Vec::new()),
             hits: AtomicU64::new(0),
@@ -195,14 +218,18 @@ impl BlockCache {
             if size > self.capacity {
                 return;
             }
-            if let Some(old) = inner.lru.put(key, segment) {
-                inner.bytes -= old.data.len() as u64;
-                evicted.push(old);
+            match inner.lru.put(key.clone(), segment) {
+                Some(old) => {
+                    inner.bytes -= old.data.len() as u64;
+                    evicted.push(old);
+                }
+                None => inner.count_added(&key),
             }
             inner.bytes += size;
             while inner.bytes > self.capacity {
                 match inner.lru.pop_lru() {
-                    Some((_, old)) => {
+                    Some((old_key, old)) => {
+                        inner.count_removed(&old_key);
                         inner.bytes -= old.data.len() as u64;
                         evicted.push(old);
                     }
@@ -217,10 +244,7 @@ impl BlockCache {
 
     /// Whether any block of any version of `path` is held.
     pub fn holds_path(&self, path: &[u8]) -> bool {
-        self.lock()
-            .lru
-            .iter()
-            .any(|(key, _)| &*key.version.path == path)
+        self.lock().blocks_by_path.contains_key(path)
     }
 
     /// Drops every block of every version of `path` (the file was replaced or deleted).
@@ -228,6 +252,9 @@ impl BlockCache {
         let mut evicted = Vec::new();
         {
             let mut inner = self.lock();
+            if !inner.blocks_by_path.contains_key(path) {
+                return;
+            }
             let keys: Vec<BlockKey> = inner
                 .lru
                 .iter()
@@ -236,6 +263,7 @@ impl BlockCache {
                 .collect();
             for key in keys {
                 if let Some(old) = inner.lru.pop(&key) {
+                    inner.count_removed(&key);
                     inner.bytes -= old.data.len() as u64;
                     evicted.push(old);
                 }
@@ -304,6 +332,22 @@ mod tests {
         // A range inside changes nothing.
         cache.insert(block.clone(), segment(520 << 10, 4 << 10));
         assert_eq!(cache.bytes(), 188 << 10);
+    }
+
+    #[test]
+    fn knows_which_paths_have_blocks() {
+        let cache = BlockCache::new(2000);
+        cache.insert(key("a", 10, 0), segment(0, 1000));
+        cache.insert(key("a", 10, 0), segment(0, 1000));
+        cache.insert(key("b", 10, 0), segment(0, 1000));
+        assert!(cache.holds_path(b"a") && cache.holds_path(b"b"));
+        // Evicted: "a" is the least recently used.
+        cache.insert(key("c", 10, 0), segment(0, 1000));
+        assert!(!cache.holds_path(b"a"));
+        assert!(cache.holds_path(b"c"));
+        cache.forget_path(b"b");
+        assert!(!cache.holds_path(b"b"));
+        assert!(cache.holds_path(b"c"));
     }
 
     #[test]

@@ -148,6 +148,25 @@ impl FtpFs {
         Ok(node.path)
     }
 
+    /// The outcome of removing `name` from `dir` (DELE, RMD). A reply lost on the way is
+    /// settled by a fresh listing, never by sending the command again: a repeated removal
+    /// would fail after the first one succeeded.
+    async fn removal_outcome(
+        &self,
+        removed: Result<(), FtpError>,
+        dir: &[u8],
+        name: &[u8],
+    ) -> Result<(), FsError> {
+        match removed {
+            Ok(()) => Ok(()),
+            Err(e @ FtpError::Unconfirmed { .. }) => match self.exists_now(dir, name).await? {
+                Some(_) => Err(e.into()),
+                None => Ok(()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether `name` exists in `dir` according to a listing fetched now: the way to
     /// learn the outcome of a change whose reply was lost.
     async fn exists_now(&self, dir: &[u8], name: &[u8]) -> Result<Option<Entry>, FsError> {
@@ -240,15 +259,7 @@ impl FtpFs {
                 return Err(FsError::NotEmpty);
             }
             let removed = crate::with_connection!(pool, |conn| conn.remove_dir(&path).await).await;
-            match removed {
-                Ok(()) => {}
-                Err(e @ FtpError::Unconfirmed { .. }) => {
-                    if self.exists_now(&dir, name).await?.is_some() {
-                        return Err(e.into());
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+            self.removal_outcome(removed, &dir, name).await?;
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
             self.dirs.forget_tree(&path);
             self.inodes
@@ -289,15 +300,7 @@ impl FtpFs {
             }
             let path = join_path(&dir, name);
             let deleted = crate::with_connection!(pool, |conn| conn.delete(&path).await).await;
-            match deleted {
-                Ok(()) => {}
-                Err(e @ FtpError::Unconfirmed { .. }) => {
-                    if self.exists_now(&dir, name).await?.is_some() {
-                        return Err(e.into());
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+            self.removal_outcome(deleted, &dir, name).await?;
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
             self.forget_name(parent, name, ino);
             Ok(())

@@ -11,6 +11,7 @@ use ftpsfs::ftp::{self, ConnectOptions, Secret, Security, Timeouts, TlsOptions, 
 
 pub mod local;
 pub mod mount;
+pub mod netns;
 #[path = "../support/strict_server.rs"]
 pub mod strict_server;
 
