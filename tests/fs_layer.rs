@@ -515,6 +515,109 @@ async fn a_refused_retr_after_rest_does_not_shift_the_next_read() {
     }
 }
 
+/// A file rewritten on the server with the same size, between two reads of one open
+/// file, is never served as a mix of the two: the second read, ranged or streaming, gives
+/// ESTALE, and the file read again afterwards is the new content whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_between_two_reads_is_never_mixed() {
+    let local = LocalFs::new();
+    let old = pattern(3 << 20, 1);
+    let new = pattern(3 << 20, 2);
+    let cases = [("ranged.bin", 2 << 20), ("streamed.bin", 4096)];
+    for (name, _) in cases {
+        fs::write(local.on_server(name), &old).unwrap();
+    }
+    for (name, second_read_at) in cases {
+        let on_server = local.on_server(name);
+        let attr = local.fs.lookup(ROOT_INODE, name.as_bytes()).await.unwrap();
+        let opened = local.fs.open(attr.ino, READ, 1).await.unwrap();
+        let first = local.fs.read(opened.handle, 0, 4096).await.unwrap();
+        assert_eq!(&first[..], &old[..4096], "{name}");
+        fs::write(&on_server, &new).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(120);
+        fs::File::options()
+            .write(true)
+            .open(&on_server)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        // At 4096 the read is sequential: past the 16 KiB the first read fetched, it
+        // starts a stream. At 2 MiB it is a ranged fetch.
+        match local.fs.read(opened.handle, second_read_at, 64 << 10).await {
+            Err(FsError::Changed) => {}
+            Ok(data) => {
+                let at = second_read_at as usize;
+                let mixed = data[..] != old[at..at + data.len()];
+                panic!(
+                    "{name}: the read after the rewrite gave {} bytes{}",
+                    data.len(),
+                    if mixed {
+                        ", some of the new content"
+                    } else {
+                        " of the old content"
+                    }
+                );
+            }
+            Err(e) => panic!("{name}: {e}"),
+        }
+        local.fs.release(opened.handle).await;
+        assert_eq!(read_all(&local.fs, attr.ino).await, new, "{name} reopened");
+    }
+}
+
+/// vsftpd lists times to the minute. A file read whole, then reopened under a newer
+/// listing, is checked with one MDTM against the time its blocks were downloaded at, and
+/// served from the cache: nothing is downloaded again. A same-size rewrite within the
+/// listed minute is still seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopen_under_a_coarse_listing_reuses_what_the_first_read_fetched() {
+    let local = LocalFs::with(LocalConfig {
+        list_only: true,
+        dir_ttl: Duration::from_millis(200),
+        ..LocalConfig::default()
+    });
+    let on_server = local.on_server("coarse.bin");
+    let old = pattern(200 << 10, 5);
+    fs::write(&on_server, &old).unwrap();
+    // Second 10 of a minute an hour ago: LIST shows hours and minutes only.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let minute = (now - 3600) / 60 * 60;
+    let set_second = |second: u64| {
+        fs::File::options()
+            .write(true)
+            .open(&on_server)
+            .unwrap()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(minute + second))
+            .unwrap();
+    };
+    set_second(10);
+    let attr = local.fs.lookup(ROOT_INODE, b"coarse.bin").await.unwrap();
+    assert_eq!(read_all(&local.fs, attr.ino).await, old);
+    let fetched = |fs: &FtpFs| fs.stats().range_fetches + fs.stats().streams;
+    let before = fetched(&local.fs);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let opened = local.fs.open(attr.ino, READ, 1).await.unwrap();
+    assert!(opened.keep_cache, "the kernel's pages were dropped");
+    local.fs.release(opened.handle).await;
+    assert_eq!(read_all(&local.fs, attr.ino).await, old);
+    assert_eq!(fetched(&local.fs), before, "downloads on reopening");
+
+    let new = pattern(200 << 10, 6);
+    fs::write(&on_server, &new).unwrap();
+    set_second(40);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let opened = local.fs.open(attr.ino, READ, 1).await.unwrap();
+    assert!(
+        !opened.keep_cache,
+        "the kernel kept pages of the old content"
+    );
+    local.fs.release(opened.handle).await;
+    assert_eq!(read_all(&local.fs, attr.ino).await, new);
+}
+
 /// Readers of one block at once share one fetch: those waiting find the block cached
 /// when the first fetch ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+/// A modification time: seconds since 1970 and nanoseconds.
+pub type Mtime = (i64, u32);
+
 /// Which file, in which version; two versions never share blocks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileVersion {
@@ -18,7 +21,7 @@ pub struct FileVersion {
     /// Size in bytes from the listing.
     pub size: u64,
     /// Modification time from the listing (seconds, nanoseconds).
-    pub mtime: (i64, u32),
+    pub mtime: Mtime,
 }
 
 /// One block of one file version.
@@ -102,6 +105,18 @@ struct Inner {
     /// Blocks held per path, so that an open can ask whether a file has cached data
     /// without scanning the cache.
     blocks_by_path: HashMap<Arc<[u8]>, usize>,
+    /// Per version with blocks held: how many, and what the server's exact time was
+    /// when they were downloaded.
+    versions: HashMap<Arc<FileVersion>, VersionBlocks>,
+}
+
+/// What the cache knows of one version's blocks.
+#[derive(Default)]
+struct VersionBlocks {
+    blocks: usize,
+    /// The server's modification time (MDTM) when the blocks were downloaded, if it
+    /// said. A listing's time can be too coarse to tell two contents apart; this is not.
+    server_time: Option<Mtime>,
 }
 
 impl Inner {
@@ -110,6 +125,7 @@ impl Inner {
             .blocks_by_path
             .entry(key.version.path.clone())
             .or_default() += 1;
+        self.versions.entry(key.version.clone()).or_default().blocks += 1;
     }
 
     fn count_removed(&mut self, key: &BlockKey) {
@@ -119,8 +135,38 @@ impl Inner {
                 self.blocks_by_path.remove(&key.version.path);
             }
         }
+        if let Some(version) = self.versions.get_mut(&key.version) {
+            version.blocks -= 1;
+            if version.blocks == 0 {
+                self.versions.remove(&key.version);
+            }
+        }
+    }
+
+    /// Takes out every block that `keep` refuses; returns them for recycling.
+    fn remove_where(&mut self, keep: impl Fn(&BlockKey) -> bool) -> Vec<Segment> {
+        let keys: Vec<BlockKey> = self
+            .lru
+            .iter()
+            .filter(|(key, _)| !keep(key))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut removed = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(old) = self.lru.pop(&key) {
+                self.count_removed(&key);
+                self.bytes -= old.data.len() as u64;
+                removed.push(old);
+            }
+        }
+        removed
     }
 }
+
+/// The server's time for a download differs from the one its cached blocks were
+/// downloaded at: the file changed without its listing showing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentChanged;
 
 impl BlockCache {
     /// A cache holding at most `capacity` bytes of data.
@@ -131,6 +177,7 @@ impl BlockCache {
                 lru: LruCache::unbounded(),
                 bytes: 0,
                 blocks_by_path: HashMap::new(),
+                versions: HashMap::new(),
             }),
             spare: Mutex::new(Vec::new()),
             hits: AtomicU64::new(0),
@@ -199,16 +246,37 @@ impl BlockCache {
     }
 
     /// Stores a segment, keeping whichever of old and new holds more, then evicts to fit.
-    pub fn insert(&self, key: BlockKey, mut segment: Segment) {
+    pub fn insert(&self, key: BlockKey, segment: Segment) {
+        // No server time, so no mismatch is possible.
+        let _ = self.insert_downloaded(key, segment, None);
+    }
+
+    /// [`Self::insert`] of a segment downloaded when the server gave `server_time` for
+    /// the file. When blocks of the same version were downloaded at another time, the
+    /// file changed with its size and listed time unchanged: they are all dropped, the
+    /// segment is not stored, and the caller must not mix the two.
+    pub fn insert_downloaded(
+        &self,
+        key: BlockKey,
+        mut segment: Segment,
+        server_time: Option<Mtime>,
+    ) -> Result<(), ContentChanged> {
         let mut evicted = Vec::new();
-        {
+        let outcome = 'insert: {
             let mut inner = self.lock();
+            if let Some(time) = server_time {
+                let known = inner.versions.get(&key.version).and_then(|v| v.server_time);
+                if known.is_some_and(|known| known != time) {
+                    evicted = inner.remove_where(|k| k.version != key.version);
+                    break 'insert Err(ContentChanged);
+                }
+            }
             // A block holds one segment: the new range is joined to the cached one when
             // they meet, so random reads within a block build it up instead of pushing
             // each other out; a range already held changes nothing.
             if let Some(old) = inner.lru.peek(&key) {
                 if old.covers(segment.start, segment.end()) {
-                    return;
+                    break 'insert Ok(());
                 }
                 if let Some(joined) = old.joined(&segment) {
                     segment = joined;
@@ -216,7 +284,7 @@ impl BlockCache {
             }
             let size = segment.data.len() as u64;
             if size > self.capacity {
-                return;
+                break 'insert Ok(());
             }
             match inner.lru.put(key.clone(), segment) {
                 Some(old) => {
@@ -224,6 +292,10 @@ impl BlockCache {
                     evicted.push(old);
                 }
                 None => inner.count_added(&key),
+            }
+            if let (Some(time), Some(version)) = (server_time, inner.versions.get_mut(&key.version))
+            {
+                version.server_time = Some(time);
             }
             inner.bytes += size;
             while inner.bytes > self.capacity {
@@ -236,7 +308,32 @@ impl BlockCache {
                     None => break,
                 }
             }
+            Ok(())
+        };
+        for old in evicted {
+            self.recycle(old);
         }
+        outcome
+    }
+
+    /// The server's exact time when the cached blocks of `version` were downloaded, if
+    /// any are held and the server said.
+    pub fn server_time(&self, version: &FileVersion) -> Option<Mtime> {
+        self.lock()
+            .versions
+            .get(version)
+            .and_then(|v| v.server_time)
+    }
+
+    /// Drops every block of `version` (it turned out to hold two contents).
+    pub fn forget_version(&self, version: &FileVersion) {
+        let evicted = {
+            let mut inner = self.lock();
+            if !inner.versions.contains_key(version) {
+                return;
+            }
+            inner.remove_where(|key| *key.version != *version)
+        };
         for old in evicted {
             self.recycle(old);
         }
@@ -249,26 +346,13 @@ impl BlockCache {
 
     /// Drops every block of every version of `path` (the file was replaced or deleted).
     pub fn forget_path(&self, path: &[u8]) {
-        let mut evicted = Vec::new();
-        {
+        let evicted = {
             let mut inner = self.lock();
             if !inner.blocks_by_path.contains_key(path) {
                 return;
             }
-            let keys: Vec<BlockKey> = inner
-                .lru
-                .iter()
-                .filter(|(key, _)| &*key.version.path == path)
-                .map(|(key, _)| key.clone())
-                .collect();
-            for key in keys {
-                if let Some(old) = inner.lru.pop(&key) {
-                    inner.count_removed(&key);
-                    inner.bytes -= old.data.len() as u64;
-                    evicted.push(old);
-                }
-            }
-        }
+            inner.remove_where(|key| &*key.version.path != path)
+        };
         for old in evicted {
             self.recycle(old);
         }
@@ -348,6 +432,40 @@ mod tests {
         cache.forget_path(b"b");
         assert!(!cache.holds_path(b"b"));
         assert!(cache.holds_path(b"c"));
+    }
+
+    #[test]
+    fn blocks_downloaded_at_another_server_time_are_never_mixed() {
+        let cache = BlockCache::new(3000);
+        let first = key("a", 10, 0);
+        let second = key("a", 10, 1);
+        cache
+            .insert_downloaded(first.clone(), segment(0, 1000), Some((100, 0)))
+            .unwrap();
+        assert_eq!(cache.server_time(&first.version), Some((100, 0)));
+        // Same size and listed time, another server time: the old block goes too.
+        assert_eq!(
+            cache.insert_downloaded(second.clone(), segment(0, 1000), Some((160, 0))),
+            Err(ContentChanged)
+        );
+        assert!(cache.get(&first, 0, 10).is_none());
+        assert!(cache.get(&second, 0, 10).is_none());
+        assert_eq!(cache.server_time(&first.version), None);
+        // Starting afresh, the new time is recorded; a download without a time (no
+        // MDTM) is never a mismatch; eviction of the last block forgets the time.
+        cache
+            .insert_downloaded(second.clone(), segment(0, 1000), Some((160, 0)))
+            .unwrap();
+        cache
+            .insert_downloaded(first.clone(), segment(0, 1000), None)
+            .unwrap();
+        assert_eq!(cache.server_time(&first.version), Some((160, 0)));
+        cache.insert(key("b", 10, 0), segment(0, 1000));
+        cache.insert(key("b", 10, 1), segment(0, 1000));
+        cache.insert(key("b", 10, 2), segment(0, 1000));
+        assert_eq!(cache.server_time(&first.version), None);
+        cache.forget_version(&key("b", 10, 0).version);
+        assert_eq!(cache.bytes(), 0);
     }
 
     #[test]

@@ -88,6 +88,10 @@ impl FtpFs {
     /// data of the file is cached (blocks here, pages in the kernel), MDTM gives the exact
     /// time before that data is reused: one round trip, only then. Without MDTM the
     /// cached data cannot be checked and is not trusted.
+    ///
+    /// Blocks cached under the listed time, or under the last open's version, carry the
+    /// exact time they were downloaded at: when MDTM gives that time, they are this
+    /// version and are kept, so the first reopen after a cold read fetches nothing.
     async fn version_time(
         &self,
         path: &[u8],
@@ -118,7 +122,23 @@ impl FtpFs {
         match crate::with_connection!(pool, |conn| conn.modified(path).await).await {
             Ok(exact) => {
                 tracing::debug!(path = %path.escape_ascii(), ?listed, ?exact, "coarse listing time checked with MDTM");
-                ((exact.unix_seconds, exact.nanos), true)
+                let exact = (exact.unix_seconds, exact.nanos);
+                let as_listed = FileVersion {
+                    path: path.into(),
+                    size,
+                    mtime: listed_time,
+                };
+                let downloaded_now = |version: &FileVersion| {
+                    *version.path == *path
+                        && version.size == size
+                        && self.cache.server_time(version) == Some(exact)
+                };
+                let known = previous
+                    .map(|p| &*p.version)
+                    .into_iter()
+                    .chain([&as_listed])
+                    .find(|version| downloaded_now(version));
+                (known.map_or(exact, |version| version.mtime), true)
             }
             Err(e) => {
                 tracing::debug!(path = %path.escape_ascii(), "cannot check a coarse listing time ({e}); cached data dropped");
@@ -138,7 +158,12 @@ impl FtpFs {
         };
         let result = self.within(self.reader.read(&file, offset, size)).await;
         if matches!(result, Err(FsError::Changed)) {
-            // The listing is out of date: the next open must see the new size and mtime.
+            // The listing is out of date: the next open must see the new size and mtime,
+            // and must not let the kernel keep pages of what was read before.
+            self.opened_versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&file.ino);
             if let Ok(node) = self.node(file.ino) {
                 if let Ok(parent) = self.node(node.parent) {
                     self.dirs.invalidate(&parent.path);

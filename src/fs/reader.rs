@@ -6,6 +6,11 @@
 //! reader has to wait for the stream, up to a cap. A read outside the window drops the
 //! stream (ABOR) and the next sequential read starts another. A first read at offset 0
 //! (file browsers, thumbnailers, `file`) or a random read fetches only a small range.
+//!
+//! Every download asks the server for the file's exact time (MDTM) in the same round
+//! trip. An open file whose downloads disagree, or whose download disagrees with the
+//! time its cached blocks were downloaded at, has changed on the server without its
+//! size or listed time showing it: the read gives ESTALE rather than mixing the two.
 
 use std::collections::HashMap;
 use std::ops::{Deref, Range};
@@ -19,7 +24,7 @@ use tokio::sync::Notify;
 use crate::ftp::pool::worth_retrying;
 use crate::ftp::{DataConnection, FtpError, Pool, PooledConnection};
 
-use super::blockcache::{BlockCache, BlockKey, FileVersion, Segment};
+use super::blockcache::{BlockCache, BlockKey, FileVersion, Mtime, Segment};
 use super::error::FsError;
 use super::failure::{Attempt, RecentFailure, RemembersFailure};
 
@@ -75,6 +80,11 @@ struct ReadState {
     /// The last read of this open file that timed out; see
     /// [`FAILURE_MEMORY`](super::failure::FAILURE_MEMORY).
     failure: RecentFailure,
+    /// The server's exact time for the data this open file has read: from its first
+    /// download, or from the cached blocks it was first served.
+    seen_time: Option<Mtime>,
+    /// Whether the cache was asked for its time yet (once per open file).
+    asked_cache_time: bool,
 }
 
 impl RemembersFailure for ReadState {
@@ -192,6 +202,12 @@ impl Reader {
                 stream.note_reader_at(index);
             }
             if let Some(segment) = self.cache.get(&key, from, to) {
+                if !state.asked_cache_time {
+                    state.asked_cache_time = true;
+                    state.seen_time = state
+                        .seen_time
+                        .or_else(|| self.cache.server_time(&file.version));
+                }
                 out.push(&segment, from, to);
                 pos = block_start + to;
                 continue;
@@ -225,7 +241,7 @@ impl Reader {
                 }
             }
             if state.stream.is_none() && !stream_ended && (sequential || pos > offset) {
-                if let Some(stream) = self.start_stream(file, index).await? {
+                if let Some(stream) = self.start_stream(file, state, index).await? {
                     state.stream = Some(stream);
                     continue;
                 }
@@ -242,7 +258,13 @@ impl Reader {
                 )
             };
             let segment = self
-                .fetch_range(&key, block_start, fetch_from, fetch_to)
+                .fetch_range(
+                    &key,
+                    &mut state.seen_time,
+                    block_start,
+                    fetch_from,
+                    fetch_to,
+                )
                 .await?;
             out.push(&segment, from, to);
             pos = block_start + to;
@@ -263,7 +285,12 @@ impl Reader {
     /// block-by-block fetches: several readers starting at once keep every connection
     /// busy with those fetches, and a stream that only takes a connection nobody uses
     /// would never start.
-    async fn start_stream(&self, file: &OpenFile, index: u64) -> Result<Option<Stream>, FsError> {
+    async fn start_stream(
+        &self,
+        file: &OpenFile,
+        state: &mut ReadState,
+        index: u64,
+    ) -> Result<Option<Stream>, FsError> {
         let max_streams = self
             .pool
             .limit()
@@ -277,20 +304,43 @@ impl Reader {
             );
             return Ok(None);
         };
-        let conn = self.pool.get().await?;
+        let mut conn = self.pool.get().await?;
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             ino = file.ino,
             block = index,
             "starting a read-ahead stream"
         );
+        let offset = index * self.config.block_size;
+        let (data, time) = match conn.retrieve_with_time(&file.version.path, offset).await {
+            Ok((data, time)) => (data, time.map(|t| (t.unix_seconds, t.nanos))),
+            Err(e) if worth_retrying(&e) => {
+                // The connection broke (a stale idle connection, a server restart): the
+                // reader fetches by range instead, which retries once on a fresh
+                // connection. A dead server still fails there, within the operation's
+                // timeout.
+                tracing::debug!(ino = file.ino, "stream could not start: {e}");
+                if e.connection_lost() {
+                    self.pool.discard_idle();
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(changed) = self.check_time(&file.version, state.seen_time, time) {
+            let _ = conn.abort_data(data).await;
+            return Err(changed);
+        }
+        state.seen_time = time.or(state.seen_time);
         Ok(Some(Stream::start(
             conn,
+            data,
             StreamJob {
                 pool: self.pool.clone(),
                 cache: self.cache.clone(),
                 stats: self.stats.clone(),
                 version: file.version.clone(),
+                server_time: time,
                 config: self.config,
                 _slot: slot,
             },
@@ -298,10 +348,41 @@ impl Reader {
         )))
     }
 
+    /// Whether a download the server gave `time` for may join what the open file has
+    /// read (`seen`) and what the cache holds of `version`. When not, the cached blocks
+    /// go too: they are of the other content.
+    fn check_time(
+        &self,
+        version: &FileVersion,
+        seen: Option<Mtime>,
+        time: Option<Mtime>,
+    ) -> Result<(), FsError> {
+        let Some(time) = time else {
+            return Ok(());
+        };
+        let cached = self.cache.server_time(version);
+        if seen.is_none_or(|seen| seen == time) && cached.is_none_or(|cached| cached == time) {
+            return Ok(());
+        }
+        tracing::debug!(
+            path = %version.path.escape_ascii(),
+            ?seen,
+            ?cached,
+            now = ?time,
+            "file changed on the server with the same size and listed time"
+        );
+        self.cache.forget_version(version);
+        Err(FsError::Changed)
+    }
+
     /// Fetches the block-relative range `from..to` of a block with its own RETR.
+    ///
+    /// `seen` is the server's time for what the open file read before, and becomes this
+    /// download's.
     async fn fetch_range(
         &self,
         key: &BlockKey,
+        seen: &mut Option<Mtime>,
         block_start: u64,
         from: u64,
         to: u64,
@@ -330,8 +411,14 @@ impl Reader {
         let reaches_end = block_start + to == version.size;
         self.stats.range_fetches.fetch_add(1, Ordering::Relaxed);
         let pool = &self.pool;
-        let (data, complete) = crate::with_connection!(pool, |conn| {
-            let mut data = conn.retrieve(&version.path, offset).await?;
+        let seen_before = *seen;
+        let fetched = crate::with_connection!(pool, |conn| {
+            let (mut data, time) = conn.retrieve_with_time(&version.path, offset).await?;
+            let time = time.map(|t| (t.unix_seconds, t.nanos));
+            if let Err(changed) = self.check_time(version, seen_before, time) {
+                conn.abort_data(data).await?;
+                return Ok(Err(changed));
+            }
             let mut buf = self.cache.buffer(len);
             let n = data.read_full(&mut buf).await?;
             let complete = n == len && (!reaches_end || expect_end(&mut data).await?);
@@ -342,9 +429,10 @@ impl Reader {
             } else {
                 conn.abort_data(data).await?;
             }
-            Ok::<_, FtpError>((buf, complete))
+            Ok::<_, FtpError>(Ok((buf, complete, time)))
         })
         .await?;
+        let (data, complete, time) = fetched?;
         if !complete {
             return Err(FsError::Changed);
         }
@@ -355,7 +443,15 @@ impl Reader {
             start: from,
             data: Arc::new(data),
         };
-        self.cache.insert(key.clone(), segment.clone());
+        if self
+            .cache
+            .insert_downloaded(key.clone(), segment.clone(), time)
+            .is_err()
+        {
+            // Another download of this version, meanwhile, was of other content.
+            return Err(FsError::Changed);
+        }
+        *seen = time.or(*seen);
         // Only now may the readers waiting for this block look at the cache.
         drop(guard);
         Ok(segment)
@@ -466,6 +562,8 @@ struct StreamJob {
     cache: Arc<BlockCache>,
     stats: Arc<ReadStats>,
     version: Arc<FileVersion>,
+    /// The server's time for the file when the stream's RETR was sent.
+    server_time: Option<Mtime>,
     config: ReadConfig,
 }
 
@@ -495,7 +593,12 @@ struct StreamState {
 }
 
 impl Stream {
-    fn start(conn: PooledConnection, job: StreamJob, start_block: u64) -> Self {
+    fn start(
+        conn: PooledConnection,
+        data: DataConnection,
+        job: StreamJob,
+        start_block: u64,
+    ) -> Self {
         let shared = Arc::new(StreamShared {
             state: Mutex::new(StreamState {
                 next_block: start_block,
@@ -509,7 +612,7 @@ impl Stream {
         });
         let task_shared = shared.clone();
         tokio::spawn(async move {
-            let mut outcome = run_stream(conn, &job, &task_shared, start_block).await;
+            let mut outcome = run_stream(conn, data, &job, &task_shared, start_block).await;
             if let Err(e) = &outcome {
                 tracing::debug!(path = %String::from_utf8_lossy(&job.version.path), "stream ended: {e}");
                 if matches!(e, FsError::Remote(e) if worth_retrying(e)) {
@@ -607,6 +710,7 @@ impl StreamShared {
 
 async fn run_stream(
     mut conn: PooledConnection,
+    mut data: DataConnection,
     job: &StreamJob,
     shared: &StreamShared,
     start_block: u64,
@@ -614,9 +718,6 @@ async fn run_stream(
     let block_size = job.config.block_size;
     let size = job.version.size;
     let last_block = (size - 1) / block_size;
-    let mut data = conn
-        .retrieve(&job.version.path, start_block * block_size)
-        .await?;
     let mut block = start_block;
     loop {
         // Wait until the reader is close enough, or give up when it is gone.
@@ -656,7 +757,7 @@ async fn run_stream(
         job.stats
             .bytes_fetched
             .fetch_add(len as u64, Ordering::Relaxed);
-        job.cache.insert(
+        let inserted = job.cache.insert_downloaded(
             BlockKey {
                 version: job.version.clone(),
                 index: block,
@@ -665,7 +766,12 @@ async fn run_stream(
                 start: 0,
                 data: Arc::new(buf),
             },
+            job.server_time,
         );
+        if inserted.is_err() {
+            conn.abort_data(data).await?;
+            return Err(FsError::Changed);
+        }
         shared.lock().next_block = block + 1;
         shared.progress.notify_waiters();
         if block == last_block {

@@ -160,6 +160,8 @@ pub struct LocalConfig {
     pub dir_ttl: Duration,
     /// Subdirectories listed ahead when a directory is opened.
     pub dir_prefetch: usize,
+    /// The server lists with LIST only, to the minute, as vsftpd does.
+    pub list_only: bool,
 }
 
 impl Default for LocalConfig {
@@ -171,6 +173,7 @@ impl Default for LocalConfig {
             rename_over_existing: false,
             dir_ttl: Duration::from_secs(60),
             dir_prefetch: 0,
+            list_only: false,
         }
     }
 }
@@ -189,6 +192,7 @@ impl LocalFs {
         let server = StrictServer::start(StrictServerOptions {
             writable: true,
             rename_over_existing: config.rename_over_existing,
+            list_only: config.list_only,
             io_timeout: Duration::from_secs(5),
             ..StrictServerOptions::new(
                 &root,

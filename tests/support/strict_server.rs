@@ -124,6 +124,8 @@ pub struct StrictServerOptions {
     pub rename_over_existing: bool,
     /// Let STOR replace an existing file (ProFTPD's `AllowOverwrite off` refuses).
     pub store_over_existing: bool,
+    /// Like vsftpd: no MLST or MLSD, so listings (LIST) give times to the minute.
+    pub list_only: bool,
 }
 
 impl StrictServerOptions {
@@ -153,6 +155,7 @@ impl StrictServerOptions {
             writable: false,
             rename_over_existing: false,
             store_over_existing: true,
+            list_only: false,
         }
     }
 }
@@ -738,7 +741,7 @@ fn run_control(mut sock: TcpStream, shared: &Arc<Shared>) {
                 write_reply(&mut sock, 504, "Auth type not supported")
             }
             "FEAT" => sock
-                .write_all(feat_reply().as_bytes())
+                .write_all(feat_reply(shared.opts.list_only).as_bytes())
                 .and_then(|_| sock.flush()),
             "NOOP" => write_reply(&mut sock, 200, "OK"),
             "SYST" => write_reply(&mut sock, 215, "UNIX Type: L8"),
@@ -983,7 +986,8 @@ impl Session {
                 }
             }
             "FEAT" => {
-                self.ctrl.write_all(feat_reply().as_bytes())?;
+                let feat = feat_reply(self.shared.opts.list_only);
+                self.ctrl.write_all(feat.as_bytes())?;
                 self.ctrl.flush()?;
             }
             "OPTS" => {
@@ -1042,6 +1046,7 @@ impl Session {
             },
             "SIZE" => self.size(arg)?,
             "MDTM" => self.mdtm(arg)?,
+            "MLST" | "MLSD" if self.shared.opts.list_only => self.reply(500, "Unknown command.")?,
             "MLST" => self.mlst(arg)?,
             "RETR" => self.retr(arg)?,
             "LIST" => self.listing(Listing::List, arg)?,
@@ -1931,7 +1936,8 @@ fn list_dir(dir: &Path, show_hidden: bool) -> io::Result<Vec<(String, fs::Metada
     Ok(entries)
 }
 
-fn feat_reply() -> String {
+fn feat_reply(list_only: bool) -> String {
+    let mlsx = [" MLST type*;size*;modify*;perm*;UNIX.mode*;", " MLSD"];
     [
         "211-Features:",
         " AUTH TLS",
@@ -1939,8 +1945,10 @@ fn feat_reply() -> String {
         " PROT",
         " EPSV",
         " PASV",
-        " MLST type*;size*;modify*;perm*;UNIX.mode*;",
-        " MLSD",
+    ]
+    .into_iter()
+    .chain(mlsx.into_iter().filter(|_| !list_only))
+    .chain([
         " MFMT",
         " SIZE",
         " MDTM",
@@ -1948,7 +1956,8 @@ fn feat_reply() -> String {
         " UTF8",
         "211 End",
         "",
-    ]
+    ])
+    .collect::<Vec<_>>()
     .join("\r\n")
 }
 

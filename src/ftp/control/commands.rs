@@ -133,6 +133,7 @@ pub(super) enum TimeSetting {
 }
 
 /// One command line to send, with its verb.
+#[derive(Clone)]
 pub(super) struct Command {
     verb: &'static Verb,
     line: Vec<u8>,
@@ -313,15 +314,7 @@ impl ControlConnection {
     /// The modification time of a file (MDTM, RFC 3659), UTC.
     pub async fn modified(&mut self, path: &[u8]) -> Result<Timestamp, FtpError> {
         let reply = self.path_command(&verb::MDTM, path, 213).await?;
-        let fact = format!("modify={};type=file; x", reply.first_line());
-        listing::parse_mlsd_line(fact.as_bytes())
-            .ok()
-            .flatten()
-            .and_then(|entry| entry.modified)
-            .ok_or_else(|| FtpError::Protocol {
-                step: "MDTM".into(),
-                detail: format!("not a time: {reply}"),
-            })
+        time_of(&reply)
     }
 
     /// The facts of one file or directory (MLST, RFC 3659).
@@ -592,6 +585,54 @@ impl ControlConnection {
         self.open_data(Command::with_arg(&verb::RETR, path)?, offset)
             .await
     }
+
+    /// [`Self::retrieve`], with the file's modification time (MDTM) asked just before
+    /// RETR, in the same round trip where the connection pipelines. The time is None when
+    /// the server has no MDTM or gives no time for this file.
+    ///
+    /// The time is what the download is of, to the second: a file rewritten between two
+    /// ranged downloads with the same size shows here, and nowhere else.
+    pub async fn retrieve_with_time(
+        &mut self,
+        path: &[u8],
+        offset: u64,
+    ) -> Result<(DataConnection, Option<Timestamp>), FtpError> {
+        let retr = Command::with_arg(&verb::RETR, path)?;
+        if !self.features().mdtm {
+            return Ok((self.open_data(retr, offset).await?, None));
+        }
+        let mdtm = Command::with_arg(&verb::MDTM, path)?;
+        let (data, reply) = self.open_data_after(Some(&mdtm), retr, offset).await?;
+        let time = match reply.as_ref().map(time_of) {
+            Some(Ok(time)) => Some(time),
+            Some(Err(e)) => {
+                tracing::debug!(conn = self.id(), "no time with this download: {e}");
+                None
+            }
+            None => None,
+        };
+        Ok((data, time))
+    }
+}
+
+/// The time in a 213 reply to MDTM.
+fn time_of(reply: &Reply) -> Result<Timestamp, FtpError> {
+    let not_a_time = || FtpError::Protocol {
+        step: "MDTM".into(),
+        detail: format!("not a time: {reply}"),
+    };
+    if reply.code != 213 {
+        return Err(FtpError::Rejected {
+            command: "MDTM".into(),
+            reply: reply.clone(),
+        });
+    }
+    let fact = format!("modify={};type=file; x", reply.first_line());
+    listing::parse_mlsd_line(fact.as_bytes())
+        .ok()
+        .flatten()
+        .and_then(|entry| entry.modified)
+        .ok_or_else(not_a_time)
 }
 
 /// What the server said after an upload (see [`ControlConnection::check_upload`]).

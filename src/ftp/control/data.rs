@@ -38,8 +38,19 @@ impl ControlConnection {
         command: Command,
         offset: u64,
     ) -> Result<DataConnection, FtpError> {
-        let channel = self.open_channel(command, offset).await?;
-        Ok(DataConnection {
+        Ok(self.open_data_after(None, command, offset).await?.0)
+    }
+
+    /// [`Self::open_data`], with `preface` sent first in the same round trip where the
+    /// connection pipelines; returns its reply too.
+    pub(super) async fn open_data_after(
+        &mut self,
+        preface: Option<&Command>,
+        command: Command,
+        offset: u64,
+    ) -> Result<(DataConnection, Option<Reply>), FtpError> {
+        let (channel, preface_reply) = self.open_channel(preface, command, offset).await?;
+        let data = DataConnection {
             transport: channel.transport,
             number: channel.number,
             resumed: channel.resumed,
@@ -48,15 +59,20 @@ impl ControlConnection {
             eof: false,
             close_notify: false,
             received: 0,
-        })
+        };
+        Ok((data, preface_reply))
     }
 
     /// Sends a transfer command and makes its data connection, for a download or an upload.
+    ///
+    /// `preface`, a command with no data of its own (MDTM), goes out before the passive
+    /// command; its reply is returned with the channel.
     pub(super) async fn open_channel(
         &mut self,
+        preface: Option<&Command>,
         command: Command,
         offset: u64,
-    ) -> Result<Channel, FtpError> {
+    ) -> Result<(Channel, Option<Reply>), FtpError> {
         if self.is_broken() {
             return Err(FtpError::Closed {
                 step: "opening a data connection on a broken connection".into(),
@@ -67,14 +83,22 @@ impl ControlConnection {
         // EPSV (and REST): the server takes it once its passive port is open and waits
         // for the connection, one round trip sooner.
         let mut command_sent = self.can_send_command_with_epsv();
+        let mut preface_reply = None;
         let target = match command_sent {
-            true => self.passive_with_command(offset, &command).await?,
+            true => {
+                let (target, reply) = self.passive_with_command(preface, offset, &command).await?;
+                preface_reply = reply;
+                target
+            }
             false => None,
         };
         let target = match target {
             Some(target) => target,
             None => {
                 command_sent = false;
+                if let (Some(preface), None) = (preface, &preface_reply) {
+                    preface_reply = Some(self.command(preface.clone()).await?);
+                }
                 self.passive_address_and_offset(offset).await?
             }
         };
@@ -189,12 +213,13 @@ impl ControlConnection {
         self.enter(State::Transfer {
             early_reply: reply.is_success().then_some(reply),
         });
-        Ok(Channel {
+        let channel = Channel {
             transport,
             number,
             resumed,
             verb,
-        })
+        };
+        Ok((channel, preface_reply))
     }
 
     /// The TLS config for this connection's data connections (None for plain FTP).
@@ -347,25 +372,31 @@ impl ControlConnection {
         }
     }
 
-    /// Sends EPSV, REST when `offset` > 0, and `command` together, and reads the first
-    /// replies; `command`'s is left to read. Returns where to connect, or None when the
-    /// server could not open a passive port this time (425) and refused the command with
-    /// it: then both are to be sent again, one after the other.
+    /// Sends `preface`, EPSV, REST when `offset` > 0, and `command` together, and reads
+    /// the first replies; `command`'s is left to read. Returns where to connect, or None
+    /// when the server could not open a passive port this time (425) and refused the
+    /// command with it: then both are to be sent again, one after the other. The
+    /// preface's reply comes back either way.
     async fn passive_with_command(
         &mut self,
+        preface: Option<&Command>,
         offset: u64,
         command: &Command,
-    ) -> Result<Option<SocketAddr>, FtpError> {
+    ) -> Result<(Option<SocketAddr>, Option<Reply>), FtpError> {
         let epsv = Command::new(&verb::EPSV);
         let rest = match offset {
             0 => None,
             _ => Some(Command::with_arg(&verb::REST, offset.to_string())?),
         };
-        let commands: Vec<&Command> = [Some(&epsv), rest.as_ref(), Some(command)]
+        let commands: Vec<&Command> = [preface, Some(&epsv), rest.as_ref(), Some(command)]
             .into_iter()
             .flatten()
             .collect();
         self.send_all(&commands).await?;
+        let preface_reply = match preface {
+            Some(preface) => Some(self.read_reply(preface.verb().name).await?),
+            None => None,
+        };
         let epsv_reply = self.read_reply("EPSV").await?;
         let rest_reply = match &rest {
             Some(_) => Some(self.read_reply("REST").await?),
@@ -377,7 +408,7 @@ impl ControlConnection {
             if let Ok(Ok(reply)) = reply {
                 if !(reply.is_preliminary() || reply.is_success()) {
                     tracing::debug!(conn = self.id, %epsv_reply, %reply, "no passive port this time; trying again");
-                    return Ok(None);
+                    return Ok((None, preface_reply));
                 }
             }
         }
@@ -407,7 +438,7 @@ impl ControlConnection {
                 });
             }
         }
-        Ok(Some(target))
+        Ok((Some(target), preface_reply))
     }
 
     /// The address in a reply to EPSV, or None when the server does not do EPSV.

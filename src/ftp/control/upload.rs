@@ -85,7 +85,7 @@ impl ControlConnection {
     pub async fn store(&mut self, path: &[u8]) -> Result<UploadConnection, FtpError> {
         let command = Command::with_arg(&verb::STOR, path)?;
         let shown = command.shown();
-        let channel = self.open_channel(command, 0).await?;
+        let (channel, _) = self.open_channel(None, command, 0).await?;
         Ok(UploadConnection {
             transport: channel.transport,
             number: channel.number,
