@@ -36,7 +36,7 @@ impl FtpFs {
             }
             let parent = self.node(node.parent)?;
             let listing = self.dirs.get(&self.pool, &parent.path).await?;
-            let entry = listing.get(&node.name).cloned().ok_or(FsError::NotFound)?;
+            let entry = listing.get(node.name()).cloned().ok_or(FsError::NotFound)?;
             match entry.kind {
                 EntryKind::Dir => return Err(FsError::IsADirectory),
                 EntryKind::File | EntryKind::Other | EntryKind::Symlink => {}
@@ -52,7 +52,7 @@ impl FtpFs {
                 .version_time(&node.path, &entry, &listing, previous.as_ref())
                 .await;
             let version = Arc::new(FileVersion {
-                path: node.path.clone().into(),
+                path: node.path.clone(),
                 size,
                 mtime,
             });

@@ -1,6 +1,7 @@
 //! Inode numbers: one per remote path, stable for the life of the mount.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The root directory's inode (FUSE's fixed number).
 pub const ROOT_INODE: u64 = 1;
@@ -10,10 +11,11 @@ pub const ROOT_INODE: u64 = 1;
 pub struct Node {
     /// Parent directory's inode (the root is its own parent).
     pub parent: u64,
-    /// Name within the parent (empty for the root).
-    pub name: Vec<u8>,
-    /// Path on the server, as sent in commands.
-    pub path: Vec<u8>,
+    /// Path on the server, as sent in commands; shared with the table's index, since a
+    /// million-entry walk keeps a million of them.
+    pub path: Arc<[u8]>,
+    /// Where the name within the parent starts in `path`.
+    name_at: u32,
     /// References the kernel holds (entries handed to it, less those it forgot).
     lookups: u64,
     /// Nodes whose parent this is.
@@ -21,6 +23,13 @@ pub struct Node {
     /// The sweep generation in which the node was last resolved by name (see
     /// [`InodeTable::sweep_if_due`]).
     seen: u32,
+}
+
+impl Node {
+    /// Name within the parent (empty for the root).
+    pub fn name(&self) -> &[u8] {
+        &self.path[self.name_at as usize..]
+    }
 }
 
 /// Maps inode numbers to remote paths and back.
@@ -33,7 +42,7 @@ pub struct Node {
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
-    by_path: HashMap<Vec<u8>, u64>,
+    by_path: HashMap<Arc<[u8]>, u64>,
     next: u64,
     /// Table size at which nodes the kernel holds no reference to are swept.
     sweep_at: usize,
@@ -63,12 +72,13 @@ impl InodeTable {
             activity: 0,
             generation: 0,
         };
+        let root_path: Arc<[u8]> = root_path.into();
         table.by_path.insert(root_path.clone(), ROOT_INODE);
         table.nodes.insert(
             ROOT_INODE,
             Node {
                 parent: ROOT_INODE,
-                name: Vec::new(),
+                name_at: root_path.len() as u32,
                 path: root_path,
                 lookups: 0,
                 children: 0,
@@ -86,7 +96,7 @@ impl InodeTable {
     /// The inode of `name` in `parent`, created on first sight.
     pub fn child(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
         let path = join_path(&self.nodes.get(&parent)?.path, name);
-        if let Some(&ino) = self.by_path.get(&path) {
+        if let Some(&ino) = self.by_path.get(path.as_slice()) {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 node.seen = self.generation;
             }
@@ -94,12 +104,14 @@ impl InodeTable {
         }
         let ino = self.next;
         self.next += 1;
+        let name_at = (path.len() - name.len()) as u32;
+        let path: Arc<[u8]> = path.into();
         self.by_path.insert(path.clone(), ino);
         self.nodes.insert(
             ino,
             Node {
                 parent,
-                name: name.to_vec(),
+                name_at,
                 path,
                 lookups: 0,
                 children: 0,
@@ -195,12 +207,12 @@ impl InodeTable {
     pub fn rename(&mut self, ino: u64, new_parent: u64, name: &[u8]) -> Option<()> {
         let new_path = join_path(&self.nodes.get(&new_parent)?.path, name);
         let old_path = self.nodes.get(&ino)?.path.clone();
-        if let Some(replaced) = self.by_path.remove(&new_path) {
+        if let Some(replaced) = self.by_path.remove(&*new_path) {
             if replaced != ino {
                 self.orphan_below(&new_path);
             }
         }
-        let mut prefix = old_path.clone();
+        let mut prefix = old_path.to_vec();
         prefix.push(b'/');
         let below: Vec<u64> = self
             .nodes
@@ -212,15 +224,19 @@ impl InodeTable {
             let node = self.nodes.get_mut(&child)?;
             let mut path = new_path.clone();
             path.extend_from_slice(&node.path[old_path.len()..]);
+            node.name_at = (node.name_at as usize + new_path.len() - old_path.len()) as u32;
+            let path: Arc<[u8]> = path.into();
             self.by_path.remove(&node.path);
             self.by_path.insert(path.clone(), child);
             node.path = path;
         }
         self.by_path.remove(&old_path);
+        let name_at = (new_path.len() - name.len()) as u32;
+        let new_path: Arc<[u8]> = new_path.into();
         self.by_path.insert(new_path.clone(), ino);
         let node = self.nodes.get_mut(&ino)?;
         let old_parent = std::mem::replace(&mut node.parent, new_parent);
-        node.name = name.to_vec();
+        node.name_at = name_at;
         node.path = new_path;
         if old_parent != new_parent {
             if let Some(dir) = self.nodes.get_mut(&old_parent) {
@@ -238,7 +254,7 @@ impl InodeTable {
     pub fn unlink(&mut self, parent: u64, name: &[u8]) {
         if let Some(dir) = self.nodes.get(&parent) {
             let path = join_path(&dir.path, name);
-            self.by_path.remove(&path);
+            self.by_path.remove(path.as_slice());
             self.orphan_below(&path);
         }
     }
@@ -252,7 +268,7 @@ impl InodeTable {
     /// The inode of `name` in `parent`, if it has one already.
     pub fn existing_child(&self, parent: u64, name: &[u8]) -> Option<u64> {
         let path = join_path(&self.nodes.get(&parent)?.path, name);
-        self.by_path.get(&path).copied()
+        self.by_path.get(path.as_slice()).copied()
     }
 
     /// Inodes handed out so far, the root included.
@@ -286,7 +302,7 @@ mod tests {
         let mut table = InodeTable::new(Vec::new());
         let a = table.child(ROOT_INODE, b"a").unwrap();
         let b = table.child(a, b"b c").unwrap();
-        assert_eq!(table.get(b).unwrap().path, b"a/b c");
+        assert_eq!(table.get(b).unwrap().path[..], b"a/b c"[..]);
         assert_eq!(table.child(ROOT_INODE, b"a"), Some(a));
         assert_eq!(table.child(a, b"b c"), Some(b));
         assert_eq!(table.child(999, b"x"), None);
@@ -302,8 +318,19 @@ mod tests {
         let deep = table.child(sub, b"g").unwrap();
         let other = table.child(ROOT_INODE, b"e").unwrap();
         table.rename(dir, ROOT_INODE, b"e").unwrap();
-        assert_eq!(table.get(file).unwrap().path, b"top/e/f");
-        assert_eq!(table.get(deep).unwrap().path, b"top/e/sub/g");
+        assert_eq!(table.get(file).unwrap().path[..], b"top/e/f"[..]);
+        assert_eq!(table.get(deep).unwrap().path[..], b"top/e/sub/g"[..]);
+        assert_eq!(table.get(dir).unwrap().name(), b"e");
+        assert_eq!(table.get(deep).unwrap().name(), b"g");
+        // A longer name moves where the names below start.
+        table.rename(sub, ROOT_INODE, b"a longer name").unwrap();
+        assert_eq!(
+            table.get(deep).unwrap().path[..],
+            b"top/a longer name/g"[..]
+        );
+        assert_eq!(table.get(deep).unwrap().name(), b"g");
+        assert_eq!(table.get(sub).unwrap().name(), b"a longer name");
+        assert_eq!(table.get(ROOT_INODE).unwrap().name(), b"");
         assert_eq!(
             table.child(ROOT_INODE, b"e"),
             Some(dir),

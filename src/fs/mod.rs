@@ -355,8 +355,8 @@ impl FtpFs {
             .into_iter()
             .filter_map(|ino| {
                 let node = inodes.get(ino)?;
-                let current = inodes.existing_child(dir, &node.name) == Some(ino);
-                (node.parent == dir && current).then(|| (ino, node.name.clone()))
+                let current = inodes.existing_child(dir, node.name()) == Some(ino);
+                (node.parent == dir && current).then(|| (ino, node.name().to_vec()))
             })
             .collect()
     }
@@ -374,7 +374,7 @@ impl FtpFs {
         }
         let parent = self.node(node.parent)?;
         let listing = self.dirs.get(&self.pool, &parent.path).await?;
-        let entry = listing.get(&node.name).cloned().ok_or(FsError::NotFound)?;
+        let entry = listing.get(node.name()).cloned().ok_or(FsError::NotFound)?;
         Ok((node, Some(entry)))
     }
 

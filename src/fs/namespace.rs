@@ -70,7 +70,7 @@ impl FtpFs {
                 Ok((_, entry)) => Ok(self.attr_of(ino, entry.as_ref())),
                 Err(FsError::NotFound) => {
                     let node = self.node(ino)?;
-                    self.local_only_attr(node.parent, &node.name)
+                    self.local_only_attr(node.parent, node.name())
                         .filter(|attr| attr.ino == ino)
                         .ok_or(FsError::NotFound)
                 }
@@ -91,7 +91,7 @@ impl FtpFs {
             let listing = self.dirs.get(&self.pool, &parent.path).await?;
             let target = self
                 .dirs
-                .link_target(&self.pool, &listing, &parent.path, &node.name)
+                .link_target(&self.pool, &listing, &parent.path, node.name())
                 .await?;
             if !(self.config.transform_symlinks && target.starts_with(b"/")) {
                 return Ok(target);
@@ -100,10 +100,7 @@ impl FtpFs {
             let Some(absolute_root) = self.absolute_root(&root).await else {
                 return Ok(target);
             };
-            let link_dir = parent
-                .path
-                .strip_prefix(root.as_slice())
-                .unwrap_or(&parent.path);
+            let link_dir = parent.path.strip_prefix(&*root).unwrap_or(&parent.path);
             let link_dir = link_dir.strip_prefix(b"/").unwrap_or(link_dir);
             Ok(super::names::relative_target(&absolute_root, link_dir, &target).unwrap_or(target))
         })
@@ -145,7 +142,7 @@ impl FtpFs {
         if entry.is_some_and(|e| e.kind != EntryKind::Dir) {
             return Err(FsError::NotADirectory);
         }
-        Ok(node.path)
+        Ok(node.path.to_vec())
     }
 
     /// The outcome of removing `name` from `dir` (DELE, RMD). A reply lost on the way is

@@ -404,7 +404,7 @@ impl FtpFs {
                     return Err(FsError::IsADirectory);
                 }
                 let base = Arc::new(FileVersion {
-                    path: node.path.clone().into(),
+                    path: node.path.clone(),
                     size: entry.size.unwrap_or(0),
                     mtime: entry.modified.map_or((0, 0), |t| (t.unix_seconds, t.nanos)),
                 });
@@ -519,9 +519,9 @@ impl FtpFs {
         let node = self.node(ino)?;
         let parent = self.node(node.parent)?;
         Ok(if self.config.atomic_uploads {
-            join_path(&parent.path, &temp_name(&node.name))
+            join_path(&parent.path, &temp_name(node.name()))
         } else {
-            node.path
+            node.path.to_vec()
         })
     }
 
@@ -764,7 +764,7 @@ impl FtpFs {
     async fn upload_and_land(&self, ino: u64, state: &mut WriteState) -> Result<(), FsError> {
         let node = self.node(ino)?;
         let parent = self.node(node.parent)?;
-        let (dir, name) = (parent.path, node.name);
+        let (dir, name) = (parent.path, node.name().to_vec());
         let final_path = join_path(&dir, &name);
         let metadata = Metadata {
             mtime: state.set_mtime,
