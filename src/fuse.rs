@@ -4,18 +4,19 @@
 //! Every operation, changes included, goes to [`FtpFs`]; whether the mount is read-only
 //! is the filesystem's setting.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -144,6 +145,16 @@ impl Timing {
     }
 }
 
+/// The extended attributes of the mount's root that give its live statistics (see
+/// `ftpsfs stats`): as text, and as JSON. They are not listed, so `cp -a` and `rsync -X`
+/// never copy them.
+pub const STATS_XATTR: &str = "user.ftpsfs.stats";
+/// See [`STATS_XATTR`].
+pub const STATS_JSON_XATTR: &str = "user.ftpsfs.stats.json";
+
+/// Errors returned to programs so far, by errno. One process serves one mount.
+static ERRORS_RETURNED: Mutex<BTreeMap<i32, u64>> = Mutex::new(BTreeMap::new());
+
 fn errno(operation: &str, error: &FsError) -> Errno {
     let code = error.errno();
     if code == libc::ENOENT {
@@ -151,7 +162,54 @@ fn errno(operation: &str, error: &FsError) -> Errno {
     } else {
         tracing::debug!("{operation}: {error}");
     }
+    *ERRORS_RETURNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(code)
+        .or_default() += 1;
     Errno::from_i32(code)
+}
+
+/// The errors returned so far, by errno name.
+fn errors_returned() -> BTreeMap<String, u64> {
+    ERRORS_RETURNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(&code, &count)| (errno_name(code), count))
+        .collect()
+}
+
+/// The symbolic name of an errno the filesystem returns.
+fn errno_name(code: i32) -> String {
+    let name = match code {
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::EDQUOT => "EDQUOT",
+        libc::EROFS => "EROFS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ESTALE => "ESTALE",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EBADF => "EBADF",
+        libc::EXDEV => "EXDEV",
+        libc::ENOTSUP => "ENOTSUP",
+        libc::ENOSYS => "ENOSYS",
+        libc::EBUSY => "EBUSY",
+        libc::EAGAIN => "EAGAIN",
+        libc::EINTR => "EINTR",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        other => return format!("errno {other}"),
+    };
+    name.to_string()
 }
 
 fn file_attr(attr: &Attr) -> FileAttr {
@@ -717,6 +775,39 @@ impl Filesystem for FuseAdapter {
     ) {
         self.fs.releasedir(fh.0);
         reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.as_bytes();
+        let json = name == STATS_JSON_XATTR.as_bytes();
+        if ino.0 != crate::fs::inode::ROOT_INODE || !(json || name == STATS_XATTR.as_bytes()) {
+            // FTP keeps no extended attributes.
+            reply.error(Errno::from_i32(libc::ENODATA));
+            return;
+        }
+        let mut report = self.fs.report();
+        report.errors = errors_returned();
+        let text = if json {
+            report.to_json()
+        } else {
+            report.to_text()
+        };
+        let len = text.len() as u32;
+        if size == 0 {
+            reply.size(len);
+        } else if len > size {
+            reply.error(Errno::from_i32(libc::ERANGE));
+        } else {
+            reply.data(text.as_bytes());
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

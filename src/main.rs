@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use ftpsfs::config::{self, FtpUrl, PasswordSources};
@@ -16,6 +16,7 @@ use ftpsfs::settings::{Scope, Setting, Settings, SETTINGS};
 ///
 /// ftpsfs URL MOUNTPOINT [-f] [-o opt[,opt...]]   mount (unmount: fusermount3 -u MOUNTPOINT)
 /// ftpsfs check URL                               diagnose a server
+/// ftpsfs stats MOUNTPOINT [--json]               what a mount is doing now
 #[derive(Parser)]
 #[command(
     version,
@@ -70,6 +71,23 @@ enum Command {
         #[command(flatten)]
         flags: OptionFlags<false>,
     },
+    /// Show what a mount is doing now: connections and their commands, uploads in flight,
+    /// TLS resumptions and tickets, cache hits, errors returned by errno.
+    Stats {
+        /// Where ftpsfs is mounted.
+        mountpoint: PathBuf,
+        /// Print JSON (one object) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), as the package installs it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// The options of the table (src/settings.rs) given as flags: all of them for a mount
@@ -230,6 +248,21 @@ fn main() -> ExitCode {
             };
             runtime.block_on(check(url, options, data_connections, write_test.as_deref()))
         }
+        Some(Command::Stats { mountpoint, json }) => stats(&mountpoint, json),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "ftpsfs", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Manpage) => {
+            let man = clap_mangen::Man::new(Cli::command());
+            match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ftpsfs: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => mount_command(cli.verbose, cli.mount),
     }
 }
@@ -315,6 +348,68 @@ fn prepare(
     let (user, password) = config::resolve_credentials(&url, &sources)?;
     let options = config::connect_options(&url, user, password, &settings.connection)?;
     Ok((url, options))
+}
+
+/// `ftpsfs stats`: reads the statistics the mount gives as an extended attribute of its
+/// root.
+fn stats(mountpoint: &std::path::Path, json: bool) -> ExitCode {
+    let name = if json {
+        ftpsfs::fuse::STATS_JSON_XATTR
+    } else {
+        ftpsfs::fuse::STATS_XATTR
+    };
+    match read_xattr(mountpoint, name) {
+        Ok(text) => {
+            print!("{}", String::from_utf8_lossy(&text));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let cause = match e.raw_os_error() {
+                Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
+                    "not an ftpsfs mount (or a mount of an older ftpsfs)".to_string()
+                }
+                _ => e.to_string(),
+            };
+            eprintln!("ftpsfs: stats of {}: {cause}", mountpoint.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The value of the extended attribute `name` of `path`.
+fn read_xattr(path: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let name = std::ffi::CString::new(name).expect("no NUL in the attribute name");
+    // The statistics change between the call that sizes them and the one that reads
+    // them: grow and ask again while they do not fit.
+    for _ in 0..5 {
+        // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks the size.
+        let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize + 4096];
+        // SAFETY: `buf` is writable for its whole length.
+        let read = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if read >= 0 {
+            buf.truncate(read as usize);
+            return Ok(buf);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ERANGE) {
+            return Err(error);
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
 }
 
 async fn check(

@@ -192,6 +192,28 @@ fn server_stopped_mid_read_is_eio_then_the_same_read_works() {
         started,
         ls_result,
     );
+    // More failing calls, as a file browser makes: the outage is logged once, with its
+    // cause, and `ftpsfs stats` says so.
+    for dir in ["dir1", "dir1/dir2/dir3", "missing-a", "missing-b"] {
+        let _ = fs::read_dir(m.join(dir));
+    }
+    let outage_lines = |log: &str| log.matches("cannot connect to the server").count();
+    let log = m.log();
+    assert_eq!(outage_lines(&log), 1, "the outage logged not once:\n{log}");
+    assert!(
+        log.contains("Connection refused"),
+        "the cause is not in the log:\n{log}"
+    );
+    let stats = Command::new(env!("CARGO_BIN_EXE_ftpsfs"))
+        .arg("stats")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    let stats = text(&stats.stdout);
+    assert!(
+        stats.contains("server: UNREACHABLE for ") && stats.contains("Connection refused"),
+        "ftpsfs stats during the outage:\n{stats}"
+    );
 
     let mut options = strict_options();
     options.port = port;
@@ -215,6 +237,12 @@ fn server_stopped_mid_read_is_eio_then_the_same_read_works() {
         offset += data.len() as u64;
     }
     assert_ls_works(&m.join("dir1/dir2"), "dir3");
+    let log = m.log();
+    assert_eq!(outage_lines(&log), 1, "the outage logged not once:\n{log}");
+    assert!(
+        log.contains("server reachable again after"),
+        "the end of the outage is not logged:\n{log}"
+    );
     report(
         "server stopped mid-read (same port restarted)",
         "EIO",

@@ -1481,3 +1481,88 @@ fn vsftpd_fstab_options_are_accepted() {
         File::create(m.join(&scratch.name).join("other.txt")),
     );
 }
+
+/// Runs `ftpsfs stats` on `mountpoint` (with `--json` when asked); its output, or the
+/// error line.
+fn ftpsfs_stats(mountpoint: &Path, json: bool) -> Result<String, String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ftpsfs"));
+    command.arg("stats").arg(mountpoint);
+    if json {
+        command.arg("--json");
+    }
+    let out = command.output().unwrap();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// `ftpsfs stats` shows the connections, an upload while it runs (with the bytes sent),
+/// resumed data connections, cache counters and the errors programs got; the attributes
+/// it reads are not listed, so nothing copies them.
+#[test]
+fn vsftpd_stats_show_connections_uploads_and_errors() {
+    let scratch = ServerScratch::new();
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let relative = scratch.write("read.bin", &content);
+    let m = Mounted::new(Server::Vsftpd, Tls::V13);
+    assert_eq!(fs::read(m.join(&relative)).unwrap(), content);
+    assert!(fs::metadata(m.join(&scratch.name).join("no-such-file")).is_err());
+
+    // A writer that keeps its file open after 2 MiB: the upload is in flight.
+    let upload = m.join(&scratch.name).join("up.bin");
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let upload = upload.clone();
+        thread::spawn(move || {
+            let mut file = File::create(&upload).unwrap();
+            io::Write::write_all(&mut file, &vec![7u8; 2 << 20]).unwrap();
+            close_rx.recv().unwrap();
+            drop(file);
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let json = loop {
+        let json = ftpsfs_stats(m.path(), true).unwrap();
+        if json.contains("\"sent\":2097152") {
+            break json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no upload of 2 MiB in flight:\n{json}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        json.contains("\"uploads\":[{\"path\":\"") && json.contains("up.bin\""),
+        "{json}"
+    );
+    let human = ftpsfs_stats(m.path(), false).unwrap();
+    assert!(human.contains("uploads in flight: 1"), "{human}");
+    assert!(human.contains("up.bin: 2.0 MiB sent in "), "{human}");
+    close_tx.send(()).unwrap();
+    writer.join().unwrap();
+    assert_eq!(fs::metadata(&upload).unwrap().len(), 2 << 20);
+
+    let json = ftpsfs_stats(m.path(), true).unwrap();
+    assert!(json.contains("\"uploads\":[]"), "{json}");
+    assert!(json.contains("\"data_full\":0"), "{json}");
+    assert!(!json.contains("\"data_resumed\":0,"), "{json}");
+    assert!(json.contains("\"errors\":{\"ENOENT\":"), "{json}");
+    assert!(json.contains("\"server\":{\"reachable\":true}"), "{json}");
+    let human = ftpsfs_stats(m.path(), false).unwrap();
+    assert!(human.contains("connections: "), "{human}");
+    assert!(human.contains("  conn "), "{human}");
+    assert!(human.contains("errors returned: ENOENT "), "{human}");
+
+    // Nothing lists the attributes, so `cp -a` and `rsync -X` do not copy them.
+    let root = CString::new(m.path().as_os_str().as_bytes()).unwrap();
+    let mut names = [0u8; 256];
+    // SAFETY: the buffer is writable for its length.
+    let listed = unsafe { libc::listxattr(root.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert_eq!(listed, 0, "attributes listed on the mount's root");
+
+    let elsewhere = ftpsfs_stats(Path::new("/tmp"), false).unwrap_err();
+    assert!(elsewhere.contains("not an ftpsfs mount"), "{elsewhere}");
+}

@@ -25,6 +25,7 @@ mod janitor;
 mod names;
 pub mod namespace;
 pub mod reader;
+pub mod report;
 mod staging;
 mod sweep;
 mod upload;
@@ -155,6 +156,8 @@ pub struct FtpFs {
     refuses_overwrite: AtomicBool,
     /// Deletes the temporary files of uploads that did not land.
     janitor: Arc<janitor::Janitor>,
+    /// When the filesystem was made, for the uptime in [`FtpFs::report`].
+    started: std::time::Instant,
 }
 
 impl FtpFs {
@@ -200,6 +203,35 @@ impl FtpFs {
             refuses_overwrite: AtomicBool::new(false),
             janitor,
             config,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// What the mount is doing now, for `ftpsfs stats` (errors by errno are the
+    /// adapter's to add: it is where they are returned).
+    pub fn report(&self) -> report::Report {
+        let read = self.reader.stats();
+        let (hits, misses) = self.cache.hit_counts();
+        report::Report {
+            uptime: self.started.elapsed(),
+            connection_limit: self.pool.limit(),
+            connections: self.pool.connections(),
+            unreachable: self.pool.unreachable(),
+            tls: self.pool.stats(),
+            cache: report::CacheReport {
+                hits,
+                misses,
+                bytes_held: self.cache.bytes(),
+                capacity: self.config.cache_size,
+                bytes_fetched: read.bytes_fetched.load(Ordering::Relaxed),
+                streams: read.streams.load(Ordering::Relaxed),
+                range_fetches: read.range_fetches.load(Ordering::Relaxed),
+            },
+            listings: self.dirs.listings_fetched(),
+            inodes: self.inodes.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            open_handles: self.handles.len(),
+            temporaries_waiting: self.janitor.waiting() as u64,
+            errors: Default::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The FTPS client: knows FTP and TLS, nothing of FUSE.
 
+pub mod activity;
 pub mod control;
 pub mod error;
 pub mod features;
@@ -11,6 +12,7 @@ pub mod reply;
 pub mod tls;
 pub mod transport;
 
+pub use activity::ConnectionReport;
 pub use control::{
     verb, ControlConnection, DataConnection, Retry, Standing, TlsSummary, UploadCheck,
     UploadConnection, Verb,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::activity::{Activities, ConnectionReport};
 use super::control::{ControlConnection, Standing};
 use super::error::FtpError;
 use super::options::ConnectOptions;
@@ -87,6 +88,11 @@ struct PoolInner {
     idle: Mutex<Vec<ControlConnection>>,
     live: AtomicUsize,
     stats: Arc<TlsStats>,
+    /// Every live connection's current step.
+    activities: Activities,
+    /// The cause of the last failure to connect, while the server stays unreachable: it
+    /// is logged once when it starts and once when it ends, not at every retried call.
+    unreachable: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl Pool {
@@ -110,6 +116,8 @@ impl Pool {
                 idle: Mutex::new(Vec::new()),
                 live: AtomicUsize::new(0),
                 stats: Arc::new(TlsStats::default()),
+                activities: Activities::default(),
+                unreachable: Mutex::new(None),
             }),
         }
     }
@@ -132,6 +140,21 @@ impl Pool {
     /// Control connections open now, busy or idle.
     pub fn live_connections(&self) -> usize {
         self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// What each live connection is doing now.
+    pub fn connections(&self) -> Vec<ConnectionReport> {
+        self.inner.activities.snapshot()
+    }
+
+    /// Why the server cannot be reached, and since when, while that lasts.
+    pub fn unreachable(&self) -> Option<(String, std::time::Duration)> {
+        self.inner
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(cause, since)| (cause.clone(), since.elapsed()))
     }
 
     /// Takes a logged-in connection, opening one if none is idle.
@@ -229,7 +252,7 @@ impl Pool {
             return Ok(Some(PooledConnection::new(conn, inner.clone(), permit)));
         }
         inner.live.fetch_add(1, Ordering::Relaxed);
-        match ControlConnection::connect(inner.connect.clone(), inner.stats.clone()).await {
+        match inner.open().await {
             Ok(conn) => Ok(Some(PooledConnection::new(conn, inner.clone(), permit))),
             Err(e) => {
                 let others = inner.live.fetch_sub(1, Ordering::Relaxed) - 1;
@@ -474,8 +497,42 @@ impl PoolInner {
         }
     }
 
-    /// Opens and logs in a connection with the TLS versions the policy says.
+    /// Opens and logs in a connection with the TLS versions the policy says, and notes
+    /// whether the server is reachable.
     async fn open(&self) -> Result<ControlConnection, FtpError> {
+        let opened = self.open_with_policy().await;
+        match &opened {
+            Ok(conn) => {
+                self.activities.register(conn.activity());
+                let outage = self
+                    .unreachable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some((_, since)) = outage {
+                    tracing::warn!(
+                        "server reachable again after {:.1} s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            // 421 at login: busy, not gone (the limit is lowered instead).
+            Err(e) if e.reply_code() != Some(421) => {
+                let mut unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+                if unreachable.is_none() {
+                    tracing::warn!(
+                        "cannot connect to the server: {e}; operations that need it fail \
+                         until it is back"
+                    );
+                    *unreachable = Some((e.to_string(), std::time::Instant::now()));
+                }
+            }
+            Err(_) => {}
+        }
+        opened
+    }
+
+    async fn open_with_policy(&self) -> Result<ControlConnection, FtpError> {
         if let (VersionPolicy::Tls12, Some(tls12)) = (
             VersionPolicy::load(&self.version_policy),
             &self.connect_tls12,
@@ -500,6 +557,7 @@ impl PoolInner {
     }
 
     fn return_idle(&self, conn: ControlConnection) {
+        conn.activity().set_step("idle");
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())

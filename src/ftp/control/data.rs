@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::commands::{verb, Command};
 use super::replies::PendingReplies;
 use super::{io_error, summarize, ControlConnection, State};
+use crate::ftp::activity::Activity;
 use crate::ftp::error::FtpError;
 use crate::ftp::options::Timeouts;
 use crate::ftp::passive;
@@ -59,6 +60,7 @@ impl ControlConnection {
             eof: false,
             close_notify: false,
             received: 0,
+            activity: self.activity().clone(),
         };
         Ok((data, preface_reply))
     }
@@ -110,6 +112,7 @@ impl ControlConnection {
         let data_config = self.data_tls_config();
         let number = self.data_connections + 1;
         self.data_connections = number;
+        self.activity.count_data_connection();
         let step = format!("data connection {number}");
         // The command goes out while the data connection is being made: servers wait for
         // the connection after the command, and the round trips overlap.
@@ -733,6 +736,7 @@ pub struct DataConnection {
     eof: bool,
     close_notify: bool,
     received: u64,
+    activity: Arc<Activity>,
 }
 
 impl DataConnection {
@@ -753,6 +757,7 @@ impl DataConnection {
             }
             Ok(Ok(n)) => {
                 self.received += n as u64;
+                self.activity.add_bytes(n as u64);
                 Ok(n)
             }
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {

@@ -28,6 +28,7 @@ pub use data::DataConnection;
 use replies::PendingReplies;
 pub use upload::UploadConnection;
 
+use super::activity::Activity;
 use super::error::FtpError;
 use super::features::Features;
 use super::options::{ConnectOptions, Security};
@@ -97,6 +98,8 @@ pub struct ControlConnection {
     /// Server's way): running out of tickets between transfers is no reason to go.
     tickets_at_passive: bool,
     last_used: Instant,
+    /// What it is doing, for live statistics.
+    activity: Arc<Activity>,
 }
 
 /// Where a control connection stands in its dialogue with the server: one value rather
@@ -186,6 +189,7 @@ impl ControlConnection {
             time_setting: TimeSetting::Unknown,
             tickets_at_passive: false,
             last_used: Instant::now(),
+            activity: Activity::new(id),
         };
         conn.greeting = conn.read_greeting().await?;
         if conn.options.security == Security::ExplicitTls {
@@ -212,7 +216,12 @@ impl ControlConnection {
         }
         conn.expect_success(Command::with_arg(&verb::TYPE, "I")?)
             .await?;
-        tracing::debug!(conn = id, tls = ?conn.tls_summary(), "control connection ready");
+        let tls = conn.tls_summary();
+        tracing::debug!(conn = id, tls = ?tls, "control connection ready");
+        if let Some(tls) = tls {
+            conn.activity.set_tls(tls.version);
+        }
+        conn.activity.set_step("idle");
         Ok(conn)
     }
 
@@ -398,6 +407,11 @@ impl ControlConnection {
         if !self.is_broken() {
             self.state = next;
         }
+    }
+
+    /// What the connection is doing, for live statistics.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 
     /// Time since the connection was last used.

@@ -130,6 +130,11 @@ impl ControlConnection {
             }
         }
         self.state = State::Exchange;
+        if let Some(last) = commands.last() {
+            // In a pipeline the transfer command comes last: that is what the connection
+            // is busy with.
+            self.activity.set_step(&last.shown());
+        }
         let mut line = Vec::new();
         for command in commands {
             tracing::debug!(conn = self.id, "-> {}", command.shown());

@@ -9,6 +9,7 @@
 //! reset. So an upload ends with close_notify, then reads the data connection to its end
 //! while waiting for the final reply.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::commands::{verb, Command};
 use super::data::is_data_connection_failure;
 use super::{io_error, ControlConnection, State};
+use crate::ftp::activity::Activity;
 use crate::ftp::error::FtpError;
 use crate::ftp::reply::Reply;
 use crate::ftp::transport::Transport;
@@ -44,6 +46,7 @@ pub struct UploadConnection {
     shown: String,
     idle_limit: Duration,
     sent: u64,
+    activity: Arc<Activity>,
 }
 
 impl UploadConnection {
@@ -58,7 +61,10 @@ impl UploadConnection {
                     })
                 }
                 Ok(Err(e)) => return Err(io_error(&format!("data connection {}", self.number), e)),
-                Ok(Ok(())) => self.sent += piece.len() as u64,
+                Ok(Ok(())) => {
+                    self.sent += piece.len() as u64;
+                    self.activity.add_bytes(piece.len() as u64);
+                }
             }
         }
         Ok(())
@@ -93,6 +99,7 @@ impl ControlConnection {
             shown,
             idle_limit: self.options.timeouts.data_idle,
             sent: 0,
+            activity: self.activity().clone(),
         })
     }
 
@@ -107,6 +114,7 @@ impl ControlConnection {
             shown,
             idle_limit,
             sent,
+            activity: _,
         } = upload;
         let closed = tokio::time::timeout(idle_limit, transport.shutdown()).await;
         let early = self.end_transfer();
