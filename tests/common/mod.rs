@@ -28,6 +28,14 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
+    /// A path the servers' env file gives under `key`.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.values
+            .get(key)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("{key} missing from the servers' env file"))
+    }
+
     pub fn port(&self, key: &str) -> u16 {
         self.values
             .get(key)
