@@ -260,6 +260,9 @@ pub struct MountConfig {
     pub wrapper: Vec<OsString>,
     /// More environment variables for ftpsfs (`RUST_LOG`, `HOME` ...).
     pub env: Vec<(OsString, OsString)>,
+    /// The directory on the server to mount (relative to the login directory), instead
+    /// of the login directory.
+    pub remote_dir: Option<String>,
 }
 
 impl MountConfig {
@@ -275,7 +278,14 @@ impl MountConfig {
             mountpoint: None,
             wrapper: Vec::new(),
             env: Vec::new(),
+            remote_dir: None,
         }
+    }
+
+    /// Mounts `dir` of the server (relative to the login directory).
+    pub fn remote_dir(mut self, dir: &str) -> Self {
+        self.remote_dir = Some(dir.to_string());
+        self
     }
 
     /// Mounts the server the test started on 127.0.0.1:`port` (explicit TLS).
@@ -367,7 +377,8 @@ impl MountConfig {
             }
             None => Command::new(binary),
         };
-        command.arg(url(target)).arg(mountpoint);
+        let url = url(target) + self.remote_dir.as_deref().unwrap_or("");
+        command.arg(url).arg(mountpoint);
         if foreground {
             command.arg("-f");
         }

@@ -233,6 +233,9 @@ struct Shared {
     controls: Mutex<HashMap<u64, TcpStream>>,
     live_sessions: AtomicUsize,
     faults: Faults,
+    /// Every command received after login, as `VERB argument` (PASS never: it comes
+    /// before).
+    commands: Mutex<Vec<String>>,
 }
 
 impl StrictServer {
@@ -268,6 +271,7 @@ impl StrictServer {
             stopping: AtomicBool::new(false),
             controls: Mutex::new(HashMap::new()),
             live_sessions: AtomicUsize::new(0),
+            commands: Mutex::new(Vec::new()),
             faults: Faults {
                 stall_data_after: AtomicU64::new(u64::MAX),
                 max_sessions: AtomicUsize::new(0),
@@ -371,6 +375,11 @@ impl StrictServer {
     /// TLS 1.3 session tickets issued at PASV/EPSV (always 0 with TLS 1.2).
     pub fn tickets_sent(&self) -> u64 {
         self.shared.counters.tickets_sent.load(Ordering::SeqCst)
+    }
+
+    /// Every command received after login so far, as `VERB argument`.
+    pub fn commands(&self) -> Vec<String> {
+        self.shared.commands.lock().unwrap().clone()
     }
 
     /// Control connections turned away with 421 (see [`Self::set_max_sessions`]).
@@ -910,6 +919,13 @@ impl Session {
         if !self.logged_in && !COMMANDS_BEFORE_LOGIN.contains(&cmd.as_str()) {
             self.reply(530, "Please log in with USER and PASS first.")?;
             return Ok(Flow::Continue);
+        }
+        if self.logged_in {
+            self.shared
+                .commands
+                .lock()
+                .unwrap()
+                .push(format!("{cmd} {}", arg.trim()).trim_end().to_string());
         }
         let drop_here = {
             let mut drop_at = self
