@@ -19,6 +19,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use crate::fs::namespace::RenameFlags as FsRenameFlags;
 use crate::fs::writes::{Closer, OpenMode, SetAttr};
@@ -89,15 +90,39 @@ impl FuseAdapter {
         }
     }
 
+    /// The span of one operation: what it is and the path it is about. At debug level it
+    /// is the context of every line the operation logs, its FTP commands included.
+    fn span(&self, operation: &'static str, ino: u64, name: Option<&[u8]>) -> tracing::Span {
+        tracing::debug_span!("op", op = %operation, path = %self.fs.shown_path(ino, name))
+    }
+
+    /// Runs an operation's `work` on the runtime inside `span`, and logs its duration.
+    fn spawn(
+        &self,
+        span: tracing::Span,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.runtime.spawn(async move {
+            let started = std::time::Instant::now();
+            work.instrument(span.clone()).await;
+            tracing::debug!(
+                parent: &span,
+                ms = %format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+                "done"
+            );
+        });
+    }
+
     /// Runs an operation that answers with an entry (lookup, mkdir, mknod).
     fn entry_reply(
         &self,
         operation: &'static str,
+        span: tracing::Span,
         reply: ReplyEntry,
         work: impl std::future::Future<Output = Result<Attr, FsError>> + Send + 'static,
     ) {
         let (adapter, fs) = (self.timing(), self.fs.clone());
-        self.runtime.spawn(async move {
+        self.spawn(span, async move {
             match work.await {
                 Ok(attr) => {
                     // Counted before the kernel can forget it.
@@ -113,10 +138,11 @@ impl FuseAdapter {
     fn empty_reply(
         &self,
         operation: &'static str,
+        span: tracing::Span,
         reply: ReplyEmpty,
         work: impl std::future::Future<Output = Result<(), FsError>> + Send + 'static,
     ) {
-        self.runtime.spawn(async move {
+        self.spawn(span, async move {
             match work.await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(operation, &e)),
@@ -411,6 +437,7 @@ impl Filesystem for FuseAdapter {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
         self.entry_reply(
             "lookup",
+            self.span("lookup", parent.0, Some(&name)),
             reply,
             async move { fs.lookup(parent.0, &name).await },
         );
@@ -423,7 +450,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (fs, timing) = (self.fs.clone(), self.timing());
-        self.runtime.spawn(async move {
+        self.spawn(self.span("getattr", ino.0, None), async move {
             match fs.getattr(ino.0).await {
                 Ok(attr) => reply.attr(&timing.ttl_of(&attr), &file_attr(&attr)),
                 Err(e) => reply.error(errno("getattr", &e)),
@@ -458,7 +485,7 @@ impl Filesystem for FuseAdapter {
             gid,
         };
         let (fs, timing) = (self.fs.clone(), self.timing());
-        self.runtime.spawn(async move {
+        self.spawn(self.span("setattr", ino.0, None), async move {
             match fs.setattr(ino.0, changes).await {
                 Ok(attr) => reply.attr(&timing.ttl_of(&attr), &file_attr(&attr)),
                 Err(e) => reply.error(errno("setattr", &e)),
@@ -468,7 +495,7 @@ impl Filesystem for FuseAdapter {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
+        self.spawn(self.span("readlink", ino.0, None), async move {
             match fs.readlink(ino.0).await {
                 Ok(target) => reply.data(&target),
                 Err(e) => reply.error(errno("readlink", &e)),
@@ -488,7 +515,8 @@ impl Filesystem for FuseAdapter {
     ) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
         let regular = mode & libc::S_IFMT == libc::S_IFREG;
-        self.entry_reply("mknod", reply, async move {
+        let span = self.span("mknod", parent.0, Some(&name));
+        self.entry_reply("mknod", span, reply, async move {
             fs.mknod(parent.0, &name, mode & !umask, regular).await
         });
     }
@@ -503,7 +531,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
-        self.entry_reply("mkdir", reply, async move {
+        let span = self.span("mkdir", parent.0, Some(&name));
+        self.entry_reply("mkdir", span, reply, async move {
             fs.mkdir(parent.0, &name, mode & !umask).await
         });
     }
@@ -512,6 +541,7 @@ impl Filesystem for FuseAdapter {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
         self.empty_reply(
             "unlink",
+            self.span("unlink", parent.0, Some(&name)),
             reply,
             async move { fs.unlink(parent.0, &name).await },
         );
@@ -521,6 +551,7 @@ impl Filesystem for FuseAdapter {
         let (fs, name) = (self.fs.clone(), name.as_bytes().to_vec());
         self.empty_reply(
             "rmdir",
+            self.span("rmdir", parent.0, Some(&name)),
             reply,
             async move { fs.rmdir(parent.0, &name).await },
         );
@@ -556,7 +587,8 @@ impl Filesystem for FuseAdapter {
             no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
-        self.empty_reply("rename", reply, async move {
+        let span = self.span("rename", parent.0, Some(&name));
+        self.empty_reply("rename", span, reply, async move {
             fs.rename(parent.0, &name, new_parent.0, &new_name, flags)
                 .await
         });
@@ -579,7 +611,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, pid) = (self.fs.clone(), req.pid());
         let how = open_mode(flags);
-        self.runtime.spawn(async move {
+        self.spawn(self.span("open", ino.0, None), async move {
             match fs.open(ino.0, how, pid).await {
                 Ok(opened) => reply.opened(FileHandle(opened.handle), fopen_flags(&opened)),
                 Err(e) => reply.error(errno("open", &e)),
@@ -599,7 +631,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (fs, timing, name) = (self.fs.clone(), self.timing(), name.as_bytes().to_vec());
         let (how, pid) = (open_mode(OpenFlags(flags)), req.pid());
-        self.runtime.spawn(async move {
+        self.spawn(self.span("create", parent.0, Some(&name)), async move {
             match fs.create(parent.0, &name, mode & !umask, how, pid).await {
                 Ok((attr, opened)) => {
                     fs.remember(attr.ino);
@@ -619,7 +651,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -628,7 +660,14 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
+        let span = tracing::debug_span!(
+            "op",
+            op = %"read",
+            path = %self.fs.shown_path(ino.0, None),
+            offset,
+            size
+        );
+        self.spawn(span, async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno("read", &e)),
@@ -639,7 +678,7 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -649,7 +688,14 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let (fs, data, pid) = (self.fs.clone(), data.to_vec(), req.pid());
-        self.runtime.spawn(async move {
+        let span = tracing::debug_span!(
+            "op",
+            op = %"write",
+            path = %self.fs.shown_path(ino.0, None),
+            offset,
+            size = data.len()
+        );
+        self.spawn(span, async move {
             match fs.write(fh.0, offset, data, pid).await {
                 Ok(written) => reply.written(written),
                 Err(e) => reply.error(errno("write", &e)),
@@ -660,14 +706,15 @@ impl Filesystem for FuseAdapter {
     fn flush(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let (fs, mount) = (self.fs.clone(), self.mount.clone());
         let pid = req.pid();
-        self.empty_reply("flush", reply, async move {
+        let span = self.span("flush", ino.0, None);
+        self.empty_reply("flush", span, reply, async move {
             let closer = if fs.is_writer(fh.0, pid) {
                 let unwritten = fs.unwritten_new_file(fh.0).await;
                 closer_of(pid, unwritten, mount).await
@@ -681,19 +728,20 @@ impl Filesystem for FuseAdapter {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.empty_reply("fsync", reply, async move { fs.fsync(fh.0).await });
+        let span = self.span("fsync", ino.0, None);
+        self.empty_reply("fsync", span, reply, async move { fs.fsync(fh.0).await });
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -701,7 +749,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
+        self.spawn(self.span("release", ino.0, None), async move {
             fs.release(fh.0).await;
             reply.ok();
         });
@@ -709,7 +757,7 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.runtime.spawn(async move {
+        self.spawn(self.span("opendir", ino.0, None), async move {
             match fs.opendir(ino.0).await {
                 Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::empty()),
                 Err(e) => reply.error(errno("opendir", &e)),

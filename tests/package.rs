@@ -164,3 +164,39 @@ fn the_debian_package_installs_mounts_and_removes() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The systemd units that packaging/systemd-units.md documents are valid units:
+/// `systemd-analyze verify` accepts them with no warning (their names match `Where=`,
+/// every key is known). Mounting them needs systemd as PID 1, which CI does not have.
+#[test]
+fn the_documented_systemd_units_verify() {
+    let doc = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/systemd-units.md"
+    ))
+    .unwrap();
+    let dir = scratch_dir("systemd-units");
+    let mut units = Vec::new();
+    for block in doc.split("`/etc/systemd/system/").skip(1) {
+        let (name, rest) = block.split_once("`:").expect("a unit name");
+        let body = rest
+            .split("```\n")
+            .nth(1)
+            .expect("the unit's text in a code block");
+        let path = dir.join(name);
+        fs::write(&path, body).unwrap();
+        units.push(path);
+    }
+    assert_eq!(units.len(), 2, "the .mount and .automount units");
+    let out = run(
+        Command::new("systemd-analyze").arg("verify").args(&units),
+        STEP,
+    );
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

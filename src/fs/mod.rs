@@ -207,6 +207,21 @@ impl FtpFs {
         }
     }
 
+    /// The path of `ino`, or of `name` in it, as logs show it (a forgotten inode as
+    /// `?ino`).
+    pub fn shown_path(&self, ino: u64, name: Option<&[u8]>) -> String {
+        let inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(node) = inodes.get(ino) else {
+            return format!("?ino{ino}");
+        };
+        match name {
+            Some(name) => inode::join_path(&node.path, name)
+                .escape_ascii()
+                .to_string(),
+            None => node.path.escape_ascii().to_string(),
+        }
+    }
+
     /// What the mount is doing now, for `ftpsfs stats` (errors by errno are the
     /// adapter's to add: it is where they are returned).
     pub fn report(&self) -> report::Report {

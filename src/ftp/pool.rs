@@ -93,6 +93,9 @@ struct PoolInner {
     /// The cause of the last failure to connect, while the server stays unreachable: it
     /// is logged once when it starts and once when it ends, not at every retried call.
     unreachable: Mutex<Option<(String, std::time::Instant)>>,
+    /// A connection was opened once: before that, a failure is the mount's own error,
+    /// which the mount command reports in its one line.
+    ever_connected: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -118,6 +121,7 @@ impl Pool {
                 stats: Arc::new(TlsStats::default()),
                 activities: Activities::default(),
                 unreachable: Mutex::new(None),
+                ever_connected: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -504,12 +508,13 @@ impl PoolInner {
         match &opened {
             Ok(conn) => {
                 self.activities.register(conn.activity());
+                let was_connected = self.ever_connected.swap(true, Ordering::Relaxed);
                 let outage = self
                     .unreachable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
-                if let Some((_, since)) = outage {
+                if let (Some((_, since)), true) = (outage, was_connected) {
                     tracing::warn!(
                         "server reachable again after {:.1} s",
                         since.elapsed().as_secs_f64()
@@ -519,11 +524,13 @@ impl PoolInner {
             // 421 at login: busy, not gone (the limit is lowered instead).
             Err(e) if e.reply_code() != Some(421) => {
                 let mut unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-                if unreachable.is_none() {
+                if unreachable.is_none() && self.ever_connected.load(Ordering::Relaxed) {
                     tracing::warn!(
                         "cannot connect to the server: {e}; operations that need it fail \
                          until it is back"
                     );
+                }
+                if unreachable.is_none() {
                     *unreachable = Some((e.to_string(), std::time::Instant::now()));
                 }
             }

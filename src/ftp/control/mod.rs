@@ -100,6 +100,8 @@ pub struct ControlConnection {
     last_used: Instant,
     /// What it is doing, for live statistics.
     activity: Arc<Activity>,
+    /// When the last commands went out: the debug log gives each reply's delay.
+    last_sent: Instant,
 }
 
 /// Where a control connection stands in its dialogue with the server: one value rather
@@ -190,6 +192,7 @@ impl ControlConnection {
             tickets_at_passive: false,
             last_used: Instant::now(),
             activity: Activity::new(id),
+            last_sent: Instant::now(),
         };
         conn.greeting = conn.read_greeting().await?;
         if conn.options.security == Security::ExplicitTls {

@@ -68,7 +68,11 @@ impl ControlConnection {
         .await;
         match &result {
             Ok(reply) => {
-                tracing::debug!(conn = id, "<- {reply}");
+                tracing::debug!(
+                    conn = id,
+                    ms = %format_args!("{:.1}", self.last_sent.elapsed().as_secs_f64() * 1e3),
+                    "<- {reply}"
+                );
                 if reply.code == 421 {
                     // 421: the server is closing this connection (too many users, idle, shutdown).
                     self.mark_broken();
@@ -130,6 +134,7 @@ impl ControlConnection {
             }
         }
         self.state = State::Exchange;
+        self.last_sent = Instant::now();
         if let Some(last) = commands.last() {
             // In a pipeline the transfer command comes last: that is what the connection
             // is busy with.
