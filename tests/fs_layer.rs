@@ -618,12 +618,92 @@ async fn a_reopen_under_a_coarse_listing_reuses_what_the_first_read_fetched() {
     assert_eq!(read_all(&local.fs, attr.ino).await, new);
 }
 
+/// Writes `count` small files `fNN.bin` into `dir` on the server; returns their names and
+/// contents in name order.
+fn small_files(local: &LocalFs, dir: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    fs::create_dir(local.on_server(dir)).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|i| (format!("f{i:02}.bin"), pattern(3000 + i * 100, i as u8)))
+        .collect();
+    for (name, data) in &files {
+        fs::write(local.on_server(format!("{dir}/{name}")), data).unwrap();
+    }
+    files
+}
+
+/// Small files read one after another in name order (as rsync reads them) are read ahead
+/// on spare connections, each downloaded once; read out of order, nothing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_read_in_order_are_read_ahead_once() {
+    let local = LocalFs::new();
+    let files = small_files(&local, "many", 40);
+    let shuffled = small_files(&local, "shuffled", 40);
+    let dir = local.fs.lookup(ROOT_INODE, b"many").await.unwrap();
+    let before = local.fs.stats();
+    for (name, data) in &files {
+        let attr = local.fs.lookup(dir.ino, name.as_bytes()).await.unwrap();
+        assert_eq!(&read_all(&local.fs, attr.ino).await, data, "{name}");
+    }
+    let after = local.fs.stats();
+    let ahead = after.files_read_ahead - before.files_read_ahead;
+    let by_reader = after.range_fetches - before.range_fetches;
+    assert!(
+        ahead >= 20,
+        "{ahead} files read ahead, {by_reader} fetched by their reader"
+    );
+    assert_eq!(ahead + by_reader, 40, "downloads for 40 files");
+
+    // Interleaved: no file follows the one before in any order.
+    let files = shuffled;
+    let dir = local.fs.lookup(ROOT_INODE, b"shuffled").await.unwrap();
+    let before = local.fs.stats();
+    for i in 0..20 {
+        for (name, data) in [&files[i], &files[i + 20]] {
+            let attr = local.fs.lookup(dir.ino, name.as_bytes()).await.unwrap();
+            assert_eq!(&read_all(&local.fs, attr.ino).await, data, "{name}");
+        }
+    }
+    let after = local.fs.stats();
+    assert_eq!(
+        after.files_read_ahead, before.files_read_ahead,
+        "read ahead out of order"
+    );
+}
+
+/// On a server whose listing times are coarse (vsftpd), a file read ahead after its
+/// listing arrived is as new as the listing: opening it sends no MDTM of its own (each
+/// RETR carries one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_read_ahead_under_a_coarse_listing_need_no_check() {
+    let local = LocalFs::with(LocalConfig {
+        list_only: true,
+        ..LocalConfig::default()
+    });
+    let files = small_files(&local, "coarse", 30);
+    let dir = local.fs.lookup(ROOT_INODE, b"coarse").await.unwrap();
+    let before = local.server.commands().len();
+    for (name, data) in &files {
+        let attr = local.fs.lookup(dir.ino, name.as_bytes()).await.unwrap();
+        assert_eq!(&read_all(&local.fs, attr.ino).await, data, "{name}");
+    }
+    let commands = local.server.commands()[before..].to_vec();
+    let count = |verb: &str| commands.iter().filter(|c| c.starts_with(verb)).count();
+    assert!(local.fs.stats().files_read_ahead >= 10);
+    assert_eq!(count("RETR "), 30, "{commands:?}");
+    assert_eq!(
+        count("MDTM "),
+        count("RETR "),
+        "MDTM besides those with RETR: {commands:?}"
+    );
+}
+
 /// Readers of one block at once share one fetch: those waiting find the block cached
 /// when the first fetch ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_readers_of_a_block_share_one_fetch() {
     let local = LocalFs::new();
-    let data = pattern(256 << 10, 3);
+    // Larger than a block, so that no reading ahead of small files fetches them first.
+    let data = pattern(2 << 20, 3);
     for round in 0..5 {
         fs::write(local.on_server(format!("shared-{round}.bin")), &data).unwrap();
     }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use lru::LruCache;
 
@@ -117,6 +118,8 @@ struct VersionBlocks {
     /// The server's modification time (MDTM) when the blocks were downloaded, if it
     /// said. A listing's time can be too coarse to tell two contents apart; this is not.
     server_time: Option<Mtime>,
+    /// When the earliest download of these blocks was asked for (its RETR sent).
+    requested: Option<Instant>,
 }
 
 impl Inner {
@@ -248,18 +251,20 @@ impl BlockCache {
     /// Stores a segment, keeping whichever of old and new holds more, then evicts to fit.
     pub fn insert(&self, key: BlockKey, segment: Segment) {
         // No server time, so no mismatch is possible.
-        let _ = self.insert_downloaded(key, segment, None);
+        let _ = self.insert_downloaded(key, segment, None, None);
     }
 
-    /// [`Self::insert`] of a segment downloaded when the server gave `server_time` for
-    /// the file. When blocks of the same version were downloaded at another time, the
-    /// file changed with its size and listed time unchanged: they are all dropped, the
-    /// segment is not stored, and the caller must not mix the two.
+    /// [`Self::insert`] of a segment downloaded by a RETR sent at `requested`, when the
+    /// server gave `server_time` for the file. When blocks of the same version were
+    /// downloaded at another time, the file changed with its size and listed time
+    /// unchanged: they are all dropped, the segment is not stored, and the caller must not
+    /// mix the two.
     pub fn insert_downloaded(
         &self,
         key: BlockKey,
         mut segment: Segment,
         server_time: Option<Mtime>,
+        requested: Option<Instant>,
     ) -> Result<(), ContentChanged> {
         let mut evicted = Vec::new();
         let outcome = 'insert: {
@@ -296,6 +301,10 @@ impl BlockCache {
             if let (Some(time), Some(version)) = (server_time, inner.versions.get_mut(&key.version))
             {
                 version.server_time = Some(time);
+                version.requested = match (version.requested, requested) {
+                    (Some(old), Some(new)) => Some(old.min(new)),
+                    (old, new) => old.or(new),
+                };
             }
             inner.bytes += size;
             while inner.bytes > self.capacity {
@@ -323,6 +332,14 @@ impl BlockCache {
             .versions
             .get(version)
             .and_then(|v| v.server_time)
+    }
+
+    /// Whether blocks of `version` are held that were all downloaded, with a server time,
+    /// by RETRs sent at or after `since` (a listing's arrival): they are as new as it.
+    pub fn downloaded_since(&self, version: &FileVersion, since: Instant) -> bool {
+        self.lock().versions.get(version).is_some_and(|v| {
+            v.server_time.is_some() && v.requested.is_some_and(|requested| requested >= since)
+        })
     }
 
     /// Drops every block of `version` (it turned out to hold two contents).
@@ -440,12 +457,12 @@ mod tests {
         let first = key("a", 10, 0);
         let second = key("a", 10, 1);
         cache
-            .insert_downloaded(first.clone(), segment(0, 1000), Some((100, 0)))
+            .insert_downloaded(first.clone(), segment(0, 1000), Some((100, 0)), None)
             .unwrap();
         assert_eq!(cache.server_time(&first.version), Some((100, 0)));
         // Same size and listed time, another server time: the old block goes too.
         assert_eq!(
-            cache.insert_downloaded(second.clone(), segment(0, 1000), Some((160, 0))),
+            cache.insert_downloaded(second.clone(), segment(0, 1000), Some((160, 0)), None),
             Err(ContentChanged)
         );
         assert!(cache.get(&first, 0, 10).is_none());
@@ -454,10 +471,10 @@ mod tests {
         // Starting afresh, the new time is recorded; a download without a time (no
         // MDTM) is never a mismatch; eviction of the last block forgets the time.
         cache
-            .insert_downloaded(second.clone(), segment(0, 1000), Some((160, 0)))
+            .insert_downloaded(second.clone(), segment(0, 1000), Some((160, 0)), None)
             .unwrap();
         cache
-            .insert_downloaded(first.clone(), segment(0, 1000), None)
+            .insert_downloaded(first.clone(), segment(0, 1000), None, None)
             .unwrap();
         assert_eq!(cache.server_time(&first.version), Some((160, 0)));
         cache.insert(key("b", 10, 0), segment(0, 1000));
@@ -466,6 +483,27 @@ mod tests {
         assert_eq!(cache.server_time(&first.version), None);
         cache.forget_version(&key("b", 10, 0).version);
         assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn knows_whether_blocks_are_newer_than_a_listing() {
+        let cache = BlockCache::new(3000);
+        let block = key("c", 10, 0);
+        let listed = Instant::now();
+        cache
+            .insert_downloaded(
+                block.clone(),
+                segment(0, 10),
+                Some((1, 0)),
+                Some(Instant::now()),
+            )
+            .unwrap();
+        assert!(cache.downloaded_since(&block.version, listed));
+        assert!(!cache.downloaded_since(&block.version, Instant::now()));
+        // Without a server time nothing vouches for the content.
+        let untimed = key("d", 10, 0);
+        cache.insert(untimed.clone(), segment(0, 10));
+        assert!(!cache.downloaded_since(&untimed.version, listed));
     }
 
     #[test]

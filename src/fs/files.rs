@@ -71,6 +71,8 @@ impl FtpFs {
                         listing_fetched: listing.fetched,
                     },
                 );
+            self.siblings
+                .opened(node.parent, &parent.path, node.name(), &listing);
             let handle = self
                 .handles
                 .insert(Handle::Read(Arc::new(OpenFile::new(ino, version))));
@@ -118,16 +120,22 @@ impl FtpFs {
             // Nothing cached that could be stale.
             return (listed_time, true);
         }
+        let as_listed = FileVersion {
+            path: path.into(),
+            size,
+            mtime: listed_time,
+        };
+        if self.cache.downloaded_since(&as_listed, listing.fetched) {
+            // Downloaded (read ahead, or by another open) after this listing arrived: as
+            // new as the listing itself, so no older than what a download now would be
+            // checked against.
+            return (listed_time, true);
+        }
         let pool = &self.pool;
         match crate::with_connection!(pool, |conn| conn.modified(path).await).await {
             Ok(exact) => {
                 tracing::debug!(path = %path.escape_ascii(), ?listed, ?exact, "coarse listing time checked with MDTM");
                 let exact = (exact.unix_seconds, exact.nanos);
-                let as_listed = FileVersion {
-                    path: path.into(),
-                    size,
-                    mtime: listed_time,
-                };
                 let downloaded_now = |version: &FileVersion| {
                     *version.path == *path
                         && version.size == size

@@ -24,6 +24,7 @@ pub mod inode;
 mod janitor;
 mod names;
 pub mod namespace;
+mod readahead;
 pub mod reader;
 pub mod report;
 mod staging;
@@ -129,6 +130,8 @@ pub struct FsStats {
     pub range_fetches: u64,
     /// Bytes downloaded.
     pub bytes_fetched: u64,
+    /// Small files downloaded whole ahead of their reader.
+    pub files_read_ahead: u64,
     /// Bytes held in the block cache.
     pub cached_bytes: u64,
     /// Temporary files of failed uploads not deleted yet (the server was unreachable).
@@ -142,7 +145,9 @@ pub struct FtpFs {
     inodes: Mutex<InodeTable>,
     dirs: Arc<DirCache>,
     cache: Arc<BlockCache>,
-    reader: Reader,
+    reader: Arc<Reader>,
+    /// Reads ahead the small files of directories read file after file.
+    siblings: readahead::SiblingReadAhead,
     handles: HandleTable,
     attrs: AttrPolicy,
     /// The login directory (PWD), once asked (see `namespace.rs`).
@@ -183,6 +188,10 @@ impl FtpFs {
             blksize: config.block_size as u32,
             unknown_time: SystemTime::now(),
         };
+        let reader = Arc::new(reader);
+        // Two connections stay free: one for the foreground reader, one for listings.
+        let siblings =
+            readahead::SiblingReadAhead::new(reader.clone(), pool.limit().saturating_sub(2));
         let janitor = janitor::Janitor::new(pool.clone());
         Self {
             pool,
@@ -195,6 +204,7 @@ impl FtpFs {
             )),
             cache,
             reader,
+            siblings,
             handles: HandleTable::default(),
             attrs,
             opened_versions: Mutex::new(HashMap::new()),
@@ -241,6 +251,7 @@ impl FtpFs {
                 bytes_fetched: read.bytes_fetched.load(Ordering::Relaxed),
                 streams: read.streams.load(Ordering::Relaxed),
                 range_fetches: read.range_fetches.load(Ordering::Relaxed),
+                files_read_ahead: read.files_read_ahead.load(Ordering::Relaxed),
             },
             listings: self.dirs.listings_fetched(),
             inodes: self.inodes.lock().unwrap_or_else(|e| e.into_inner()).len(),
@@ -268,6 +279,7 @@ impl FtpFs {
             streams: read.streams.load(Ordering::Relaxed),
             range_fetches: read.range_fetches.load(Ordering::Relaxed),
             bytes_fetched: read.bytes_fetched.load(Ordering::Relaxed),
+            files_read_ahead: read.files_read_ahead.load(Ordering::Relaxed),
             cached_bytes: self.cache.bytes(),
             temporaries_waiting: self.janitor.waiting() as u64,
         }

@@ -17,7 +17,7 @@ use std::ops::{Deref, Range};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -61,6 +61,8 @@ pub struct ReadStats {
     pub range_fetches: AtomicU64,
     /// Bytes received from the server.
     pub bytes_fetched: AtomicU64,
+    /// Small files downloaded whole ahead of their reader (see `readahead.rs`).
+    pub files_read_ahead: AtomicU64,
 }
 
 /// One open file: its version at open time and its reader state.
@@ -128,6 +130,11 @@ impl Reader {
             fetching: Mutex::new(HashMap::new()),
             streams_running: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The cache block size: the largest file read ahead whole.
+    pub fn block_size(&self) -> u64 {
+        self.config.block_size
     }
 
     /// The read counters.
@@ -312,6 +319,7 @@ impl Reader {
             "starting a read-ahead stream"
         );
         let offset = index * self.config.block_size;
+        let requested = Instant::now();
         let (data, time) = match conn.retrieve_with_time(&file.version.path, offset).await {
             Ok((data, time)) => (data, time.map(|t| (t.unix_seconds, t.nanos))),
             Err(e) if worth_retrying(&e) => {
@@ -341,6 +349,7 @@ impl Reader {
                 stats: self.stats.clone(),
                 version: file.version.clone(),
                 server_time: time,
+                requested,
                 config: self.config,
                 _slot: slot,
             },
@@ -412,6 +421,7 @@ impl Reader {
         self.stats.range_fetches.fetch_add(1, Ordering::Relaxed);
         let pool = &self.pool;
         let seen_before = *seen;
+        let requested = Instant::now();
         let fetched = crate::with_connection!(pool, |conn| {
             let (mut data, time) = conn.retrieve_with_time(&version.path, offset).await?;
             let time = time.map(|t| (t.unix_seconds, t.nanos));
@@ -445,7 +455,7 @@ impl Reader {
         };
         if self
             .cache
-            .insert_downloaded(key.clone(), segment.clone(), time)
+            .insert_downloaded(key.clone(), segment.clone(), time, Some(requested))
             .is_err()
         {
             // Another download of this version, meanwhile, was of other content.
@@ -455,6 +465,73 @@ impl Reader {
         // Only now may the readers waiting for this block look at the cache.
         drop(guard);
         Ok(segment)
+    }
+}
+
+impl Reader {
+    /// Downloads all of a small file (one block at most) into the cache ahead of its
+    /// reader, unless it is cached or being fetched already. A reader that asks for it
+    /// meanwhile waits for this download instead of starting its own. Returns whether it
+    /// downloaded anything.
+    pub async fn read_ahead_whole(&self, version: Arc<FileVersion>) -> Result<bool, FsError> {
+        let len = version.size;
+        if len == 0 || len > self.config.block_size {
+            return Ok(false);
+        }
+        let key = Self::key(&version, 0);
+        if self.cache.contains(&key, 0, len) {
+            return Ok(false);
+        }
+        let lock = {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            if fetching.contains_key(&key) {
+                return Ok(false);
+            }
+            let lock: Arc<tokio::sync::Mutex<()>> = Arc::default();
+            fetching.insert(key.clone(), lock.clone());
+            lock
+        };
+        let _guard = lock.lock().await;
+        let _forget = ForgetFetch {
+            fetching: &self.fetching,
+            key: &key,
+        };
+        let pool = &self.pool;
+        let requested = Instant::now();
+        let fetched = crate::with_connection!(pool, |conn| {
+            let (mut data, time) = conn.retrieve_with_time(&version.path, 0).await?;
+            let time = time.map(|t| (t.unix_seconds, t.nanos));
+            if self.check_time(&version, None, time).is_err() {
+                conn.abort_data(data).await?;
+                return Ok(None);
+            }
+            let mut buf = self.cache.buffer(len as usize);
+            let n = data.read_full(&mut buf).await?;
+            let complete = n as u64 == len && expect_end(&mut data).await?;
+            if complete && data.at_end() {
+                conn.finish_complete_data(data).await?;
+            } else if data.at_end() {
+                conn.finish_data(data).await?;
+            } else {
+                conn.abort_data(data).await?;
+            }
+            Ok::<_, FtpError>(complete.then_some((buf, time)))
+        })
+        .await?;
+        // Changed since the listing: its reader finds out for itself.
+        let Some((buf, time)) = fetched else {
+            return Ok(false);
+        };
+        self.stats.bytes_fetched.fetch_add(len, Ordering::Relaxed);
+        self.stats.files_read_ahead.fetch_add(1, Ordering::Relaxed);
+        let segment = Segment {
+            start: 0,
+            data: Arc::new(buf),
+        };
+        Ok(self
+            .cache
+            .insert_downloaded(key.clone(), segment, time, Some(requested))
+            .is_ok())
     }
 }
 
@@ -564,6 +641,8 @@ struct StreamJob {
     version: Arc<FileVersion>,
     /// The server's time for the file when the stream's RETR was sent.
     server_time: Option<Mtime>,
+    /// When that RETR was sent.
+    requested: Instant,
     config: ReadConfig,
 }
 
@@ -767,6 +846,7 @@ async fn run_stream(
                 data: Arc::new(buf),
             },
             job.server_time,
+            Some(job.requested),
         );
         if inserted.is_err() {
             conn.abort_data(data).await?;

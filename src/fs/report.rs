@@ -51,6 +51,8 @@ pub struct CacheReport {
     pub streams: u64,
     /// Ranged downloads (first bytes, random reads).
     pub range_fetches: u64,
+    /// Small files downloaded whole ahead of their reader.
+    pub files_read_ahead: u64,
 }
 
 impl Report {
@@ -135,9 +137,10 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "downloads: {} streams, {} ranged, {} received",
+            "downloads: {} streams, {} ranged, {} small files read ahead, {} received",
             c.streams,
             c.range_fetches,
+            c.files_read_ahead,
             bytes(c.bytes_fetched)
         );
         let _ = writeln!(
@@ -219,8 +222,8 @@ impl Report {
         let c = &self.cache;
         let _ = write!(
             out,
-            ",\"cache\":{{\"hits\":{},\"misses\":{},\"bytes_held\":{},\"capacity\":{},\"bytes_fetched\":{},\"streams\":{},\"range_fetches\":{}}}",
-            c.hits, c.misses, c.bytes_held, c.capacity, c.bytes_fetched, c.streams, c.range_fetches
+            ",\"cache\":{{\"hits\":{},\"misses\":{},\"bytes_held\":{},\"capacity\":{},\"bytes_fetched\":{},\"streams\":{},\"range_fetches\":{},\"files_read_ahead\":{}}}",
+            c.hits, c.misses, c.bytes_held, c.capacity, c.bytes_fetched, c.streams, c.range_fetches, c.files_read_ahead
         );
         let _ = write!(
             out,
