@@ -638,6 +638,14 @@ async fn small_files_read_in_order_are_read_ahead_once() {
     let local = LocalFs::new();
     let files = small_files(&local, "many", 40);
     let shuffled = small_files(&local, "shuffled", 40);
+    fs::create_dir(local.on_server("sniffed")).unwrap();
+    for i in 0..20 {
+        fs::write(
+            local.on_server(format!("sniffed/s{i:02}.dat")),
+            pattern(64 << 10, i as u8),
+        )
+        .unwrap();
+    }
     let dir = local.fs.lookup(ROOT_INODE, b"many").await.unwrap();
     let before = local.fs.stats();
     for (name, data) in &files {
@@ -668,6 +676,25 @@ async fn small_files_read_in_order_are_read_ahead_once() {
         after.files_read_ahead, before.files_read_ahead,
         "read ahead out of order"
     );
+
+    // A file browser sniffing the first bytes of each file in order reads none to its
+    // end: nothing is downloaded whole for it.
+    let dir = local.fs.lookup(ROOT_INODE, b"sniffed").await.unwrap();
+    let before = local.fs.stats();
+    for i in 0..20 {
+        let name = format!("s{i:02}.dat");
+        let attr = local.fs.lookup(dir.ino, name.as_bytes()).await.unwrap();
+        let opened = local.fs.open(attr.ino, READ, 1).await.unwrap();
+        let head = local.fs.read(opened.handle, 0, 4096).await.unwrap();
+        assert_eq!(&head[..], &pattern(64 << 10, i as u8)[..4096]);
+        local.fs.release(opened.handle).await;
+    }
+    let after = local.fs.stats();
+    assert_eq!(
+        after.files_read_ahead, before.files_read_ahead,
+        "read ahead for a sniffer"
+    );
+    assert!(after.bytes_fetched - before.bytes_fetched <= 20 * (16 << 10));
 }
 
 /// On a server whose listing times are coarse (vsftpd), a file read ahead after its

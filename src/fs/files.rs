@@ -72,7 +72,7 @@ impl FtpFs {
                     },
                 );
             self.siblings
-                .opened(node.parent, &parent.path, node.name(), &listing);
+                .opened(node.parent, &parent.path, node.name(), &version, &listing);
             let handle = self
                 .handles
                 .insert(Handle::Read(Arc::new(OpenFile::new(ino, version))));

@@ -2,10 +2,13 @@
 //!
 //! `cp -r`, `rsync` and `tar` open the files of a directory one at a time, each after the
 //! last one's data arrived: every small file costs its own round trips (EPSV, connect,
-//! TLS, RETR, the 226), one after another. Once two files in a row are opened in listing
-//! order or in name order (rsync sorts), the next small files in that order are
+//! TLS, RETR, the 226), one after another. Once a file is opened right after the one
+//! before it in listing order or in name order (rsync sorts), and that one was read to
+//! its end, the next small files in that order are
 //! downloaded whole into the block cache on spare connections, a bounded number of files
-//! and bytes ahead. The pattern breaking stops it. Downloads go into the cache under
+//! and bytes ahead. The pattern breaking stops it. A file browser sniffing the first
+//! bytes of each file in turn never reads one to its end, so it never starts this.
+//! Downloads go into the cache under
 //! the file's listed version with the server's exact time, so a file that changed is
 //! never served from them (see `reader.rs`).
 
@@ -42,6 +45,8 @@ enum Order {
 struct Pattern {
     /// The last file opened.
     last: Vec<u8>,
+    /// Its version, to see whether it was read to its end.
+    last_version: Option<Arc<FileVersion>>,
     /// Files in a row opened in `order`.
     run: u32,
     order: Option<Order>,
@@ -77,7 +82,14 @@ impl SiblingReadAhead {
 
     /// `name` in the directory `dir` (at `dir_path`, listed as `listing`) was opened for
     /// reading: follow the pattern, and read ahead when it holds.
-    pub fn opened(&self, dir: u64, dir_path: &[u8], name: &[u8], listing: &DirListing) {
+    pub fn opened(
+        &self,
+        dir: u64,
+        dir_path: &[u8],
+        name: &[u8],
+        version: &Arc<FileVersion>,
+        listing: &DirListing,
+    ) {
         if !self.enabled {
             return;
         }
@@ -116,6 +128,7 @@ impl SiblingReadAhead {
         }
         let pattern = dirs.entry(dir).or_insert_with(|| Pattern {
             last: Vec::new(),
+            last_version: None,
             run: 0,
             order: None,
             ahead: Vec::new(),
@@ -127,7 +140,12 @@ impl SiblingReadAhead {
             Order::Listing => listing_pos > 0 && files[listing_pos - 1].name == pattern.last,
             Order::Name => before_by_name == Some(pattern.last.as_slice()),
         };
+        let read_to_end = pattern
+            .last_version
+            .as_ref()
+            .is_some_and(|last| self.reader.holds_end_of(last));
         let followed = match pattern.order {
+            _ if !read_to_end => None,
             Some(order) if follows(order) => Some(order),
             _ => [Order::Listing, Order::Name]
                 .into_iter()
@@ -150,6 +168,7 @@ impl SiblingReadAhead {
             }
         }
         pattern.last = name.to_vec();
+        pattern.last_version = Some(version.clone());
         let Some(order) = pattern.order else {
             return;
         };

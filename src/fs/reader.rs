@@ -132,6 +132,19 @@ impl Reader {
         }
     }
 
+    /// Whether the last bytes of `version` are cached: it was read to its end (or read
+    /// ahead whole).
+    pub fn holds_end_of(&self, version: &Arc<FileVersion>) -> bool {
+        if version.size == 0 {
+            return true;
+        }
+        let block_size = self.config.block_size;
+        let last = (version.size - 1) / block_size;
+        let len = version.size - last * block_size;
+        self.cache
+            .contains(&Self::key(version, last), len.saturating_sub(1), len)
+    }
+
     /// The cache block size: the largest file read ahead whole.
     pub fn block_size(&self) -> u64 {
         self.config.block_size
