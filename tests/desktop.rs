@@ -395,7 +395,6 @@ fn wait_until_quiet(server: &common::strict_server::StrictServer, quiet: Duratio
 /// whole. A screenshot of the window is kept as an artifact.
 #[test]
 fn a_file_manager_shows_a_5000_file_directory_with_one_listing() {
-    use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
     let root = scratch_dir("file-manager");
     let served = root.join("served");
     fs::create_dir_all(served.join("big")).unwrap();
@@ -416,16 +415,7 @@ fn a_file_manager_shows_a_5000_file_directory_with_one_listing() {
             .collect();
         fs::write(served.join(format!("mixed/blob-{i}")), content).unwrap();
     }
-    let env = common::env();
-    let server = StrictServer::start(StrictServerOptions::new(
-        &served,
-        env.certs.join("server.pem"),
-        env.certs.join("server.key"),
-        TlsVersion::Tls13,
-        env.user.clone(),
-        &env.password,
-    ))
-    .unwrap();
+    let server = common::strict_server_for(&served);
     let m = Mounted::with(MountConfig::new(Server::External, Tls::V13).port(server.port()));
     let display = Display::start();
     let home = root.join("home");

@@ -12,8 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::mount::{scratch_dir, MountConfig, Mounted};
-use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
-use common::{env, Server, Tls};
+use common::{Server, Tls};
 
 /// The bound on the mount's resident memory during and after the walk. The kernel holds
 /// an inode for every entry it was shown until memory pressure or drop_caches evicts it,
@@ -50,16 +49,7 @@ fn walk(m: &Mounted) -> usize {
 fn a_million_entry_walk_stays_bounded() {
     let root = scratch_dir("synthetic-tree");
     fs::create_dir(root.join("synthetic")).unwrap();
-    let env = env();
-    let server = StrictServer::start(StrictServerOptions::new(
-        &root,
-        env.certs.join("server.pem"),
-        env.certs.join("server.key"),
-        TlsVersion::Tls13,
-        env.user.clone(),
-        &env.password,
-    ))
-    .unwrap();
+    let server = common::strict_server_for(&root);
     // 100 directories of 100 directories of 100 files: 1,010,100 entries.
     server.set_synthetic_tree(Some([100, 100, 100]));
     // More connections than the default list more directories ahead at once: the walk

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::ftp::pool::worth_retrying;
-use crate::ftp::{DataConnection, FtpError, Pool, PooledConnection};
+use crate::ftp::{ControlConnection, DataConnection, FtpError, Pool, PooledConnection};
 
 use super::blockcache::{BlockCache, BlockKey, FileVersion, Mtime, Segment};
 use super::error::FsError;
@@ -445,13 +445,7 @@ impl Reader {
             let mut buf = self.cache.buffer(len);
             let n = data.read_full(&mut buf).await?;
             let complete = n == len && (!reaches_end || expect_end(&mut data).await?);
-            if complete && data.at_end() {
-                conn.finish_complete_data(data).await?;
-            } else if data.at_end() {
-                conn.finish_data(data).await?;
-            } else {
-                conn.abort_data(data).await?;
-            }
+            end_download(conn, data, complete).await?;
             Ok::<_, FtpError>(Ok((buf, complete, time)))
         })
         .await?;
@@ -521,13 +515,7 @@ impl Reader {
             let mut buf = self.cache.buffer(len as usize);
             let n = data.read_full(&mut buf).await?;
             let complete = n as u64 == len && expect_end(&mut data).await?;
-            if complete && data.at_end() {
-                conn.finish_complete_data(data).await?;
-            } else if data.at_end() {
-                conn.finish_data(data).await?;
-            } else {
-                conn.abort_data(data).await?;
-            }
+            end_download(conn, data, complete).await?;
             Ok::<_, FtpError>(complete.then_some((buf, time)))
         })
         .await?;
@@ -560,6 +548,22 @@ impl Drop for ForgetFetch<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(self.key);
+    }
+}
+
+/// Ends a ranged download: a transfer read to its end is finished (without waiting for
+/// the 226 when it was `complete` and closed cleanly), one stopped short is aborted.
+async fn end_download(
+    conn: &mut ControlConnection,
+    data: DataConnection,
+    complete: bool,
+) -> Result<(), FtpError> {
+    if complete && data.at_end() {
+        conn.finish_complete_data(data).await
+    } else if data.at_end() {
+        conn.finish_data(data).await
+    } else {
+        conn.abort_data(data).await
     }
 }
 

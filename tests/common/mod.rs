@@ -17,6 +17,21 @@ pub mod strict_server;
 
 use strict_server::{StrictServer, StrictServerOptions};
 
+/// A strict server serving `root` with TLS 1.3, the test certificates and the test
+/// user, for tests that mount it.
+pub fn strict_server_for(root: &std::path::Path) -> StrictServer {
+    let env = env();
+    StrictServer::start(StrictServerOptions::new(
+        root,
+        env.certs.join("server.pem"),
+        env.certs.join("server.key"),
+        strict_server::TlsVersion::Tls13,
+        env.user.clone(),
+        &env.password,
+    ))
+    .expect("start the strict server")
+}
+
 /// What `scripts/servers.sh start` wrote to its env file.
 pub struct TestEnv {
     pub ca: PathBuf,
