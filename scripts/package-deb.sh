@@ -7,10 +7,11 @@
 # BINARY defaults to a fresh `cargo build --release --locked`; OUT_DIR to
 # target/debian. Prints the path of the .deb it made.
 set -euo pipefail
+# Paths given are the caller's, resolved before moving to the source tree.
+binary=${1:+$(realpath -m "$1")}
+out_dir=${2:+$(realpath -m "$2")}
 cd "$(dirname "$0")/.."
-
-binary=${1:-}
-out_dir=${2:-target/debian}
+out_dir=${out_dir:-target/debian}
 if [[ -z $binary ]]; then
     cargo build --release --locked >&2
     binary=target/release/ftpsfs

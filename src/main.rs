@@ -366,7 +366,8 @@ fn stats(mountpoint: &std::path::Path, json: bool) -> ExitCode {
         Err(e) => {
             let cause = match e.raw_os_error() {
                 Some(libc::ENODATA) | Some(libc::ENOTSUP) => {
-                    "not an ftpsfs mount (or a mount of an older ftpsfs)".to_string()
+                    "not an ftpsfs mount, or not its root (or a mount of an older ftpsfs)"
+                        .to_string()
                 }
                 _ => e.to_string(),
             };

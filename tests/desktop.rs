@@ -10,41 +10,40 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::mount::{run, scratch_dir, MountConfig, Mounted, ServerScratch};
+use common::mount::{run, run_ok, scratch_dir, MountConfig, Mounted, ServerScratch};
 use common::{Server, Tls};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Runs `gio ARGS` with a fresh home, no gvfs daemons, and panics unless it succeeds.
-fn gio(home: &Path, args: &[&str]) -> Output {
+/// A `gio` command with a fresh home and no gvfs or D-Bus daemons.
+fn gio_command(home: &Path) -> Command {
     let mut command = Command::new("gio");
     command
-        .args(args)
         .env("HOME", home)
         .env("XDG_DATA_HOME", home.join(".local/share"))
         .env("GIO_USE_VFS", "local")
         .env("GIO_USE_VOLUME_MONITOR", "unix")
-        .env_remove("DBUS_SESSION_BUS_ADDRESS");
-    let out = run(&mut command, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "gio {args:?}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
+        // "disabled:" rather than unset: GLib would start a bus of its own otherwise.
+        .env("DBUS_SESSION_BUS_ADDRESS", "disabled:");
+    command
+}
+
+/// Runs `gio ARGS`, and panics unless it succeeds.
+fn gio(home: &Path, args: &[&str]) -> Output {
+    run_ok(
+        &format!("gio {args:?}"),
+        gio_command(home).args(args),
+        Duration::from_secs(60),
+    )
 }
 
 /// `gio save DEST` with `content` on its standard input.
 fn gio_save(home: &Path, dest: &Path, content: &[u8]) {
-    let mut child = Command::new("gio")
+    let mut child = gio_command(home)
         .arg("save")
         .arg(dest)
-        .env("HOME", home)
-        .env("GIO_USE_VFS", "local")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -230,9 +229,12 @@ impl Display {
             .stderr(Stdio::null())
             .spawn()
             .expect("Xvfb (scripts/install-deps.sh installs it)");
-        let display = Display { number, xvfb };
+        let mut display = Display { number, xvfb };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !Path::new(&format!("/tmp/.X11-unix/X{number}")).exists() {
+            if let Ok(Some(status)) = display.xvfb.try_wait() {
+                panic!("Xvfb :{number} exited at start: {status}");
+            }
             assert!(std::time::Instant::now() < deadline, "Xvfb did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -258,6 +260,22 @@ impl Drop for Display {
     fn drop(&mut self) {
         let _ = self.xvfb.kill();
         let _ = self.xvfb.wait();
+    }
+}
+
+/// A process this test started, killed (by its PID) when the test ends, however it ends.
+struct Started(std::process::Child);
+
+impl Started {
+    fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -428,7 +446,7 @@ fn a_file_manager_shows_a_5000_file_directory_with_one_listing() {
     )
     .unwrap();
     let pcmanfm = |dir: &Path| {
-        Command::new("pcmanfm")
+        let child = Command::new("pcmanfm")
             .arg(dir)
             .env("DISPLAY", display.name())
             .env("HOME", &home)
@@ -441,7 +459,8 @@ fn a_file_manager_shows_a_5000_file_directory_with_one_listing() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("pcmanfm (scripts/install-deps.sh installs it)")
+            .expect("pcmanfm (scripts/install-deps.sh installs it)");
+        Started(child)
     };
     let window_shown = |title: &str| {
         let out = run(
@@ -479,7 +498,7 @@ fn a_file_manager_shows_a_5000_file_directory_with_one_listing() {
         || window_shown("big"),
     );
     wait_until_quiet(&server, Duration::from_secs(3));
-    assert!(browser.try_wait().unwrap().is_none(), "PCManFM died");
+    assert!(browser.alive(), "PCManFM died");
     let shot = display.screenshot();
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     fs::create_dir_all(&artifacts).unwrap();
@@ -527,7 +546,7 @@ fn a_file_manager_shows_a_5000_file_directory_with_one_listing() {
     // Content sniffing: a small range of each file, never all of it.
     let fetched_before = number_after(&stats(), "bytes_fetched");
     let before = server.commands().len();
-    let mut second = pcmanfm(&m.join("mixed"));
+    let second = pcmanfm(&m.join("mixed"));
     wait_for(
         "the PCManFM window on mixed/",
         Duration::from_secs(60),
@@ -548,11 +567,9 @@ fn a_file_manager_shows_a_5000_file_directory_with_one_listing() {
         fetched <= (SNIFFED * 256 * 1024) as u64,
         "{fetched} bytes downloaded to sniff {SNIFFED} files"
     );
-    assert!(browser.try_wait().unwrap().is_none(), "PCManFM died");
-    let _ = second.kill();
-    let _ = second.wait();
-    let _ = browser.kill();
-    let _ = browser.wait();
+    assert!(browser.alive(), "PCManFM died");
+    drop(second);
+    drop(browser);
     drop(display);
     drop(m);
     drop(server);

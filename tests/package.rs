@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::env;
-use common::mount::{force_unmount, mounted_fstype, run, scratch_dir};
+use common::mount::{force_unmount, mounted_fstype, run, run_ok, scratch_dir};
 
 const STEP: Duration = Duration::from_secs(60);
 
@@ -20,15 +20,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// Runs `command`, and panics with its output unless it succeeds.
 fn ok(what: &str, command: &mut Command) -> Output {
-    let out = run(command, STEP);
-    assert!(
-        out.status.success(),
-        "{what}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
+    run_ok(what, command, STEP)
 }
 
 /// Removes the package (and any mount left) however the test ends.
@@ -41,7 +33,8 @@ impl Drop for Installed<'_> {
         if mounted_fstype(self.mountpoint).is_some() {
             force_unmount(self.mountpoint);
         }
-        let _ = run(Command::new("dpkg").args(["-r", "ftpsfs"]), STEP);
+        // Also after a dpkg -i that failed half way.
+        let _ = run(Command::new("dpkg").args(["--purge", "ftpsfs"]), STEP);
     }
 }
 
@@ -68,10 +61,10 @@ fn the_debian_package_installs_mounts_and_removes() {
 
     let mountpoint = dir.join("mnt");
     fs::create_dir_all(&mountpoint).unwrap();
-    ok("dpkg -i", Command::new("dpkg").args(["-i", &deb]));
     let _installed = Installed {
         mountpoint: &mountpoint,
     };
+    ok("dpkg -i", Command::new("dpkg").args(["-i", &deb]));
 
     let version = ok(
         "ftpsfs --version",

@@ -146,7 +146,16 @@ impl FtpFs {
                     .into_iter()
                     .chain([&as_listed])
                     .find(|version| downloaded_now(version));
-                (known.map_or(exact, |version| version.mtime), true)
+                match known {
+                    Some(version) => (version.mtime, true),
+                    None => {
+                        // Whatever is cached is of another content, or unchecked: it
+                        // must not be hit, even should the exact time fall on the listed
+                        // minute and so give the same key.
+                        self.cache.forget_path(path);
+                        (exact, true)
+                    }
+                }
             }
             Err(e) => {
                 tracing::debug!(path = %path.escape_ascii(), "cannot check a coarse listing time ({e}); cached data dropped");

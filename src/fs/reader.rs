@@ -422,6 +422,7 @@ impl Reader {
         let _forget = ForgetFetch {
             fetching: &self.fetching,
             key,
+            lock: &lock,
         };
         // Another reader may have fetched it while we waited.
         if let Some(segment) = self.cache.get(key, from, to) {
@@ -489,20 +490,25 @@ impl Reader {
         if self.cache.contains(&key, 0, len) {
             return Ok(false);
         }
-        let lock = {
+        // Locked before it is in the map, so a reader finding it there always waits.
+        let lock: Arc<tokio::sync::Mutex<()>> = Arc::default();
+        let _guard = lock.clone().try_lock_owned().expect("a new lock is free");
+        {
             let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
             if fetching.contains_key(&key) {
                 return Ok(false);
             }
-            let lock: Arc<tokio::sync::Mutex<()>> = Arc::default();
             fetching.insert(key.clone(), lock.clone());
-            lock
-        };
-        let _guard = lock.lock().await;
+        }
         let _forget = ForgetFetch {
             fetching: &self.fetching,
             key: &key,
+            lock: &lock,
         };
+        // A reader's fetch may have ended between the first look and the map.
+        if self.cache.contains(&key, 0, len) {
+            return Ok(false);
+        }
         let pool = &self.pool;
         let requested = Instant::now();
         let fetched = crate::with_connection!(pool, |conn| {
@@ -536,18 +542,23 @@ impl Reader {
     }
 }
 
-/// Removes a block's fetch lock from the map when the fetch ends, however it ends.
+/// Removes a block's fetch lock from the map when the fetch ends, however it ends, unless
+/// a later fetch of the block has put its own there meanwhile.
 struct ForgetFetch<'a> {
     fetching: &'a Mutex<HashMap<BlockKey, Arc<tokio::sync::Mutex<()>>>>,
     key: &'a BlockKey,
+    lock: &'a Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Drop for ForgetFetch<'_> {
     fn drop(&mut self) {
-        self.fetching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(self.key);
+        let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if fetching
+            .get(self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, self.lock))
+        {
+            fetching.remove(self.key);
+        }
     }
 }
 

@@ -663,6 +663,11 @@ impl FtpFs {
         if let Content::Streaming(stream) = std::mem::replace(&mut state.content, Content::Server) {
             self.abandon(stream);
         }
+        if matches!(state.content, Content::Server) {
+            // What the server has stays, and so does its size: a later write must not
+            // pad the old content out to the failed upload's length.
+            state.size = state.base.as_ref().map_or(0, |base| base.size);
+        }
         state.dirty = false;
         state.written = false;
         state.failure = Some(error);

@@ -26,15 +26,16 @@ impl Activity {
         Arc::new(Self {
             id,
             tls: OnceLock::new(),
-            step: Mutex::new(("connecting".into(), Instant::now())),
+            // Registered once logged in; the login's own commands pass unseen.
+            step: Mutex::new((String::new(), Instant::now())),
             bytes: AtomicU64::new(0),
             data_connections: AtomicU64::new(0),
         })
     }
 
     /// The connection sent `command` (as logs show it), or went "idle".
-    pub fn set_step(&self, command: &str) {
-        let mut shown = command.to_string();
+    pub fn set_step(&self, command: impl Into<String>) {
+        let mut shown = command.into();
         if shown.len() > MAX_SHOWN {
             let mut end = MAX_SHOWN;
             while !shown.is_char_boundary(end) {
@@ -134,7 +135,7 @@ mod tests {
         second.add_bytes(100);
         second.set_tls("TLSv1_3".into());
         second.count_data_connection();
-        first.set_step(&"x".repeat(1000));
+        first.set_step("x".repeat(1000));
         assert_eq!(first.report().step.chars().count(), MAX_SHOWN + 1);
         drop(first);
         let reports = registry.snapshot();

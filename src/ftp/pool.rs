@@ -508,18 +508,8 @@ impl PoolInner {
         match &opened {
             Ok(conn) => {
                 self.activities.register(conn.activity());
-                let was_connected = self.ever_connected.swap(true, Ordering::Relaxed);
-                let outage = self
-                    .unreachable
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                if let (Some((_, since)), true) = (outage, was_connected) {
-                    tracing::warn!(
-                        "server reachable again after {:.1} s",
-                        since.elapsed().as_secs_f64()
-                    );
-                }
+                self.note_reachable();
+                self.ever_connected.store(true, Ordering::Relaxed);
             }
             // 421 at login: busy, not gone (the limit is lowered instead).
             Err(e) if e.reply_code() != Some(421) => {
@@ -563,8 +553,25 @@ impl PoolInner {
         ControlConnection::connect(self.connect.clone(), self.stats.clone()).await
     }
 
+    /// The server answered: an outage noted before is over (a failed connect while the
+    /// open connections kept working ends here too).
+    fn note_reachable(&self) {
+        let outage = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some((_, since)), true) = (outage, self.ever_connected.load(Ordering::Relaxed)) {
+            tracing::warn!(
+                "server reachable again after {:.1} s",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
     fn return_idle(&self, conn: ControlConnection) {
         conn.activity().set_step("idle");
+        self.note_reachable();
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -218,6 +218,19 @@ pub fn run(command: &mut Command, timeout: Duration) -> Output {
     }
 }
 
+/// [`run`], panicking with the command's output unless it succeeds; `what` names it.
+pub fn run_ok(what: &str, command: &mut Command, timeout: Duration) -> Output {
+    let out = run(command, timeout);
+    assert!(
+        out.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `fusermount3 -u PATH`, falling back to a lazy `umount -l` when the mount is busy or the
 /// process is gone. Returns whether the first, clean unmount worked.
 pub fn force_unmount(path: &Path) -> bool {

@@ -194,7 +194,7 @@ impl ControlConnection {
         size_of(&reply)
     }
 
-    /// After an upload to `path`: the size the server stores (as [`Self::stored_size`]),
+    /// After an upload to `path`: the size the server stores (SIZE, or MLST's size fact),
     /// and the modification time and mode set, when asked for, all in one round trip
     /// where the server's way of setting times is known.
     pub async fn check_upload(
@@ -221,15 +221,7 @@ impl ControlConnection {
             .collect();
         let mut replies = self.mutate_all(&commands).await?.into_iter();
         let mut outcome = |command: &Command| {
-            let reply = replies.next().expect("one reply per command");
-            if reply.is_success() {
-                Ok(reply)
-            } else {
-                Err(FtpError::Rejected {
-                    command: command.shown(),
-                    reply,
-                })
-            }
+            success_or_rejected(command, replies.next().expect("one reply per command"))
         };
         let size_reply = outcome(&size);
         let time_set = time.as_ref().map(|c| outcome(c).map(drop));
@@ -271,16 +263,6 @@ impl ControlConnection {
             )?),
             TimeSetting::Unknown | TimeSetting::Unsupported => None,
         })
-    }
-
-    /// The size of a file as the server stores it, to check an upload: SIZE, or the
-    /// size fact of MLST where SIZE is unknown; None when the server has neither.
-    pub async fn stored_size(&mut self, path: &[u8]) -> Result<Option<u64>, FtpError> {
-        match self.size(path).await {
-            Ok(size) => Ok(Some(size)),
-            Err(e) if !e.is_unsupported() => Err(e),
-            Err(_) => self.stored_size_without_size(path).await,
-        }
     }
 
     /// The size fact of MLST, for a server without SIZE; None without MLST either.
@@ -388,14 +370,7 @@ impl ControlConnection {
     /// Sends one mutation and fails unless its reply is 2xx.
     async fn mutate_one(&mut self, command: Command) -> Result<Reply, FtpError> {
         let [reply] = self.mutate([&command]).await?;
-        if reply.is_success() {
-            Ok(reply)
-        } else {
-            Err(FtpError::Rejected {
-                command: command.shown(),
-                reply,
-            })
-        }
+        success_or_rejected(&command, reply)
     }
 
     /// Deletes the file `path` (DELE).
@@ -598,11 +573,11 @@ impl ControlConnection {
         offset: u64,
     ) -> Result<(DataConnection, Option<Timestamp>), FtpError> {
         let retr = Command::with_arg(&verb::RETR, path)?;
-        if !self.features().mdtm {
-            return Ok((self.open_data(retr, offset).await?, None));
-        }
-        let mdtm = Command::with_arg(&verb::MDTM, path)?;
-        let (data, reply) = self.open_data_after(Some(&mdtm), retr, offset).await?;
+        let mdtm = match self.features().mdtm {
+            true => Some(Command::with_arg(&verb::MDTM, path)?),
+            false => None,
+        };
+        let (data, reply) = self.open_data_after(mdtm.as_ref(), retr, offset).await?;
         let time = match reply.as_ref().map(time_of) {
             Some(Ok(time)) => Some(time),
             Some(Err(e)) => {
@@ -612,6 +587,18 @@ impl ControlConnection {
             None => None,
         };
         Ok((data, time))
+    }
+}
+
+/// `reply` when it is 2xx, otherwise the error naming `command` and the reply.
+pub(super) fn success_or_rejected(command: &Command, reply: Reply) -> Result<Reply, FtpError> {
+    if reply.is_success() {
+        Ok(reply)
+    } else {
+        Err(FtpError::Rejected {
+            command: command.shown(),
+            reply,
+        })
     }
 }
 

@@ -418,13 +418,16 @@ impl ControlConnection {
         // EPSV worked before on this connection, so a refusal now, or a refused REST
         // (after which the command would start at 0), leaves the server waiting for a
         // connection that must not come: the connection is given up.
+        let shown_reply = epsv_reply.to_string();
         let target = match self.epsv_target(epsv_reply) {
             Ok(Some(target)) => target,
             Ok(None) => {
                 self.mark_broken();
                 return Err(FtpError::Protocol {
                     step: "EPSV".into(),
-                    detail: "the server refused EPSV after accepting it before".into(),
+                    detail: format!(
+                        "the server refused EPSV after accepting it before: {shown_reply}"
+                    ),
                 });
             }
             Err(e) => {
@@ -520,7 +523,8 @@ impl ControlConnection {
     /// Ends a transfer whose data was read to the end: close_notify, then the final reply.
     ///
     /// vsftpd holds the 226 until the client's close_notify arrives, so the shutdown must
-    /// come first. A 426/451 after data that ended with close_notify keeps the data.
+    /// come first. A 426/451 is an error even after close_notify: the server stopped
+    /// early. Only [`Self::finish_complete_data`], for data counted whole, lets it pass.
     pub async fn finish_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
         let DataConnection {
             mut transport,

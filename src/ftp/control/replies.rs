@@ -138,7 +138,7 @@ impl ControlConnection {
         if let Some(last) = commands.last() {
             // In a pipeline the transfer command comes last: that is what the connection
             // is busy with.
-            self.activity.set_step(&last.shown());
+            self.activity.set_step(last.shown());
         }
         let mut line = Vec::new();
         for command in commands {
@@ -179,14 +179,7 @@ impl ControlConnection {
     /// Sends a command and fails unless the reply is 2xx.
     pub(super) async fn expect_success(&mut self, command: Command) -> Result<Reply, FtpError> {
         let [reply] = self.pipeline([&command]).await?;
-        if reply.is_success() {
-            Ok(reply)
-        } else {
-            Err(FtpError::Rejected {
-                command: command.shown(),
-                reply,
-            })
-        }
+        super::commands::success_or_rejected(&command, reply)
     }
 
     /// Sends `commands` together and reads their replies, failing on the first 421.
