@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{ConfigError, ConnectionSettings};
-use crate::fs::FsConfig;
+use crate::fs::{FsConfig, ParallelReads};
 use crate::ftp::tls::parse_fingerprint;
 use crate::ftp::{PoolOptions, Timeouts, TlsVersions};
 
@@ -35,6 +35,8 @@ pub struct Settings {
     pub connections: usize,
     /// `dir_prefetch=`: subdirectories listed ahead when a directory is opened.
     pub dir_prefetch: usize,
+    /// `parallel_reads=`: when a sequential reader's file is split into parallel ranges.
+    pub parallel_reads: ParallelReads,
     /// `uid=`: owner of every file.
     pub uid: u32,
     /// `gid=`: group of every file.
@@ -131,9 +133,10 @@ impl Default for Settings {
             dir_ttl: Duration::from_secs(60),
             cache_size: 256 << 20,
             block_size: 1 << 20,
-            max_readahead: 64 << 20,
+            max_readahead: 128 << 20,
             connections: PoolOptions::default().max_connections,
             dir_prefetch: 64,
+            parallel_reads: ParallelReads::Auto,
             uid,
             gid,
             umask: 0o022,
@@ -405,12 +408,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "readahead",
         value: Some("SIZE"),
         short: None,
-        default: WhenUnset::Value("64M"),
-        meaning: "largest read-ahead window of a sequential reader (at most half of `cache_size`)",
-        reason: "64 MiB ahead keeps a 1 Gbit/s link busy at 500 ms RTT and stays well under the cache size",
+        default: WhenUnset::Value("128M"),
+        meaning: "largest read-ahead window of a sequential reader, its stream and parallel ranges together (at most half of `cache_size`)",
+        reason: "parallel ranges share it: at 150 ms RTT four 32 MiB ranges ran at 25.6 MB/s against 18.4 MB/s for four of 16 MiB, and curl's one stream at 19 MB/s",
         scope: Scope::Mount,
         apply: |s, v| {
-            s.max_readahead = size(v, "64M")?;
+            s.max_readahead = size(v, "128M")?;
             Ok(())
         },
     },
@@ -440,6 +443,24 @@ pub const SETTINGS: &[Setting] = &[
         scope: Scope::Mount,
         apply: |s, v| {
             s.dir_prefetch = number(v, "expected a number (0 turns listing ahead off)")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "parallel_reads",
+        value: Some("auto|always|off"),
+        short: None,
+        default: WhenUnset::Value("auto"),
+        meaning: "fetch ranges of a file on several connections at once when its one stream is slower than its reader: `auto` only where the round trip is 2 ms or more (TCP's window then holds a stream back), `always` also nearby (a server that limits each connection's speed), `off` never",
+        reason: "at 150 ms RTT one stream carries about 19 MB/s whatever the link; on loopback one stream already takes all the CPU",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.parallel_reads = match value(v)? {
+                "auto" => ParallelReads::Auto,
+                "always" => ParallelReads::Always,
+                "off" => ParallelReads::Off,
+                _ => return Err("expected auto, always or off".into()),
+            };
             Ok(())
         },
     },
@@ -743,6 +764,7 @@ impl Settings {
                 .min(self.cache_size / 2)
                 .max(self.block_size),
             dir_prefetch: self.dir_prefetch,
+            parallel_reads: self.parallel_reads,
             read_only: self.read_only,
             staging_dir: self.cache_dir.join("staging"),
             atomic_uploads: self.atomic_uploads,

@@ -19,12 +19,14 @@ END = "<!-- bench:results:end -->"
 
 SYSTEMS = [
     ("ftpsfs", "ftpsfs"),
+    ("ftpsfs-base", "ftpsfs<br>earlier build"),
     ("rclone-off", "rclone<br>cache off"),
     ("rclone-writes", "rclone<br>cache writes"),
     ("rclone-full", "rclone<br>cache full"),
     ("raw", "raw limit<br>(curl / ftp-raw.py)"),
 ]
 RATIOS = [
+    ("ftpsfs-base", "ftpsfs ÷<br>earlier build"),
     ("rclone-off", "ftpsfs ÷<br>rclone off"),
     ("rclone-writes", "ftpsfs ÷<br>rclone writes"),
     ("rclone-full", "ftpsfs ÷<br>rclone full"),

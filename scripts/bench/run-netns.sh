@@ -277,8 +277,10 @@ mount_fs() {
     MOUNT_SEQ=$((MOUNT_SEQ + 1))
     MOUNT_LOG=$LOGS/$SYS-$SRV-rtt$LAT-run$RUN-$MOUNT_SEQ.log
     case $SYS in
-    ftpsfs)
-        "$FTPSFS_BIN" "ftp://$BENCH_USER@$HOST:$SRV_PORT/" "$dir" -f \
+    ftpsfs | ftpsfs-base)
+        local bin=$FTPSFS_BIN
+        [[ $SYS == ftpsfs-base ]] && bin=$FTPSFS_BASE_BIN
+        "$bin" "ftp://$BENCH_USER@$HOST:$SRV_PORT/" "$dir" -f \
             -o "ca_file=$CA,password_file=$PASSWORD_FILE,cache_size=$FTPSFS_CACHE,log_file=$MOUNT_LOG${FTPSFS_OPTIONS:+,$FTPSFS_OPTIONS}" \
             </dev/null >>"$LOGS/ftpsfs.stderr" 2>&1 &
         ;;
@@ -689,6 +691,24 @@ r_seq() {
     settle 0.3
     rec seq_cmds "$(cmds_since "$mark")"
     rec seq_sent_mib "$(sent_mib_since "$mark")"
+    for n in ${SEQ_SPLITS:-4}; do r_seq_split "$n"; done
+}
+
+# What N connections can carry together: the file in N ranges, one curl each, at once
+# (as lftp's pget -n N does). Timed from the first start to the last end, login included.
+r_seq_split() {
+    local n=$1 i part from to pids=() p rc=0 t0
+    part=$(((SEQ_BYTES + n - 1) / n))
+    t0=$EPOCHREALTIME
+    for ((i = 0; i < n; i++)); do
+        from=$((i * part)) to=$(((i + 1) * part - 1))
+        ((to < SEQ_BYTES)) || to=$((SEQ_BYTES - 1))
+        curl_base "$(url "$SEQ_FILE")" --range "$from-$to" -o /dev/null -w "%{time_pretransfer} %{time_starttransfer} %{time_total} %{speed_download}\n" >>"$LOGS/split$n.times" &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    ELAPSED=$(elapsed "$t0" "$EPOCHREALTIME")
+    rec_rate "seq_split${n}_mbps" "$SEQ_BYTES" $rc
 }
 
 r_par() {

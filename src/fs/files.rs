@@ -73,6 +73,7 @@ impl FtpFs {
                 );
             self.siblings
                 .opened(node.parent, &parent.path, node.name(), &version, &listing);
+            self.reader.prepare(&version);
             let handle = self
                 .handles
                 .insert(Handle::Read(Arc::new(OpenFile::new(ino, version))));

@@ -23,6 +23,9 @@ pub mod handles;
 pub mod inode;
 mod janitor;
 mod names;
+mod parallel;
+
+pub use parallel::ParallelReads;
 pub mod namespace;
 mod readahead;
 pub mod reader;
@@ -75,6 +78,8 @@ pub struct FsConfig {
     pub max_readahead: u64,
     /// Subdirectories listed ahead when a directory is opened (0: none).
     pub dir_prefetch: usize,
+    /// When a sequential reader's file is split into parallel ranges.
+    pub parallel_reads: ParallelReads,
     /// Refuse every change (EROFS).
     pub read_only: bool,
     /// Where staging files go (see `staging.rs`).
@@ -132,6 +137,8 @@ pub struct FsStats {
     pub bytes_fetched: u64,
     /// Small files downloaded whole ahead of their reader.
     pub files_read_ahead: u64,
+    /// Ranges of large files fetched in parallel ahead of a sequential reader.
+    pub parallel_ranges: u64,
     /// Bytes held in the block cache.
     pub cached_bytes: u64,
     /// Temporary files of failed uploads not deleted yet (the server was unreachable).
@@ -179,6 +186,7 @@ impl FtpFs {
                 data_timeout: config.data_timeout,
                 // Long enough for a reader that pauses between files (tar, rsync).
                 stream_idle: Duration::from_secs(5),
+                parallel: config.parallel_reads,
             },
         );
         let attrs = AttrPolicy {
@@ -252,6 +260,7 @@ impl FtpFs {
                 streams: read.streams.load(Ordering::Relaxed),
                 range_fetches: read.range_fetches.load(Ordering::Relaxed),
                 files_read_ahead: read.files_read_ahead.load(Ordering::Relaxed),
+                parallel_ranges: read.parallel_ranges.load(Ordering::Relaxed),
             },
             listings: self.dirs.listings_fetched(),
             inodes: self.inodes.lock().unwrap_or_else(|e| e.into_inner()).len(),
@@ -280,6 +289,7 @@ impl FtpFs {
             range_fetches: read.range_fetches.load(Ordering::Relaxed),
             bytes_fetched: read.bytes_fetched.load(Ordering::Relaxed),
             files_read_ahead: read.files_read_ahead.load(Ordering::Relaxed),
+            parallel_ranges: read.parallel_ranges.load(Ordering::Relaxed),
             cached_bytes: self.cache.bytes(),
             temporaries_waiting: self.janitor.waiting() as u64,
         }

@@ -27,6 +27,9 @@ use crate::ftp::{ControlConnection, DataConnection, FtpError, Pool, PooledConnec
 use super::blockcache::{BlockCache, BlockKey, FileVersion, Mtime, Segment};
 use super::error::FsError;
 use super::failure::{Attempt, RecentFailure, RemembersFailure};
+use super::parallel::{
+    Measured, ParallelRanges, ParallelReads, PartsGone, PartsJob, Plan, MIN_RANGE_BYTES,
+};
 
 /// Alignment and minimum size of a ranged (non-streaming) fetch.
 ///
@@ -39,6 +42,12 @@ const MIN_RANGE_FETCH: u64 = 16 * 1024;
 /// Connections a stream must leave free, so listings and small reads never starve.
 const CONNECTIONS_RESERVED_FOR_OTHERS: usize = 1;
 
+/// A reader that still waits for its stream once the stream may run this many blocks
+/// ahead is faster than the stream: the connection holds it back. Reached within about a
+/// second of streaming at 150 ms; a reader slower than its stream (a player) never waits
+/// that far ahead.
+const SPLIT_AFTER_WAITS_AT_WINDOW: u64 = 8;
+
 /// How reads behave.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadConfig {
@@ -50,6 +59,8 @@ pub struct ReadConfig {
     pub data_timeout: Duration,
     /// A stream whose reader asked for nothing this long gives its connection back.
     pub stream_idle: Duration,
+    /// When a file is split into parallel ranges.
+    pub parallel: ParallelReads,
 }
 
 /// Counters for diagnostics and benchmarks.
@@ -63,6 +74,8 @@ pub struct ReadStats {
     pub bytes_fetched: AtomicU64,
     /// Small files downloaded whole ahead of their reader (see `readahead.rs`).
     pub files_read_ahead: AtomicU64,
+    /// Ranges fetched in parallel ahead of a sequential reader (see `parallel.rs`).
+    pub parallel_ranges: AtomicU64,
 }
 
 /// One open file: its version at open time and its reader state.
@@ -79,6 +92,10 @@ struct ReadState {
     /// Where the previous read ended: a read starting here is sequential.
     last_end: Option<u64>,
     stream: Option<Stream>,
+    /// Ranges fetched in parallel past the stream, once the stream proved too slow.
+    parallel: Option<ParallelRanges>,
+    /// Whether splitting the file into parallel ranges was considered (once per open).
+    split_considered: bool,
     /// The last read of this open file that timed out; see
     /// [`FAILURE_MEMORY`](super::failure::FAILURE_MEMORY).
     failure: RecentFailure,
@@ -143,6 +160,31 @@ impl Reader {
         let len = version.size - last * block_size;
         self.cache
             .contains(&Self::key(version, last), len.saturating_sub(1), len)
+    }
+
+    /// Prepares for reading `version`: when the server is distant and the file large
+    /// enough to be split into parallel ranges, the connections a stream and its ranges
+    /// would use log in now, in the background. A login costs seven round trips (1.7 s
+    /// at 150 ms); the first read and the stream's start then hide most of it.
+    pub fn prepare(&self, version: &FileVersion) {
+        let Some(min_round_trip) = self.config.parallel.min_round_trip() else {
+            return;
+        };
+        if version.size < 2 * MIN_RANGE_BYTES {
+            return;
+        }
+        if self
+            .pool
+            .round_trip()
+            .is_some_and(|rtt| rtt >= min_round_trip)
+        {
+            let max_streams = self
+                .pool
+                .limit()
+                .saturating_sub(CONNECTIONS_RESERVED_FOR_OTHERS);
+            self.pool
+                .warm_up(max_streams, CONNECTIONS_RESERVED_FOR_OTHERS);
+        }
     }
 
     /// The cache block size: the largest file read ahead whole.
@@ -221,6 +263,9 @@ impl Reader {
             if let Some(stream) = &state.stream {
                 stream.note_reader_at(index);
             }
+            if let Some(parallel) = &state.parallel {
+                parallel.note_reader_at(index);
+            }
             if let Some(segment) = self.cache.get(&key, from, to) {
                 if !state.asked_cache_time {
                     state.asked_cache_time = true;
@@ -232,11 +277,42 @@ impl Reader {
                 pos = block_start + to;
                 continue;
             }
-            if let Some(stream) = &state.stream {
+            // Past the stream's end, the parallel ranges have the block, or nobody does.
+            let mut parts_own_block = false;
+            if let Some(parallel) = &state.parallel {
+                if index >= parallel.start_block() {
+                    parts_own_block = true;
+                    if parallel.can_serve(index) {
+                        match parallel.wait_for(index, self.config.data_timeout).await {
+                            Ok(()) => {
+                                if let Some(segment) = self.cache.get(&key, from, to) {
+                                    out.push(&segment, from, to);
+                                    pos = block_start + to;
+                                    continue;
+                                }
+                            }
+                            Err(PartsGone::Failed(e)) => {
+                                state.parallel = None;
+                                return Err(e);
+                            }
+                            Err(PartsGone::Ended) => state.parallel = None,
+                        }
+                    } else {
+                        tracing::debug!(
+                            ino = file.ino,
+                            block = index,
+                            "read outside the parallel ranges; stopping them"
+                        );
+                        state.parallel = None;
+                    }
+                }
+            }
+            if let (Some(stream), false) = (&state.stream, parts_own_block) {
                 if stream.can_serve(index) {
                     match stream.wait_for(index, self.config).await {
                         Ok(()) => {
                             if let Some(segment) = self.cache.get(&key, from, to) {
+                                self.consider_split(file, state, index);
                                 out.push(&segment, from, to);
                                 pos = block_start + to;
                                 continue;
@@ -260,7 +336,11 @@ impl Reader {
                     state.stream = None;
                 }
             }
-            if state.stream.is_none() && !stream_ended && (sequential || pos > offset) {
+            if state.stream.is_none()
+                && !stream_ended
+                && !parts_own_block
+                && (sequential || pos > offset)
+            {
                 if let Some(stream) = self.start_stream(file, state, index).await? {
                     state.stream = Some(stream);
                     continue;
@@ -293,9 +373,81 @@ impl Reader {
         Ok(out.into_data())
     }
 
-    /// Stops the file's stream, if any (the file was closed).
+    /// Stops the file's stream and parallel ranges, if any (the file was closed).
     pub async fn release(&self, file: &OpenFile) {
-        file.state.lock().await.stream = None;
+        let mut state = file.state.lock().await;
+        state.stream = None;
+        state.parallel = None;
+    }
+
+    /// Splits the rest of the file into ranges fetched in parallel, once its stream has
+    /// shown it is slower than its reader because of its connection (the reader kept
+    /// waiting at the largest window), if the measurements say it would pay.
+    fn consider_split(&self, file: &OpenFile, state: &mut ReadState, reader_block: u64) {
+        let Some(min_round_trip) = self.config.parallel.min_round_trip() else {
+            return;
+        };
+        if state.split_considered || state.parallel.is_some() {
+            return;
+        }
+        let Some(stream) = &state.stream else {
+            return;
+        };
+        let Some(measured) = stream.measured_if_connection_limited(self.config.block_size) else {
+            return;
+        };
+        state.split_considered = true;
+        let max_streams = self
+            .pool
+            .limit()
+            .saturating_sub(CONNECTIONS_RESERVED_FOR_OTHERS);
+        // The stream's own slot counts: it ends where the ranges begin.
+        let spare = max_streams.saturating_sub(self.streams_running.load(Ordering::Acquire)) + 1;
+        let block_size = self.config.block_size;
+        let budget = self.config.max_window_blocks * block_size;
+        let stream_at = stream.next_block();
+        let remaining = file.version.size.saturating_sub(stream_at * block_size);
+        let Some(plan) = Plan::for_stream(
+            measured,
+            min_round_trip,
+            spare,
+            budget,
+            remaining,
+            block_size,
+        ) else {
+            tracing::debug!(
+                ino = file.ino,
+                ?measured,
+                spare,
+                "not splitting: it would not pay"
+            );
+            return;
+        };
+        // The stream goes on as the first range; the parts take the ranges after it.
+        let split_at = stream.stop_at(stream_at + plan.range_blocks);
+        tracing::debug!(
+            ino = file.ino,
+            ?measured,
+            parts = plan.parts,
+            split_at,
+            "stream limited by its connection; splitting the rest of the file"
+        );
+        state.parallel = Some(ParallelRanges::start(
+            PartsJob {
+                pool: self.pool.clone(),
+                cache: self.cache.clone(),
+                stats: self.stats.clone(),
+                version: file.version.clone(),
+                server_time: state.seen_time,
+                config: self.config,
+                budget_blocks: self.config.max_window_blocks,
+                reserve: CONNECTIONS_RESERVED_FOR_OTHERS,
+                streams_running: self.streams_running.clone(),
+            },
+            plan,
+            split_at,
+            reader_block,
+        ));
     }
 
     /// Starts a stream at block `index`, unless as many streams run as the pool can give
@@ -579,7 +731,7 @@ async fn end_download(
 }
 
 /// True when the data connection is at its end (the file is not longer than listed).
-async fn expect_end(data: &mut DataConnection) -> Result<bool, FtpError> {
+pub(super) async fn expect_end(data: &mut DataConnection) -> Result<bool, FtpError> {
     let mut probe = [0u8; 1];
     Ok(data.read(&mut probe).await? == 0)
 }
@@ -641,10 +793,11 @@ enum StreamGone {
 }
 
 /// One of the limited number of streams that may run at once; freed on drop.
-struct StreamSlot(Arc<AtomicUsize>);
+pub(super) struct StreamSlot(Arc<AtomicUsize>);
 
 impl StreamSlot {
-    fn take(running: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+    /// A slot, if fewer than `max` are taken.
+    pub(super) fn take(running: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
         running
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -695,8 +848,19 @@ struct StreamState {
     wanted: u64,
     /// How many blocks past `wanted` the stream may run ahead.
     window: u64,
+    /// The first block the stream must not fetch: parallel ranges have it.
+    limit: u64,
     cancelled: bool,
     outcome: Option<Result<(), FsError>>,
+    /// When the first block arrived, and when the latest did: the stream's speed.
+    first_block_at: Option<Instant>,
+    latest_block_at: Option<Instant>,
+    blocks_after_first: u64,
+    /// The data connection's TCP round trip, as the kernel measured it.
+    round_trip: Option<Duration>,
+    /// How often the reader had to wait with the window already wide (see
+    /// [`SPLIT_AFTER_WAITS_AT_WINDOW`]).
+    waits_at_full_window: u32,
 }
 
 impl Stream {
@@ -711,8 +875,14 @@ impl Stream {
                 next_block: start_block,
                 wanted: start_block,
                 window: 1,
+                limit: u64::MAX,
                 cancelled: false,
                 outcome: None,
+                first_block_at: None,
+                latest_block_at: None,
+                blocks_after_first: 0,
+                round_trip: None,
+                waits_at_full_window: 0,
             }),
             progress: Notify::new(),
             demand: Notify::new(),
@@ -747,6 +917,7 @@ impl Stream {
         let state = self.shared.lock();
         !state.cancelled
             && state.outcome.is_none()
+            && block < state.limit
             && block >= self.start_block
             && block >= state.next_block
             && block <= state.next_block + state.window
@@ -769,6 +940,37 @@ impl Stream {
         self.shared.lock().window = 1;
     }
 
+    /// The next block the stream will deliver.
+    fn next_block(&self) -> u64 {
+        self.shared.lock().next_block
+    }
+
+    /// Stops the stream before block `limit` (or before the block it is fetching, if
+    /// that is further); returns where it stops.
+    fn stop_at(&self, limit: u64) -> u64 {
+        let mut state = self.shared.lock();
+        state.limit = limit.max(state.next_block);
+        let limit = state.limit;
+        drop(state);
+        self.shared.demand.notify_one();
+        limit
+    }
+
+    /// What the stream measured, once its reader has waited for it with a wide window:
+    /// the stream is then slower than its reader, held back by its connection.
+    fn measured_if_connection_limited(&self, block_size: u64) -> Option<Measured> {
+        let state = self.shared.lock();
+        if state.waits_at_full_window < 1 || state.blocks_after_first < 4 {
+            return None;
+        }
+        let elapsed = state.latest_block_at?.duration_since(state.first_block_at?);
+        Some(Measured {
+            bytes_per_second: (state.blocks_after_first * block_size) as f64
+                / elapsed.as_secs_f64().max(1e-6),
+            round_trip: state.round_trip?,
+        })
+    }
+
     async fn wait_for(&self, block: u64, config: ReadConfig) -> Result<(), StreamGone> {
         let mut grew = false;
         loop {
@@ -785,6 +987,11 @@ impl Stream {
                     None => {}
                 }
                 state.wanted = state.wanted.max(block);
+                if !grew
+                    && state.window >= SPLIT_AFTER_WAITS_AT_WINDOW.min(config.max_window_blocks)
+                {
+                    state.waits_at_full_window += 1;
+                }
                 if !grew {
                     // The reader caught up with the stream: let it run further ahead.
                     state.window = (state.window * 2).min(config.max_window_blocks.max(1));
@@ -832,7 +1039,10 @@ async fn run_stream(
             let demand = shared.demand.notified();
             let (cancelled, wanted_soon) = {
                 let state = shared.lock();
-                (state.cancelled, block <= state.wanted + state.window)
+                (
+                    state.cancelled || block >= state.limit,
+                    block <= state.wanted + state.window,
+                )
             };
             if cancelled {
                 conn.abort_data(data).await?;
@@ -880,7 +1090,19 @@ async fn run_stream(
             conn.abort_data(data).await?;
             return Err(FsError::Changed);
         }
-        shared.lock().next_block = block + 1;
+        {
+            let mut state = shared.lock();
+            state.next_block = block + 1;
+            let now = Instant::now();
+            match state.first_block_at {
+                None => {
+                    state.first_block_at = Some(now);
+                    state.round_trip = data.round_trip();
+                }
+                Some(_) => state.blocks_after_first += 1,
+            }
+            state.latest_block_at = Some(now);
+        }
         shared.progress.notify_waiters();
         if block == last_block {
             if !expect_end(&mut data).await? {

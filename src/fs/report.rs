@@ -53,6 +53,8 @@ pub struct CacheReport {
     pub range_fetches: u64,
     /// Small files downloaded whole ahead of their reader.
     pub files_read_ahead: u64,
+    /// Ranges of large files fetched in parallel ahead of a sequential reader.
+    pub parallel_ranges: u64,
 }
 
 impl Report {
@@ -137,10 +139,11 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "downloads: {} streams, {} ranged, {} small files read ahead, {} received",
+            "downloads: {} streams, {} ranged, {} small files read ahead, {} ranges in parallel, {} received",
             c.streams,
             c.range_fetches,
             c.files_read_ahead,
+            c.parallel_ranges,
             bytes(c.bytes_fetched)
         );
         let _ = writeln!(
@@ -222,8 +225,8 @@ impl Report {
         let c = &self.cache;
         let _ = write!(
             out,
-            ",\"cache\":{{\"hits\":{},\"misses\":{},\"bytes_held\":{},\"capacity\":{},\"bytes_fetched\":{},\"streams\":{},\"range_fetches\":{},\"files_read_ahead\":{}}}",
-            c.hits, c.misses, c.bytes_held, c.capacity, c.bytes_fetched, c.streams, c.range_fetches, c.files_read_ahead
+            ",\"cache\":{{\"hits\":{},\"misses\":{},\"bytes_held\":{},\"capacity\":{},\"bytes_fetched\":{},\"streams\":{},\"range_fetches\":{},\"files_read_ahead\":{},\"parallel_ranges\":{}}}",
+            c.hits, c.misses, c.bytes_held, c.capacity, c.bytes_fetched, c.streams, c.range_fetches, c.files_read_ahead, c.parallel_ranges
         );
         let _ = write!(
             out,

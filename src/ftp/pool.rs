@@ -86,6 +86,10 @@ struct PoolInner {
     /// The current limit: starts at `max_connections`, shrinks when the server says 421.
     limit: AtomicUsize,
     idle: Mutex<Vec<ControlConnection>>,
+    /// A connection went idle (or a login started ahead ended).
+    idle_returned: tokio::sync::Notify,
+    /// Logins started ahead by `warm_up`, not ended yet.
+    warming: AtomicUsize,
     live: AtomicUsize,
     stats: Arc<TlsStats>,
     /// Every live connection's current step.
@@ -117,6 +121,8 @@ impl Pool {
                 permits: Arc::new(Semaphore::new(max)),
                 limit: AtomicUsize::new(max),
                 idle: Mutex::new(Vec::new()),
+                idle_returned: tokio::sync::Notify::new(),
+                warming: AtomicUsize::new(0),
                 live: AtomicUsize::new(0),
                 stats: Arc::new(TlsStats::default()),
                 activities: Activities::default(),
@@ -184,6 +190,20 @@ impl Pool {
             if let Some(conn) = self.take_idle().await {
                 return Ok(PooledConnection::new(conn, inner.clone(), permit));
             }
+            // A login started ahead (warm_up) is further along than a new one would be.
+            let deadline = tokio::time::Instant::now() + inner.options.acquire_timeout;
+            while inner.warming.load(Ordering::Acquire) > 0 {
+                let returned = inner.idle_returned.notified();
+                if let Some(conn) = self.take_idle().await {
+                    return Ok(PooledConnection::new(conn, inner.clone(), permit));
+                }
+                if tokio::time::timeout_at(deadline, returned).await.is_err() {
+                    break;
+                }
+            }
+            if let Some(conn) = self.take_idle().await {
+                return Ok(PooledConnection::new(conn, inner.clone(), permit));
+            }
             inner.live.fetch_add(1, Ordering::Relaxed);
             match inner.open().await {
                 Ok(conn) => return Ok(PooledConnection::new(conn, inner.clone(), permit)),
@@ -246,10 +266,7 @@ impl Pool {
         reserve: usize,
     ) -> Result<Option<PooledConnection>, FtpError> {
         let inner = &self.inner;
-        if inner.permits.available_permits() <= reserve {
-            return Ok(None);
-        }
-        let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
+        let Some(permit) = self.spare_permit(reserve) else {
             return Ok(None);
         };
         if let Some(conn) = self.take_idle().await {
@@ -270,6 +287,53 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    /// The round trip to the server, as the kernel measured it on an idle connection.
+    pub fn round_trip(&self) -> Option<std::time::Duration> {
+        let idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.iter().find_map(|conn| conn.round_trip())
+    }
+
+    /// Opens connections in the background until `count` are idle or being opened,
+    /// leaving `reserve` free, so work about to fan out finds them logged in (a login
+    /// costs seven round trips). Each goes back to the pool as soon as it is in, for
+    /// whoever waits for one. Failures are left to the work itself.
+    pub fn warm_up(&self, count: usize, reserve: usize) {
+        let idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        for _ in idle..count {
+            let Some(permit) = self.spare_permit(reserve) else {
+                break;
+            };
+            let inner = self.inner.clone();
+            inner.live.fetch_add(1, Ordering::Relaxed);
+            inner.warming.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                match inner.open().await {
+                    Ok(conn) => drop(PooledConnection::new(conn, inner.clone(), permit)),
+                    Err(e) => {
+                        inner.live.fetch_sub(1, Ordering::Relaxed);
+                        tracing::debug!("warming up the pool: {e}");
+                    }
+                }
+                inner.warming.fetch_sub(1, Ordering::AcqRel);
+                // Whoever waited for this login tries again (an idle one, or its own).
+                inner.idle_returned.notify_waiters();
+            });
+        }
+    }
+
+    /// A permit for one more connection, if `reserve` more stay free for others.
+    fn spare_permit(&self, reserve: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if self.inner.permits.available_permits() <= reserve {
+            return None;
+        }
+        self.inner.permits.clone().try_acquire_owned().ok()
     }
 
     async fn take_idle(&self) -> Option<ControlConnection> {
@@ -576,5 +640,6 @@ impl PoolInner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(conn);
+        self.idle_returned.notify_one();
     }
 }

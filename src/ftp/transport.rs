@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -39,6 +40,25 @@ impl Transport {
             Transport::Plain(tcp) => tcp,
             Transport::Tls(stream) => stream.get_ref().0,
         }
+    }
+
+    /// The kernel's smoothed round-trip estimate for the TCP socket (`TCP_INFO`), once
+    /// anything has crossed it; `None` where the kernel does not say.
+    pub fn round_trip(&self) -> Option<Duration> {
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it,
+        // and the descriptor is this transport's open TCP socket.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                self.tcp().as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
     }
 }
 

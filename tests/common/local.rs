@@ -16,7 +16,7 @@ use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
 use openssl::x509::{X509Name, X509};
 
-use ftpsfs::fs::{FsConfig, FtpFs};
+use ftpsfs::fs::{FsConfig, FtpFs, ParallelReads};
 use ftpsfs::ftp::{self, ConnectOptions, Pool, PoolOptions, Secret, Security, Timeouts};
 use ftpsfs::ftp::{TlsOptions, TlsVersions};
 
@@ -162,6 +162,14 @@ pub struct LocalConfig {
     pub dir_prefetch: usize,
     /// The server lists with LIST only, to the minute, as vsftpd does.
     pub list_only: bool,
+    /// Largest read-ahead of a sequential reader, its parallel ranges included.
+    pub max_readahead: u64,
+    /// When files are split into parallel ranges.
+    pub parallel_reads: ParallelReads,
+    /// Control connections in the pool.
+    pub connections: usize,
+    /// Block cache bytes.
+    pub cache_size: u64,
 }
 
 impl Default for LocalConfig {
@@ -174,6 +182,10 @@ impl Default for LocalConfig {
             dir_ttl: Duration::from_secs(60),
             dir_prefetch: 0,
             list_only: false,
+            max_readahead: 8 << 20,
+            parallel_reads: ParallelReads::Off,
+            connections: PoolOptions::default().max_connections,
+            cache_size: 64 << 20,
         }
     }
 }
@@ -207,21 +219,28 @@ impl LocalFs {
             )
         })
         .expect("start the strict server");
-        let pool = Pool::new(options(server.port(), config.tls), PoolOptions::default());
+        let pool = Pool::new(
+            options(server.port(), config.tls),
+            PoolOptions {
+                max_connections: config.connections,
+                ..PoolOptions::default()
+            },
+        );
         let fs = FtpFs::new(
             pool,
             Vec::new(),
             FsConfig {
                 dir_ttl: config.dir_ttl,
                 block_size: 1 << 20,
-                cache_size: 64 << 20,
+                cache_size: config.cache_size,
                 uid: 1000,
                 gid: 1000,
                 umask: 0o022,
                 op_timeout: Duration::from_secs(10),
                 data_timeout: Duration::from_secs(5),
-                max_readahead: 8 << 20,
+                max_readahead: config.max_readahead,
                 dir_prefetch: config.dir_prefetch,
+                parallel_reads: config.parallel_reads,
                 read_only: config.read_only,
                 staging_dir: staging.clone(),
                 atomic_uploads: config.atomic_uploads,

@@ -173,6 +173,8 @@ pub struct StrictServer {
 struct Faults {
     /// Bytes a file transfer sends before it stalls (u64::MAX: never).
     stall_data_after: AtomicU64,
+    /// Bytes per second each download may send (0: no limit).
+    data_rate: AtomicU64,
     /// Control connections served at once; more get vsftpd's 421 (0: no limit).
     max_sessions: AtomicUsize,
     /// Bytes uploads may still store before they fail (u64::MAX: no limit).
@@ -274,6 +276,7 @@ impl StrictServer {
             commands: Mutex::new(Vec::new()),
             faults: Faults {
                 stall_data_after: AtomicU64::new(u64::MAX),
+                data_rate: AtomicU64::new(0),
                 max_sessions: AtomicUsize::new(0),
                 space_left: AtomicU64::new(u64::MAX),
                 space_reply: AtomicU64::new(452),
@@ -410,6 +413,15 @@ impl StrictServer {
             .faults
             .stall_data_after
             .store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Each download started from now on sends at most `bytes_per_second`, as servers
+    /// that limit each connection's speed do (vsftpd's `local_max_rate`). None: no limit.
+    pub fn set_data_rate(&self, bytes_per_second: Option<u64>) {
+        self.shared
+            .faults
+            .data_rate
+            .store(bytes_per_second.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Uploads from now on may store `bytes` more bytes in all; the one that
@@ -1809,7 +1821,17 @@ fn copy_chunks<W: Write>(
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut sent = 0u64;
+    let rate = shared.faults.data_rate.load(Ordering::SeqCst);
+    let started = Instant::now();
     loop {
+        if rate > 0 {
+            // Never ahead of `rate` bytes per second since the start.
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                out.flush()?;
+                thread::sleep(wait);
+            }
+        }
         if abort.load(Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "aborted"));
         }

@@ -805,6 +805,12 @@ impl DataConnection {
     pub fn at_end(&self) -> bool {
         self.eof
     }
+
+    /// The kernel's smoothed round-trip estimate for this connection's TCP socket, once
+    /// data has flowed; `None` where the kernel does not say.
+    pub fn round_trip(&self) -> Option<Duration> {
+        self.transport.round_trip()
+    }
 }
 
 #[cfg(test)]

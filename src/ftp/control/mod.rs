@@ -422,6 +422,11 @@ impl ControlConnection {
         self.last_used.elapsed()
     }
 
+    /// The kernel's round-trip estimate for the control connection's TCP socket.
+    pub fn round_trip(&self) -> Option<Duration> {
+        self.transport.as_ref()?.round_trip()
+    }
+
     /// The address of the server's end of the control connection.
     pub fn peer(&self) -> SocketAddr {
         self.peer
