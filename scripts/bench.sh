@@ -17,7 +17,9 @@
 #                  rclone-full only the read ones. raw is the limit of the protocol: curl
 #                  for whole files, and a minimal client (scripts/bench/ftp-raw.py) for
 #                  listings, small files and random reads, where curl is far off the limit.
-#   --workloads L  any of: seq par rand meta small (reads), wcp wsmall (writes); default all.
+#   --workloads L  any of: seq par rand meta small remount (reads), wcp wsmall (writes);
+#                  default all. remount: re-reading after an unmount and a mount, ftpsfs
+#                  with its disk cache against rclone's full cache mode.
 #                  reval (not in the default): reopening cached files under a refreshed
 #                  listing, ftpsfs only: the cost of its MDTM check on vsftpd.
 #   --write-servers L  the servers the write workloads run on: vsftpd proftpd (default both).
@@ -60,7 +62,7 @@ DATA=$BENCH/data
 RUNS=3
 LATENCIES="0 20"
 SYSTEMS="ftpsfs rclone-off rclone-writes rclone-full raw"
-WORKLOADS="seq par rand meta small wcp wsmall"
+WORKLOADS="seq par rand meta small remount wcp wsmall"
 WRITE_SERVERS="vsftpd proftpd"
 QUICK=0
 WRITE_DOC=1
@@ -111,7 +113,7 @@ for s in $SYSTEMS; do
     fi
 done
 for w in $WORKLOADS; do
-    case $w in seq | par | rand | meta | small | wcp | wsmall | reval) ;; *) die "unknown workload $w" ;; esac
+    case $w in seq | par | rand | meta | small | wcp | wsmall | reval | remount) ;; *) die "unknown workload $w" ;; esac
 done
 for s in $WRITE_SERVERS; do
     case $s in vsftpd | proftpd) ;; *) die "unknown write server $s (vsftpd or proftpd)" ;; esac

@@ -56,8 +56,10 @@ pub struct Settings {
     pub debug: bool,
     /// `ro`: refuse every change.
     pub read_only: bool,
-    /// `cache_dir=`: where staging files go.
+    /// `cache_dir=`: where staging files and the disk cache go.
     pub cache_dir: PathBuf,
+    /// `disk_cache=`: bytes of the persistent block cache (0: off).
+    pub disk_cache: u64,
     /// `atomic_upload=`: upload to a temporary name, then rename.
     pub atomic_uploads: bool,
     /// Standard flags the kernel applies to the mount (`noexec`, `nosuid`, ...).
@@ -147,6 +149,7 @@ impl Default for Settings {
             debug: false,
             read_only: false,
             cache_dir: default_cache_dir(),
+            disk_cache: 0,
             atomic_uploads: true,
             kernel_flags: KernelFlags::default(),
             transform_symlinks: false,
@@ -636,11 +639,27 @@ pub const SETTINGS: &[Setting] = &[
         value: Some("DIR"),
         short: None,
         default: WhenUnset::Otherwise("`$XDG_CACHE_HOME/ftpsfs`, or `~/.cache/ftpsfs`"),
-        meaning: "where a file being changed other than in order is kept while it is written (in `DIR/staging`, in files that have no name)",
+        meaning: "where a file being changed other than in order is kept while it is written (in `DIR/staging`, in files that have no name), and the disk cache (`DIR/blocks`)",
         reason: "a per-user cache directory, as the XDG base directories prescribe; files written in order never touch it",
         scope: Scope::Mount,
         apply: |s, v| {
             s.cache_dir = PathBuf::from(value(v)?);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "disk_cache",
+        value: Some("SIZE"),
+        short: None,
+        default: WhenUnset::Value("off"),
+        meaning: "keep downloaded blocks on disk too, in `cache_dir`, up to SIZE (`K`, `M`, `G`) and never leaving the disk under 1 GiB (or 5%) free; they outlive the mount, and serve a later mount without a download once the server's exact time for the file (MDTM, asked at open) matches theirs",
+        reason: "after a remount everything was fetched again; a checksum on every block makes a damaged one a miss, never wrong data",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.disk_cache = match value(v)? {
+                "off" | "0" => 0,
+                other => size(Some(other), "2G")?,
+            };
             Ok(())
         },
     },
@@ -767,6 +786,8 @@ impl Settings {
             parallel_reads: self.parallel_reads,
             read_only: self.read_only,
             staging_dir: self.cache_dir.join("staging"),
+            disk_cache_dir: self.cache_dir.clone(),
+            disk_cache_size: self.disk_cache,
             atomic_uploads: self.atomic_uploads,
             transform_symlinks: self.transform_symlinks,
         }

@@ -70,6 +70,11 @@ ROWS = [
     ("par_cpu_s", "&emsp;CPU time of the mount process", "s", "low"),
     ("seq_rss_mib", "7. Peak RSS (VmHWM) of the mount process during 1", "MiB", "low"),
     ("par_rss_mib", "7. Peak RSS (VmHWM) of the mount process during 6", "MiB", "low"),
+    ("seq_split4_mbps", "&emsp;1 by four connections at once (curl `--range`, as `pget -n 4`), logins included", "MB/s", "high"),
+    ("remount_big_mbps", "10. Re-read of a {cached} file after unmount and mount (ftpsfs `disk_cache=`)", "MB/s", "high"),
+    ("remount_small_s", "&emsp;then {small} files of 4–64 KiB", "s", "low"),
+    ("remount_retr", "&emsp;RETR sent for both", "count", None),
+    ("remount_mdtm", "&emsp;MDTM sent for both", "count", None),
 ]
 
 # The write workloads, once per server ({srv}): the metric names end in _SERVER.

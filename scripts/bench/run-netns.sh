@@ -285,7 +285,7 @@ mount_fs() {
             </dev/null >>"$LOGS/ftpsfs.stderr" 2>&1 &
         ;;
     rclone-off | rclone-writes | rclone-full)
-        rm -rf "$BENCH/rclone-cache"
+        [[ -n ${KEEP_RCLONE_CACHE:-} ]] || rm -rf "$BENCH/rclone-cache"
         RCLONE_FTP_HOST=$HOST RCLONE_FTP_PORT=$SRV_PORT RCLONE_FTP_USER=$BENCH_USER \
             RCLONE_FTP_PASS=$RCLONE_PASS \
             "$RCLONE_BIN" mount :ftp: "$dir" --config "$BENCH/rclone.conf" \
@@ -557,6 +557,38 @@ m_reval() {
     settle 1
     rec reval_lslr_mdtm "$(count_since "$mark" '"MDTM ')"
     unmount_fs
+}
+
+# 10: re-read after a remount. A file of CACHED_BYTES and N small files are read, the
+# mount is unmounted and mounted again, and the same are read again: ftpsfs with its
+# disk cache (disk_cache=), rclone in full cache mode with its cache directory kept.
+# Without drop_caches: the cache files may still be in the kernel's page cache, as on a
+# machine that remounts after a network change rather than a reboot.
+m_remount() {
+    local n=$1 m=$MNT/$SYS mark rc files=() saved=${FTPSFS_OPTIONS:-}
+    case $SYS in ftpsfs | rclone-full) ;; *) return 0 ;; esac
+    mapfile -t files < <(small_paths "$n")
+    files=("${files[@]/#/$m/}")
+    rm -rf "$BENCH/ftpsfs-disk"
+    [[ $SYS == ftpsfs ]] && FTPSFS_OPTIONS="disk_cache=2G,cache_dir=$BENCH/ftpsfs-disk${saved:+,$saved}"
+    mount_fs
+    cat "$m/$CACHED_FILE" "${files[@]}" >/dev/null || say "warning: $SYS: the first read before the remount failed"
+    # The disk writes (ftpsfs's in the background, rclone's cache) end first.
+    settle 3
+    unmount_fs
+    KEEP_RCLONE_CACHE=1 mount_fs
+    FTPSFS_OPTIONS=$saved
+    settle 0.5
+    mark=$(log_mark)
+    rc=0 && timed cat "$m/$CACHED_FILE" >/dev/null || rc=1
+    rec_rate remount_big_mbps "$CACHED_BYTES" $rc
+    rc=0 && timed cat "${files[@]}" >/dev/null || rc=1
+    rec_time remount_small_s $rc
+    settle 1
+    rec remount_retr "$(count_since "$mark" '"RETR ')"
+    rec remount_mdtm "$(count_since "$mark" '"MDTM ')"
+    unmount_fs
+    rm -rf "$BENCH/ftpsfs-disk"
 }
 
 # ---------------------------------------------------------------- writes
@@ -859,6 +891,7 @@ for LAT in $LATENCIES; do
                 wants meta && m_meta "$tree"
                 wants small && m_small "$n_small"
                 wants reval && m_reval "$n_small"
+                wants remount && m_remount "$n_small"
             fi
             # Writes on each server, by every system but rclone's full cache mode (for
             # writing it is its writes mode).

@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use lru::LruCache;
 
+use super::diskcache::DiskCache;
+
 /// A modification time: seconds since 1970 and nanoseconds.
 pub type Mtime = (i64, u32);
 
@@ -91,6 +93,8 @@ const MIN_REUSED_BUFFER: usize = 256 * 1024;
 /// A byte-bounded LRU of blocks.
 pub struct BlockCache {
     capacity: u64,
+    /// Where whole downloaded blocks are also written, with their block size.
+    disk: std::sync::OnceLock<(Arc<DiskCache>, u64)>,
     inner: Mutex<Inner>,
     /// Buffers of evicted blocks. A fresh block-sized buffer is a new mapping whose every
     /// page faults and is zeroed by the kernel on first write: a quarter of the CPU time
@@ -176,6 +180,7 @@ impl BlockCache {
     pub fn new(capacity: u64) -> Self {
         Self {
             capacity,
+            disk: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
@@ -254,12 +259,59 @@ impl BlockCache {
         let _ = self.insert_downloaded(key, segment, None, None);
     }
 
+    /// Writes whole blocks downloaded with the server's exact time to `disk` too, from now
+    /// on; blocks are `block_size` bytes.
+    pub fn persist_to(&self, disk: Arc<DiskCache>, block_size: u64) {
+        let _ = self.disk.set((disk, block_size));
+    }
+
+    /// Stores a block read back from the disk cache, downloaded when the server's exact
+    /// time was `server_time`.
+    pub fn insert_from_disk(
+        &self,
+        key: BlockKey,
+        segment: Segment,
+        server_time: Mtime,
+    ) -> Result<(), ContentChanged> {
+        self.insert_inner(key, segment, Some(server_time), None)
+    }
+
     /// [`Self::insert`] of a segment downloaded by a RETR sent at `requested`, when the
     /// server gave `server_time` for the file. When blocks of the same version were
     /// downloaded at another time, the file changed with its size and listed time
     /// unchanged: they are all dropped, the segment is not stored, and the caller must not
     /// mix the two.
     pub fn insert_downloaded(
+        &self,
+        key: BlockKey,
+        segment: Segment,
+        server_time: Option<Mtime>,
+        requested: Option<Instant>,
+    ) -> Result<(), ContentChanged> {
+        let persist = match (self.disk.get(), server_time) {
+            (Some((disk, block_size)), Some(time)) => {
+                let block_len =
+                    (*block_size).min(key.version.size.saturating_sub(key.index * block_size));
+                (segment.start == 0 && segment.data.len() as u64 == block_len)
+                    .then(|| (disk.clone(), key.clone(), segment.data.clone(), time))
+            }
+            _ => None,
+        };
+        let outcome = self.insert_inner(key, segment, server_time, requested);
+        if let (Ok(()), Some((disk, key, data, time))) = (&outcome, persist) {
+            let write = move || {
+                let version = &key.version;
+                disk.store(&version.path, version.size, time, key.index, &data);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(write)),
+                Err(_) => write(),
+            }
+        }
+        outcome
+    }
+
+    fn insert_inner(
         &self,
         key: BlockKey,
         mut segment: Segment,

@@ -73,10 +73,15 @@ impl FtpFs {
                 );
             self.siblings
                 .opened(node.parent, &parent.path, node.name(), &version, &listing);
-            self.reader.prepare(&version);
+            let disk_time = self.reader.disk_time(&version).await;
+            if disk_time.is_none() {
+                self.reader.prepare(&version);
+            }
             let handle = self
                 .handles
-                .insert(Handle::Read(Arc::new(OpenFile::new(ino, version))));
+                .insert(Handle::Read(Arc::new(OpenFile::with_disk_time(
+                    ino, version, disk_time,
+                ))));
             Ok(Opened { handle, keep_cache })
         })
         .await

@@ -16,6 +16,7 @@ pub mod attr;
 pub mod blockcache;
 pub mod dircache;
 mod dirs;
+pub mod diskcache;
 pub mod error;
 pub mod failure;
 mod files;
@@ -84,6 +85,10 @@ pub struct FsConfig {
     pub read_only: bool,
     /// Where staging files go (see `staging.rs`).
     pub staging_dir: PathBuf,
+    /// The persistent block cache: its directory (for all servers) and size; 0 is off.
+    pub disk_cache_dir: PathBuf,
+    /// Bytes the persistent block cache may hold; 0 turns it off.
+    pub disk_cache_size: u64,
     /// Upload to a temporary name and rename it onto the final one when complete
     /// (otherwise: straight onto the final name, for servers that cannot rename).
     pub atomic_uploads: bool,
@@ -139,6 +144,10 @@ pub struct FsStats {
     pub files_read_ahead: u64,
     /// Ranges of large files fetched in parallel ahead of a sequential reader.
     pub parallel_ranges: u64,
+    /// Blocks served from the disk cache.
+    pub disk_hits: u64,
+    /// Blocks written to the disk cache.
+    pub disk_blocks_written: u64,
     /// Bytes held in the block cache.
     pub cached_bytes: u64,
     /// Temporary files of failed uploads not deleted yet (the server was unreachable).
@@ -176,10 +185,15 @@ impl FtpFs {
     /// A filesystem showing `root_path` on the server behind `pool`.
     pub fn new(pool: Pool, root_path: Vec<u8>, config: FsConfig) -> Self {
         let cache = Arc::new(BlockCache::new(config.cache_size));
+        let disk = open_disk_cache(&pool, &config);
+        if let Some(disk) = &disk {
+            cache.persist_to(disk.clone(), config.block_size);
+        }
         let max_window_blocks = (config.max_readahead / config.block_size).max(1);
         let reader = Reader::new(
             pool.clone(),
             cache.clone(),
+            disk.clone(),
             ReadConfig {
                 block_size: config.block_size,
                 max_window_blocks,
@@ -261,6 +275,11 @@ impl FtpFs {
                 range_fetches: read.range_fetches.load(Ordering::Relaxed),
                 files_read_ahead: read.files_read_ahead.load(Ordering::Relaxed),
                 parallel_ranges: read.parallel_ranges.load(Ordering::Relaxed),
+                disk: self.reader.disk_stats().map(|disk| report::DiskReport {
+                    hits: disk.hits.load(Ordering::Relaxed),
+                    written: disk.written.load(Ordering::Relaxed),
+                    corrupt: disk.corrupt.load(Ordering::Relaxed),
+                }),
             },
             listings: self.dirs.listings_fetched(),
             inodes: self.inodes.lock().unwrap_or_else(|e| e.into_inner()).len(),
@@ -290,6 +309,8 @@ impl FtpFs {
             bytes_fetched: read.bytes_fetched.load(Ordering::Relaxed),
             files_read_ahead: read.files_read_ahead.load(Ordering::Relaxed),
             parallel_ranges: read.parallel_ranges.load(Ordering::Relaxed),
+            disk_hits: disk_counter(self.reader.disk_stats(), |d| &d.hits),
+            disk_blocks_written: disk_counter(self.reader.disk_stats(), |d| &d.written),
             cached_bytes: self.cache.bytes(),
             temporaries_waiting: self.janitor.waiting() as u64,
         }
@@ -454,4 +475,34 @@ impl FtpFs {
             .await
             .map(|_| ())
     }
+}
+
+/// The persistent block cache for this server, if `disk_cache=` asks for one. A cache
+/// that cannot be opened is only a slower mount: the mount goes on without it.
+fn open_disk_cache(pool: &Pool, config: &FsConfig) -> Option<Arc<diskcache::DiskCache>> {
+    if config.disk_cache_size == 0 {
+        return None;
+    }
+    let server = pool.connect_options();
+    let dir = diskcache::server_dir(
+        &config.disk_cache_dir,
+        &server.host,
+        server.port,
+        &server.user,
+    );
+    match diskcache::DiskCache::open(dir.clone(), config.disk_cache_size) {
+        Ok(disk) => Some(Arc::new(disk)),
+        Err(e) => {
+            tracing::warn!("disk cache off: cannot use {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+/// A disk cache counter, 0 with the disk cache off.
+fn disk_counter(
+    stats: Option<&diskcache::DiskStats>,
+    counter: impl Fn(&diskcache::DiskStats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    stats.map_or(0, |stats| counter(stats).load(Ordering::Relaxed))
 }

@@ -21,9 +21,11 @@ use tokio::sync::Notify;
 use crate::ftp::pool::worth_retrying;
 use crate::ftp::{Pool, PooledConnection};
 
-use super::blockcache::{BlockCache, BlockKey, FileVersion, Mtime, Segment};
+use super::blockcache::{BlockCache, FileVersion, Mtime};
 use super::error::FsError;
-use super::reader::{expect_end, ReadConfig, ReadStats, StreamSlot};
+use super::reader::{
+    expect_end, receive_block, Destination, ReadConfig, ReadStats, Received, StreamSlot,
+};
 
 /// When a sequential reader's file is split into parallel ranges (`parallel_reads=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,33 +477,24 @@ async fn fetch_range(
             conn.abort_data(data).await?;
             return Ok(());
         }
-        let block_start = block * block_size;
-        let len = block_size.min(size - block_start) as usize;
-        let mut buf = job.cache.buffer(len);
-        let n = data.read_full(&mut buf).await?;
-        if n < len {
-            // Shorter than listed: the final reply tells a changed file from a cut.
-            conn.finish_data(data).await?;
-            return Err(FsError::Changed);
-        }
-        job.stats
-            .bytes_fetched
-            .fetch_add(len as u64, Ordering::Relaxed);
-        let key = BlockKey {
-            version: job.version.clone(),
-            index: block,
+        let into = Destination {
+            cache: &job.cache,
+            stats: &job.stats,
+            version: &job.version,
+            server_time: time.or(job.server_time),
+            requested,
         };
-        let segment = Segment {
-            start: 0,
-            data: Arc::new(buf),
-        };
-        if job
-            .cache
-            .insert_downloaded(key, segment, time.or(job.server_time), Some(requested))
-            .is_err()
-        {
-            conn.abort_data(data).await?;
-            return Err(FsError::Changed);
+        match receive_block(&mut data, &into, block, block_size).await? {
+            Received::Stored => {}
+            Received::Short => {
+                // The final reply tells a changed file from a cut.
+                conn.finish_data(data).await?;
+                return Err(FsError::Changed);
+            }
+            Received::OtherContent => {
+                conn.abort_data(data).await?;
+                return Err(FsError::Changed);
+            }
         }
         if let Some(running) = shared
             .lock()

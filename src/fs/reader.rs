@@ -25,6 +25,7 @@ use crate::ftp::pool::worth_retrying;
 use crate::ftp::{ControlConnection, DataConnection, FtpError, Pool, PooledConnection};
 
 use super::blockcache::{BlockCache, BlockKey, FileVersion, Mtime, Segment};
+use super::diskcache::{DiskCache, DiskStats};
 use super::error::FsError;
 use super::failure::{Attempt, RecentFailure, RemembersFailure};
 use super::parallel::{
@@ -38,6 +39,9 @@ use super::parallel::{
 /// trips than a 16 KiB one. Larger kernel reads still fetch what they ask for.
 const RANGE_ALIGN: u64 = 16 * 1024;
 const MIN_RANGE_FETCH: u64 = 16 * 1024;
+
+/// Blocks read ahead from the disk cache past the one a reader asked for.
+const DISK_AHEAD_BLOCKS: u64 = 4;
 
 /// Connections a stream must leave free, so listings and small reads never starve.
 const CONNECTIONS_RESERVED_FOR_OTHERS: usize = 1;
@@ -84,6 +88,9 @@ pub struct OpenFile {
     pub ino: u64,
     /// Path, size and mtime when opened.
     pub version: Arc<FileVersion>,
+    /// The server's exact time for the file at open, when the disk cache holds blocks
+    /// stored under that time: those blocks are this version.
+    disk_time: Option<Mtime>,
     state: tokio::sync::Mutex<ReadState>,
 }
 
@@ -115,9 +122,16 @@ impl RemembersFailure for ReadState {
 impl OpenFile {
     /// A freshly opened file.
     pub fn new(ino: u64, version: Arc<FileVersion>) -> Self {
+        Self::with_disk_time(ino, version, None)
+    }
+
+    /// A freshly opened file whose blocks the disk cache holds under the server's exact
+    /// time `disk_time`, checked at open.
+    pub fn with_disk_time(ino: u64, version: Arc<FileVersion>, disk_time: Option<Mtime>) -> Self {
         Self {
             ino,
             version,
+            disk_time,
             state: tokio::sync::Mutex::new(ReadState::default()),
         }
     }
@@ -127,6 +141,12 @@ impl OpenFile {
 pub struct Reader {
     pool: Pool,
     cache: Arc<BlockCache>,
+    /// The persistent block cache, if on.
+    disk: Option<Arc<DiskCache>>,
+    /// Blocks being read ahead from the disk cache.
+    disk_loading: Arc<Mutex<std::collections::HashSet<BlockKey>>>,
+    /// A block read ahead from the disk cache arrived (or failed to).
+    disk_loaded: Arc<Notify>,
     config: ReadConfig,
     stats: Arc<ReadStats>,
     /// One lock per block being fetched by a ranged fetch, so concurrent readers of a
@@ -138,10 +158,18 @@ pub struct Reader {
 
 impl Reader {
     /// A reader fetching through `pool` into `cache`.
-    pub fn new(pool: Pool, cache: Arc<BlockCache>, config: ReadConfig) -> Self {
+    pub fn new(
+        pool: Pool,
+        cache: Arc<BlockCache>,
+        disk: Option<Arc<DiskCache>>,
+        config: ReadConfig,
+    ) -> Self {
         Self {
             pool,
             cache,
+            disk,
+            disk_loading: Arc::default(),
+            disk_loaded: Arc::default(),
             config,
             stats: Arc::new(ReadStats::default()),
             fetching: Mutex::new(HashMap::new()),
@@ -277,6 +305,14 @@ impl Reader {
                 pos = block_start + to;
                 continue;
             }
+            if let Some(segment) = self.load_from_disk(file, &key, block_len).await {
+                if state.seen_time.is_none() {
+                    state.seen_time = file.disk_time;
+                }
+                out.push(&segment, from, to);
+                pos = block_start + to;
+                continue;
+            }
             // Past the stream's end, the parallel ranges have the block, or nobody does.
             let mut parts_own_block = false;
             if let Some(parallel) = &state.parallel {
@@ -371,6 +407,125 @@ impl Reader {
         }
         state.last_end = Some(end);
         Ok(out.into_data())
+    }
+
+    /// Block `key` (`len` bytes) from the disk cache into the memory cache, when the disk
+    /// holds it for this open file's version.
+    async fn load_from_disk(&self, file: &OpenFile, key: &BlockKey, len: u64) -> Option<Segment> {
+        let (disk, time) = (self.disk.clone()?, file.disk_time?);
+        // Being read ahead already: wait for that rather than read it twice.
+        loop {
+            let mut loaded = pin!(self.disk_loaded.notified());
+            loaded.as_mut().enable();
+            if !self.lock_disk_loading().contains(key) {
+                break;
+            }
+            if tokio::time::timeout(self.config.data_timeout, loaded)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        if let Some(segment) = self.cache.get(key, 0, len) {
+            self.load_ahead_from_disk(key, time);
+            return Some(segment);
+        }
+        let version = key.version.clone();
+        let index = key.index;
+        let data = tokio::task::spawn_blocking(move || {
+            disk.load(&version.path, version.size, time, index, len as usize)
+        })
+        .await
+        .ok()??;
+        let segment = Segment {
+            start: 0,
+            data: Arc::new(data),
+        };
+        self.cache
+            .insert_from_disk(key.clone(), segment.clone(), time)
+            .ok()?;
+        self.load_ahead_from_disk(key, time);
+        Some(segment)
+    }
+
+    /// Reads the blocks after `key` from the disk cache into memory in the background, so
+    /// that a sequential reader finds them there: the disk and the reader's copies then
+    /// overlap instead of taking turns.
+    fn load_ahead_from_disk(&self, key: &BlockKey, time: Mtime) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        let version = &key.version;
+        let block_size = self.config.block_size;
+        let blocks = version.size.div_ceil(block_size);
+        for index in key.index + 1..blocks.min(key.index + 1 + DISK_AHEAD_BLOCKS) {
+            let next = Self::key(version, index);
+            let len = block_size.min(version.size - index * block_size);
+            if self.cache.contains(&next, 0, len) {
+                continue;
+            }
+            if !self.lock_disk_loading().insert(next.clone()) {
+                continue;
+            }
+            let (disk, cache, loading, loaded) = (
+                disk.clone(),
+                self.cache.clone(),
+                self.disk_loading.clone(),
+                self.disk_loaded.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let version = &next.version;
+                if let Some(data) =
+                    disk.load(&version.path, version.size, time, next.index, len as usize)
+                {
+                    let segment = Segment {
+                        start: 0,
+                        data: Arc::new(data),
+                    };
+                    let _ = cache.insert_from_disk(next.clone(), segment, time);
+                }
+                loading
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&next);
+                loaded.notify_waiters();
+            });
+        }
+    }
+
+    fn lock_disk_loading(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<BlockKey>> {
+        self.disk_loading.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The server's exact time for `version` if the disk cache holds blocks of it under
+    /// that time, asked of the server (MDTM, one round trip) only when the disk holds
+    /// blocks of this path and size at all. Blocks under any other time are deleted.
+    pub async fn disk_time(&self, version: &FileVersion) -> Option<Mtime> {
+        let disk = self.disk.as_ref()?;
+        if !disk.holds(&version.path, version.size) {
+            return None;
+        }
+        let pool = &self.pool;
+        let path = &version.path;
+        match crate::with_connection!(pool, |conn| conn.modified(path).await).await {
+            Ok(exact) => {
+                let exact = (exact.unix_seconds, exact.nanos);
+                let kept = disk.keep_only(path, version.size, Some(exact));
+                tracing::debug!(path = %path.escape_ascii(), ?exact, kept, "disk cache checked against the server's time");
+                kept.then_some(exact)
+            }
+            Err(e) => {
+                // Unchecked blocks are not used, but kept: the next open may check them.
+                tracing::debug!(path = %path.escape_ascii(), "cannot check the disk cache's blocks ({e})");
+                None
+            }
+        }
+    }
+
+    /// What the disk cache did, if it is on.
+    pub fn disk_stats(&self) -> Option<&DiskStats> {
+        self.disk.as_deref().map(DiskCache::stats)
     }
 
     /// Stops the file's stream and parallel ranges, if any (the file was closed).
@@ -638,6 +793,14 @@ impl Reader {
         if len == 0 || len > self.config.block_size {
             return Ok(false);
         }
+        if self
+            .disk
+            .as_ref()
+            .is_some_and(|disk| disk.holds(&version.path, version.size))
+        {
+            // Its open checks the disk's copy (one round trip, no download).
+            return Ok(false);
+        }
         let key = Self::key(&version, 0);
         if self.cache.contains(&key, 0, len) {
             return Ok(false);
@@ -728,6 +891,61 @@ async fn end_download(
     } else {
         conn.abort_data(data).await
     }
+}
+
+/// Where a download's blocks go.
+pub(super) struct Destination<'a> {
+    pub cache: &'a BlockCache,
+    pub stats: &'a ReadStats,
+    pub version: &'a Arc<FileVersion>,
+    /// The server's time for the file when the download was asked for.
+    pub server_time: Option<Mtime>,
+    /// When its RETR was sent.
+    pub requested: Instant,
+}
+
+/// What became of one block of a download.
+pub(super) enum Received {
+    /// In the cache.
+    Stored,
+    /// The data ended before the block did: shorter than listed, or cut off.
+    Short,
+    /// The cache holds blocks of this version downloaded at another server time.
+    OtherContent,
+}
+
+/// Reads block `index` from the download `data`, which is at its start, into the cache.
+pub(super) async fn receive_block(
+    data: &mut DataConnection,
+    into: &Destination<'_>,
+    index: u64,
+    block_size: u64,
+) -> Result<Received, FtpError> {
+    let len = block_size.min(into.version.size - index * block_size) as usize;
+    let mut buf = into.cache.buffer(len);
+    if data.read_full(&mut buf).await? < len {
+        return Ok(Received::Short);
+    }
+    into.stats
+        .bytes_fetched
+        .fetch_add(len as u64, Ordering::Relaxed);
+    let key = BlockKey {
+        version: into.version.clone(),
+        index,
+    };
+    let segment = Segment {
+        start: 0,
+        data: Arc::new(buf),
+    };
+    Ok(
+        match into
+            .cache
+            .insert_downloaded(key, segment, into.server_time, Some(into.requested))
+        {
+            Ok(()) => Received::Stored,
+            Err(_) => Received::OtherContent,
+        },
+    )
 }
 
 /// True when the data connection is at its end (the file is not longer than listed).
@@ -1060,35 +1278,26 @@ async fn run_stream(
                 return Ok(());
             }
         }
-        let block_start = block * block_size;
-        let len = block_size.min(size - block_start) as usize;
-        let mut buf = job.cache.buffer(len);
-        let n = data.read_full(&mut buf).await?;
-        if n < len {
-            // Shorter than listed. The final reply tells a file that changed on the server
-            // (a complete transfer: 226 after close_notify) from a transfer that was cut
-            // off (no close_notify, or a 426), which is an error, never a short file.
-            conn.finish_data(data).await?;
-            return Err(FsError::Changed);
-        }
-        job.stats
-            .bytes_fetched
-            .fetch_add(len as u64, Ordering::Relaxed);
-        let inserted = job.cache.insert_downloaded(
-            BlockKey {
-                version: job.version.clone(),
-                index: block,
-            },
-            Segment {
-                start: 0,
-                data: Arc::new(buf),
-            },
-            job.server_time,
-            Some(job.requested),
-        );
-        if inserted.is_err() {
-            conn.abort_data(data).await?;
-            return Err(FsError::Changed);
+        let into = Destination {
+            cache: &job.cache,
+            stats: &job.stats,
+            version: &job.version,
+            server_time: job.server_time,
+            requested: job.requested,
+        };
+        match receive_block(&mut data, &into, block, block_size).await? {
+            Received::Stored => {}
+            Received::Short => {
+                // The final reply tells a file that changed on the server (a complete
+                // transfer: 226 after close_notify) from a transfer that was cut off (no
+                // close_notify, or a 426), which is an error, never a short file.
+                conn.finish_data(data).await?;
+                return Err(FsError::Changed);
+            }
+            Received::OtherContent => {
+                conn.abort_data(data).await?;
+                return Err(FsError::Changed);
+            }
         }
         {
             let mut state = shared.lock();

@@ -55,6 +55,19 @@ pub struct CacheReport {
     pub files_read_ahead: u64,
     /// Ranges of large files fetched in parallel ahead of a sequential reader.
     pub parallel_ranges: u64,
+    /// The disk cache's counts, when it is on.
+    pub disk: Option<DiskReport>,
+}
+
+/// What the disk cache did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskReport {
+    /// Blocks served from disk.
+    pub hits: u64,
+    /// Blocks written to disk.
+    pub written: u64,
+    /// Blocks found damaged, and deleted.
+    pub corrupt: u64,
 }
 
 impl Report {
@@ -146,6 +159,13 @@ impl Report {
             c.parallel_ranges,
             bytes(c.bytes_fetched)
         );
+        if let Some(d) = &c.disk {
+            let _ = writeln!(
+                out,
+                "disk cache: {} blocks served, {} written, {} found damaged",
+                d.hits, d.written, d.corrupt
+            );
+        }
         let _ = writeln!(
             out,
             "listings fetched: {}; inodes known: {}; open handles: {}",
@@ -228,6 +248,13 @@ impl Report {
             ",\"cache\":{{\"hits\":{},\"misses\":{},\"bytes_held\":{},\"capacity\":{},\"bytes_fetched\":{},\"streams\":{},\"range_fetches\":{},\"files_read_ahead\":{},\"parallel_ranges\":{}}}",
             c.hits, c.misses, c.bytes_held, c.capacity, c.bytes_fetched, c.streams, c.range_fetches, c.files_read_ahead, c.parallel_ranges
         );
+        if let Some(d) = &c.disk {
+            let _ = write!(
+                out,
+                ",\"disk_cache\":{{\"hits\":{},\"written\":{},\"corrupt\":{}}}",
+                d.hits, d.written, d.corrupt
+            );
+        }
         let _ = write!(
             out,
             ",\"listings\":{},\"inodes\":{},\"open_handles\":{},\"temporaries_waiting\":{}",

@@ -170,6 +170,9 @@ pub struct LocalConfig {
     pub connections: usize,
     /// Block cache bytes.
     pub cache_size: u64,
+    /// The persistent block cache's directory and size (0: off).
+    pub disk_cache_dir: Option<PathBuf>,
+    pub disk_cache_size: u64,
 }
 
 impl Default for LocalConfig {
@@ -186,6 +189,8 @@ impl Default for LocalConfig {
             parallel_reads: ParallelReads::Off,
             connections: PoolOptions::default().max_connections,
             cache_size: 64 << 20,
+            disk_cache_dir: None,
+            disk_cache_size: 0,
         }
     }
 }
@@ -219,34 +224,7 @@ impl LocalFs {
             )
         })
         .expect("start the strict server");
-        let pool = Pool::new(
-            options(server.port(), config.tls),
-            PoolOptions {
-                max_connections: config.connections,
-                ..PoolOptions::default()
-            },
-        );
-        let fs = FtpFs::new(
-            pool,
-            Vec::new(),
-            FsConfig {
-                dir_ttl: config.dir_ttl,
-                block_size: 1 << 20,
-                cache_size: config.cache_size,
-                uid: 1000,
-                gid: 1000,
-                umask: 0o022,
-                op_timeout: Duration::from_secs(10),
-                data_timeout: Duration::from_secs(5),
-                max_readahead: config.max_readahead,
-                dir_prefetch: config.dir_prefetch,
-                parallel_reads: config.parallel_reads,
-                read_only: config.read_only,
-                staging_dir: staging.clone(),
-                atomic_uploads: config.atomic_uploads,
-                transform_symlinks: false,
-            },
-        );
+        let fs = build_fs(server.port(), &staging, &config);
         Self {
             fs: Arc::new(fs),
             server,
@@ -254,6 +232,11 @@ impl LocalFs {
             staging,
             dir,
         }
+    }
+
+    /// Another filesystem over the same server, as a second mount would be.
+    pub fn remount(&self, config: &LocalConfig) -> FtpFs {
+        build_fs(self.server.port(), &self.staging, config)
     }
 
     /// A path on the server's disk.
@@ -277,4 +260,38 @@ impl Drop for LocalFs {
         self.server.stop();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A filesystem over the strict server on `port`, as `config` says.
+fn build_fs(port: u16, staging: &Path, config: &LocalConfig) -> FtpFs {
+    let pool = Pool::new(
+        options(port, config.tls),
+        PoolOptions {
+            max_connections: config.connections,
+            ..PoolOptions::default()
+        },
+    );
+    FtpFs::new(
+        pool,
+        Vec::new(),
+        FsConfig {
+            dir_ttl: config.dir_ttl,
+            block_size: 1 << 20,
+            cache_size: config.cache_size,
+            uid: 1000,
+            gid: 1000,
+            umask: 0o022,
+            op_timeout: Duration::from_secs(10),
+            data_timeout: Duration::from_secs(5),
+            max_readahead: config.max_readahead,
+            dir_prefetch: config.dir_prefetch,
+            parallel_reads: config.parallel_reads,
+            read_only: config.read_only,
+            staging_dir: staging.to_path_buf(),
+            disk_cache_dir: config.disk_cache_dir.clone().unwrap_or_default(),
+            disk_cache_size: config.disk_cache_size,
+            atomic_uploads: config.atomic_uploads,
+            transform_symlinks: false,
+        },
+    )
 }
