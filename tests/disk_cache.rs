@@ -216,3 +216,31 @@ async fn the_disk_cache_stays_within_its_size() {
     assert_eq!(block_files(&cache).len(), 3);
     let _ = fs::remove_dir_all(cache);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_read_in_random_pieces_is_kept_once_whole() {
+    let cache = scratch_dir("disk-cache-pieces");
+    let config = with_disk_cache(&cache, 64 * MIB);
+    let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
+    let data = content(MIB, 7);
+    fs::write(local.on_server("f"), &data).unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"f").await.unwrap();
+    let opened = local.fs.open(attr.ino, READ, 1).await.unwrap();
+    // Back to front, 256 KiB at a time: every read is a ranged fetch of its own piece.
+    for piece in (0..4u64).rev() {
+        let read = local
+            .fs
+            .read(opened.handle, piece * 256 * 1024, 256 * 1024)
+            .await
+            .unwrap();
+        assert!(read[..] == data[piece as usize * 256 * 1024..][..256 * 1024]);
+    }
+    local.fs.release(opened.handle).await;
+    wait_for_blocks_written(&local.fs, 1).await;
+
+    let second = local.remount(&config);
+    let mark = local.server.commands().len();
+    assert!(read_file(&second, "f").await == data);
+    assert_eq!(retrs_since(&local.server.commands(), mark), 0);
+    let _ = fs::remove_dir_all(cache);
+}

@@ -288,24 +288,31 @@ impl BlockCache {
         server_time: Option<Mtime>,
         requested: Option<Instant>,
     ) -> Result<(), ContentChanged> {
-        let persist = match (self.disk.get(), server_time) {
-            (Some((disk, block_size)), Some(time)) => {
-                let block_len =
-                    (*block_size).min(key.version.size.saturating_sub(key.index * block_size));
-                (segment.start == 0 && segment.data.len() as u64 == block_len)
-                    .then(|| (disk.clone(), key.clone(), segment.data.clone(), time))
-            }
-            _ => None,
-        };
+        let persist_key = key.clone();
         let outcome = self.insert_inner(key, segment, server_time, requested);
-        if let (Ok(()), Some((disk, key, data, time))) = (&outcome, persist) {
-            let write = move || {
-                let version = &key.version;
-                disk.store(&version.path, version.size, time, key.index, &data);
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(write)),
-                Err(_) => write(),
+        if let (Ok(()), Some(time), Some((disk, block_size))) =
+            (&outcome, server_time, self.disk.get())
+        {
+            // The block as now held: a range joined to earlier ones may have made it whole.
+            let version = &persist_key.version;
+            let block_len =
+                (*block_size).min(version.size.saturating_sub(persist_key.index * block_size));
+            let whole = self
+                .lock()
+                .lru
+                .peek(&persist_key)
+                .filter(|held| held.start == 0 && held.data.len() as u64 == block_len)
+                .map(|held| held.data.clone());
+            if let Some(data) = whole {
+                let disk = disk.clone();
+                let write = move || {
+                    let version = &persist_key.version;
+                    disk.store(&version.path, version.size, time, persist_key.index, &data);
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(write)),
+                    Err(_) => write(),
+                }
             }
         }
         outcome
