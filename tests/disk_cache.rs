@@ -244,3 +244,28 @@ async fn a_block_read_in_random_pieces_is_kept_once_whole() {
     assert_eq!(retrs_since(&local.server.commands(), mark), 0);
     let _ = fs::remove_dir_all(cache);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_under_the_same_listing_checks_the_disk_once() {
+    let cache = scratch_dir("disk-cache-reopen");
+    let config = with_disk_cache(&cache, 64 * MIB);
+    let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
+    let data = content(MIB + 5, 8);
+    fs::write(local.on_server("f"), &data).unwrap();
+    assert!(read_file(&local.fs, "f").await == data);
+    wait_for_blocks_written(&local.fs, 2).await;
+
+    let second = local.remount(&config);
+    let mark = local.server.commands().len();
+    for _ in 0..3 {
+        assert!(read_file(&second, "f").await == data);
+    }
+    let commands = local.server.commands();
+    let mdtm = commands[mark..]
+        .iter()
+        .filter(|c| c.starts_with("MDTM "))
+        .count();
+    assert_eq!(mdtm, 1, "{:?}", &commands[mark..]);
+    assert_eq!(retrs_since(&commands, mark), 0);
+    let _ = fs::remove_dir_all(cache);
+}

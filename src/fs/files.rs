@@ -59,7 +59,19 @@ impl FtpFs {
             if !trusted {
                 self.cache.forget_path(&node.path);
             }
-            let keep_cache = trusted && previous.is_some_and(|p| *p.version == *version);
+            let keep_cache = trusted && previous.as_ref().is_some_and(|p| *p.version == *version);
+            // The disk's blocks checked at the last open, under the same listing, need no
+            // second MDTM: nothing newer says the file changed.
+            let disk_time = match &previous {
+                Some(p)
+                    if p.disk_time.is_some()
+                        && p.listing_fetched == listing.fetched
+                        && *p.version == *version =>
+                {
+                    p.disk_time
+                }
+                _ => self.reader.disk_time(&version).await,
+            };
             self.opened_versions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -69,11 +81,11 @@ impl FtpFs {
                         version: version.clone(),
                         listed: entry.modified,
                         listing_fetched: listing.fetched,
+                        disk_time,
                     },
                 );
             self.siblings
                 .opened(node.parent, &parent.path, node.name(), &version, &listing);
-            let disk_time = self.reader.disk_time(&version).await;
             if disk_time.is_none() {
                 self.reader.prepare(&version);
             }

@@ -118,6 +118,8 @@ struct OpenedVersion {
     listed: Option<Timestamp>,
     /// When the listing it came from was fetched.
     listing_fetched: std::time::Instant,
+    /// The server's exact time under which the disk cache's blocks were found valid.
+    disk_time: Option<blockcache::Mtime>,
 }
 
 /// Result of opening a file.
