@@ -269,3 +269,48 @@ async fn reopening_under_the_same_listing_checks_the_disk_once() {
     assert_eq!(retrs_since(&commands, mark), 0);
     let _ = fs::remove_dir_all(cache);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_this_mount_rewrites_leaves_the_disk_cache() {
+    use ftpsfs::fs::writes::Closer;
+    const TRUNCATE: OpenMode = OpenMode {
+        read: false,
+        write: true,
+        truncate: true,
+    };
+    let cache = scratch_dir("disk-cache-rewrite");
+    let config = with_disk_cache(&cache, 64 * MIB);
+    let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
+    let old = content(100_000, 9);
+    fs::write(local.on_server("f"), &old).unwrap();
+    assert!(read_file(&local.fs, "f").await == old);
+    wait_for_blocks_written(&local.fs, 1).await;
+
+    // Same size, within the same second most likely: MDTM alone could not tell.
+    let new = content(100_000, 10);
+    let attr = local.fs.lookup(ROOT_INODE, b"f").await.unwrap();
+    let opened = local.fs.open(attr.ino, TRUNCATE, 1).await.unwrap();
+    local
+        .fs
+        .write(opened.handle, 0, new.clone(), 1)
+        .await
+        .unwrap();
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    assert_eq!(fs::read(local.on_server("f")).unwrap(), new);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !block_files(&cache).is_empty() {
+        assert!(Instant::now() < deadline, "the old blocks stayed on disk");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = local.remount(&config);
+    assert!(
+        read_file(&second, "f").await == new,
+        "the old content was served"
+    );
+    let _ = fs::remove_dir_all(cache);
+}

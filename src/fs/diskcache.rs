@@ -25,10 +25,10 @@ use lru::LruCache;
 use super::blockcache::Mtime;
 
 /// The format of a block file; another value is a miss.
-const MAGIC: &[u8; 8] = b"FTPSFSB1";
+const MAGIC: &[u8; 8] = b"FTPSFSB2";
 /// Bytes of the header before the path: magic, path length, size, seconds, nanoseconds,
-/// index, data length, data CRC.
-const FIXED_HEADER: usize = 8 + 4 + 8 + 8 + 4 + 8 + 8 + 4;
+/// block size, index, data length, data CRC.
+const FIXED_HEADER: usize = 8 + 4 + 8 + 8 + 4 + 8 + 8 + 8 + 4;
 /// The disk keeps at least this much free space...
 const MIN_FREE_BYTES: u64 = 1 << 30;
 /// ...or this share of its size, whichever is less.
@@ -49,6 +49,9 @@ pub struct DiskStats {
 pub struct DiskCache {
     dir: PathBuf,
     capacity: u64,
+    /// The mount's block size: part of every key, so that blocks cut at another size
+    /// are never taken for these.
+    block_size: u64,
     state: Mutex<State>,
     stats: DiskStats,
     /// Numbers the temporary files of writes in flight.
@@ -59,38 +62,53 @@ struct State {
     /// Every block file by name, least recently used first, with its length.
     lru: LruCache<String, u64>,
     bytes: u64,
-    /// For each file (path and size), the exact times it has blocks under, and how many.
+    /// For each file (path, size and block size), the exact times it has blocks under,
+    /// and how many.
     times: HashMap<u64, HashMap<u64, usize>>,
+    /// Blocks held per path, at any size and time.
+    paths: HashMap<u64, usize>,
 }
 
-/// What a block file's name says: which file (path and size), at which time, which block.
+/// What a block file's name says: which path; which file (path, size and block size);
+/// at which time; which block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BlockName {
+    path: u64,
     file: u64,
     time: u64,
     index: u64,
 }
 
 impl BlockName {
-    fn of(path: &[u8], size: u64, time: Mtime, index: u64) -> Self {
+    fn of(path: &[u8], size: u64, block_size: u64, time: Mtime, index: u64) -> Self {
         Self {
-            file: file_key(path, size),
+            path: path_key(path),
+            file: file_key(path, size, block_size),
             time: time_key(time),
             index,
         }
     }
 
     fn to_name(self) -> String {
-        format!("{:016x}-{:016x}-{}.blk", self.file, self.time, self.index)
+        format!(
+            "{:016x}-{:016x}-{:016x}-{}.blk",
+            self.path, self.file, self.time, self.index
+        )
     }
 
     fn parse(name: &str) -> Option<Self> {
         let stem = name.strip_suffix(".blk")?;
-        let mut parts = stem.splitn(3, '-');
+        let mut parts = stem.splitn(4, '-');
+        let path = u64::from_str_radix(parts.next()?, 16).ok()?;
         let file = u64::from_str_radix(parts.next()?, 16).ok()?;
         let time = u64::from_str_radix(parts.next()?, 16).ok()?;
         let index = parts.next()?.parse().ok()?;
-        Some(Self { file, time, index })
+        Some(Self {
+            path,
+            file,
+            time,
+            index,
+        })
     }
 }
 
@@ -109,8 +127,12 @@ fn fnv(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-fn file_key(path: &[u8], size: u64) -> u64 {
-    fnv(&[path, &size.to_le_bytes()])
+fn path_key(path: &[u8]) -> u64 {
+    fnv(&[path])
+}
+
+fn file_key(path: &[u8], size: u64, block_size: u64) -> u64 {
+    fnv(&[path, &size.to_le_bytes(), &block_size.to_le_bytes()])
 }
 
 fn time_key((seconds, nanos): Mtime) -> u64 {
@@ -127,7 +149,7 @@ pub fn server_dir(cache_dir: &Path, host: &str, port: u16, user: &str) -> PathBu
 impl DiskCache {
     /// Opens (or creates) the block cache in `dir`, holding at most `capacity` bytes.
     /// Temporary files of writes a crash interrupted are deleted.
-    pub fn open(dir: PathBuf, capacity: u64) -> io::Result<Self> {
+    pub fn open(dir: PathBuf, capacity: u64, block_size: u64) -> io::Result<Self> {
         // The server's files are the user's own: nobody else may read them here.
         fs::DirBuilder::new()
             .recursive(true)
@@ -157,6 +179,7 @@ impl DiskCache {
             lru: LruCache::unbounded(),
             bytes: 0,
             times: HashMap::new(),
+            paths: HashMap::new(),
         };
         for (_, name, parsed, len) in found {
             state.add(name, parsed, len);
@@ -164,6 +187,7 @@ impl DiskCache {
         let cache = Self {
             dir,
             capacity,
+            block_size,
             state: Mutex::new(state),
             stats: DiskStats::default(),
             next_temporary: AtomicU64::new(0),
@@ -194,13 +218,15 @@ impl DiskCache {
 
     /// Whether blocks of the file `path` of `size` bytes are held, at any time.
     pub fn holds(&self, path: &[u8], size: u64) -> bool {
-        self.lock().times.contains_key(&file_key(path, size))
+        self.lock()
+            .times
+            .contains_key(&file_key(path, size, self.block_size))
     }
 
     /// Keeps the blocks of `path` (`size` bytes) stored under `time` and deletes those
     /// under any other time; returns whether any are left. `None`: delete them all.
     pub fn keep_only(&self, path: &[u8], size: u64, time: Option<Mtime>) -> bool {
-        let file = file_key(path, size);
+        let file = file_key(path, size, self.block_size);
         let keep = time.map(time_key);
         let doomed: Vec<String> = {
             let state = self.lock();
@@ -224,15 +250,35 @@ impl DiskCache {
         })
     }
 
+    /// Deletes every block of `path`, at any size and time: this mount changed the file.
+    pub fn forget_path(&self, path: &[u8]) {
+        let key = path_key(path);
+        let doomed: Vec<String> = {
+            let state = self.lock();
+            if !state.paths.contains_key(&key) {
+                return;
+            }
+            state
+                .lru
+                .iter()
+                .filter(|(name, _)| BlockName::parse(name).is_some_and(|n| n.path == key))
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        for name in &doomed {
+            self.remove(name);
+        }
+    }
+
     /// Writes a whole block, downloaded when the server gave `time` for the file. Blocking:
     /// run it off the async workers.
     pub fn store(&self, path: &[u8], size: u64, time: Mtime, index: u64, data: &[u8]) {
-        let parsed = BlockName::of(path, size, time, index);
+        let parsed = BlockName::of(path, size, self.block_size, time, index);
         let name = parsed.to_name();
         if self.lock().lru.contains(&name) {
             return;
         }
-        let header = header(path, size, time, index, data);
+        let header = header(path, size, self.block_size, time, index, data);
         let len = (header.len() + data.len()) as u64;
         if len > self.capacity {
             return;
@@ -276,7 +322,7 @@ impl DiskCache {
         index: u64,
         len: usize,
     ) -> Option<Vec<u8>> {
-        let name = BlockName::of(path, size, time, index).to_name();
+        let name = BlockName::of(path, size, self.block_size, time, index).to_name();
         // Known, and now the most recently used.
         self.lock().lru.get(&name)?;
         let file_path = self.dir.join(&name);
@@ -300,7 +346,10 @@ impl DiskCache {
                 return None;
             }
         };
-        if whole && check(&header, &data, path, size, time, index) {
+        let expected = self::header(path, size, self.block_size, time, index, &data);
+        // Computing the expected header computes the data's CRC: equal headers (the
+        // header's CRC included) mean the same key, length and data.
+        if whole && header == expected {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Some(data);
         }
@@ -357,6 +406,7 @@ impl State {
         match self.lru.put(name, len) {
             Some(old) => self.bytes -= old,
             None => {
+                *self.paths.entry(parsed.path).or_default() += 1;
                 *self
                     .times
                     .entry(parsed.file)
@@ -370,6 +420,12 @@ impl State {
 
     /// One block fewer of `parsed`'s file under its time.
     fn drop_time_if_unused(&mut self, parsed: BlockName) {
+        if let Some(count) = self.paths.get_mut(&parsed.path) {
+            *count -= 1;
+            if *count == 0 {
+                self.paths.remove(&parsed.path);
+            }
+        }
         let Some(times) = self.times.get_mut(&parsed.file) else {
             return;
         };
@@ -387,13 +443,21 @@ impl State {
 
 /// The header of a block file: the key it holds and its data's length and CRC, then the
 /// header's own CRC.
-fn header(path: &[u8], size: u64, (seconds, nanos): Mtime, index: u64, data: &[u8]) -> Vec<u8> {
+fn header(
+    path: &[u8],
+    size: u64,
+    block_size: u64,
+    (seconds, nanos): Mtime,
+    index: u64,
+    data: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(FIXED_HEADER + path.len() + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(path.len() as u32).to_le_bytes());
     out.extend_from_slice(&size.to_le_bytes());
     out.extend_from_slice(&seconds.to_le_bytes());
     out.extend_from_slice(&nanos.to_le_bytes());
+    out.extend_from_slice(&block_size.to_le_bytes());
     out.extend_from_slice(&index.to_le_bytes());
     out.extend_from_slice(&(data.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
@@ -401,15 +465,6 @@ fn header(path: &[u8], size: u64, (seconds, nanos): Mtime, index: u64, data: &[u
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
-}
-
-/// Whether a block file's `header` holds exactly this key and the length of `data`, and
-/// both CRCs match.
-fn check(header: &[u8], data: &[u8], path: &[u8], size: u64, time: Mtime, index: u64) -> bool {
-    let expected = self::header(path, size, time, index, data);
-    // Computing the expected header computes the data's CRC: equal headers (the header's
-    // CRC included) mean an equal key, length and data CRC.
-    header == expected
 }
 
 /// Whether the disk holding `dir` has less free space than it must keep.
@@ -448,10 +503,10 @@ mod tests {
     #[test]
     fn blocks_survive_reopening_and_need_the_exact_key() {
         let dir = scratch("reopen");
-        let cache = DiskCache::open(dir.clone(), 1 << 20).unwrap();
+        let cache = DiskCache::open(dir.clone(), 1 << 20, 1 << 20).unwrap();
         cache.store(b"/a/f", 10, T, 0, b"0123456789");
         drop(cache);
-        let cache = DiskCache::open(dir.clone(), 1 << 20).unwrap();
+        let cache = DiskCache::open(dir.clone(), 1 << 20, 1 << 20).unwrap();
         assert!(cache.holds(b"/a/f", 10));
         assert_eq!(cache.load(b"/a/f", 10, T, 0, 10).unwrap(), b"0123456789");
         // Another size, time, block or path: not this block.
@@ -466,8 +521,8 @@ mod tests {
     #[test]
     fn a_corrupt_or_cut_block_is_a_miss_and_is_deleted() {
         let dir = scratch("corrupt");
-        let cache = DiskCache::open(dir.clone(), 1 << 20).unwrap();
-        let name = BlockName::of(b"/f", 4, T, 0).to_name();
+        let cache = DiskCache::open(dir.clone(), 1 << 20, 1 << 20).unwrap();
+        let name = BlockName::of(b"/f", 4, 1 << 20, T, 0).to_name();
         for damage in 0..3 {
             cache.store(b"/f", 4, T, 0, b"data");
             let file = dir.join(&name);
@@ -491,8 +546,8 @@ mod tests {
     fn the_least_recently_used_blocks_go_first() {
         let dir = scratch("lru");
         let block = vec![7u8; 1000];
-        let one = (header(b"/f", 1 << 20, T, 0, &block).len() + block.len()) as u64;
-        let cache = DiskCache::open(dir.clone(), 3 * one).unwrap();
+        let one = (header(b"/f", 1 << 20, 1 << 20, T, 0, &block).len() + block.len()) as u64;
+        let cache = DiskCache::open(dir.clone(), 3 * one, 1 << 20).unwrap();
         for index in 0..3 {
             cache.store(b"/f", 1 << 20, T, index, &block);
         }
@@ -513,7 +568,7 @@ mod tests {
     #[test]
     fn keeping_one_time_deletes_the_others() {
         let dir = scratch("keep");
-        let cache = DiskCache::open(dir.clone(), 1 << 20).unwrap();
+        let cache = DiskCache::open(dir.clone(), 1 << 20, 1 << 20).unwrap();
         cache.store(b"/f", 4, T, 0, b"old!");
         cache.store(b"/f", 4, (T.0 + 60, 0), 0, b"new!");
         assert!(cache.keep_only(b"/f", 4, Some((T.0 + 60, 0))));
@@ -524,13 +579,39 @@ mod tests {
     }
 
     #[test]
+    fn blocks_cut_at_another_block_size_never_hit() {
+        let dir = scratch("block-size");
+        let cache = DiskCache::open(dir.clone(), 1 << 30, 1 << 20).unwrap();
+        cache.store(b"/f", 5 << 20, T, 2, &[1u8; 1 << 20]);
+        drop(cache);
+        // At 2 MiB blocks, block 2 is also 1 MiB long (the last one), but other bytes.
+        let cache = DiskCache::open(dir.clone(), 1 << 30, 2 << 20).unwrap();
+        assert!(!cache.holds(b"/f", 5 << 20));
+        assert_eq!(cache.load(b"/f", 5 << 20, T, 2, 1 << 20), None);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn forgetting_a_path_deletes_its_blocks_at_every_size_and_time() {
+        let dir = scratch("forget");
+        let cache = DiskCache::open(dir.clone(), 1 << 20, 1 << 20).unwrap();
+        cache.store(b"/f", 4, T, 0, b"old!");
+        cache.store(b"/f", 5, (T.0 + 1, 0), 0, b"newer");
+        cache.store(b"/g", 4, T, 0, b"kept");
+        cache.forget_path(b"/f");
+        assert!(!cache.holds(b"/f", 4) && !cache.holds(b"/f", 5));
+        assert_eq!(cache.load(b"/g", 4, T, 0, 4).unwrap(), b"kept");
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn only_the_user_can_read_the_cache() {
         let dir = scratch("mode");
-        let cache = DiskCache::open(dir.clone(), 1 << 20).unwrap();
+        let cache = DiskCache::open(dir.clone(), 1 << 20, 1 << 20).unwrap();
         cache.store(b"/secret", 4, T, 0, b"data");
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
-        let block = dir.join(BlockName::of(b"/secret", 4, T, 0).to_name());
+        let block = dir.join(BlockName::of(b"/secret", 4, 1 << 20, T, 0).to_name());
         assert_eq!(mode(&block), 0o600);
         let _ = fs::remove_dir_all(dir);
     }
@@ -540,7 +621,7 @@ mod tests {
         let dir = scratch("tmp");
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("x.blk.1.2.tmp"), b"half").unwrap();
-        let cache = DiskCache::open(dir.clone(), 1 << 20).unwrap();
+        let cache = DiskCache::open(dir.clone(), 1 << 20, 1 << 20).unwrap();
         assert!(!dir.join("x.blk.1.2.tmp").exists());
         assert_eq!(cache.bytes(), 0);
         let _ = fs::remove_dir_all(dir);

@@ -492,7 +492,7 @@ fn open_disk_cache(pool: &Pool, config: &FsConfig) -> Option<Arc<diskcache::Disk
         server.port,
         &server.user,
     );
-    match diskcache::DiskCache::open(dir.clone(), config.disk_cache_size) {
+    match diskcache::DiskCache::open(dir.clone(), config.disk_cache_size, config.block_size) {
         Ok(disk) => Some(Arc::new(disk)),
         Err(e) => {
             tracing::warn!("disk cache off: cannot use {}: {e}", dir.display());

@@ -58,6 +58,9 @@ pub const MIN_RANGE_BYTES: u64 = 8 << 20;
 /// streams would only compete for them.
 pub const MIN_ROUND_TRIP: Duration = Duration::from_millis(2);
 
+/// How often a part waiting for a stream slot or a connection looks again.
+const SLOT_RETRY: Duration = Duration::from_millis(50);
+
 /// Round trips a new range costs before its data flows at full speed: EPSV + REST + RETR
 /// in one, TCP connect, TLS resumption, the first bytes, and a few more while TCP's
 /// window grows. A range should last at least twice that.
@@ -102,8 +105,9 @@ impl Plan {
         let setup = measured.round_trip * RANGE_SETUP_ROUND_TRIPS;
         let worthwhile = (measured.bytes_per_second * setup.as_secs_f64() * 2.0) as u64;
         // As many parts as are free and the budget holds at the shortest range...
+        // One part alone would only take over the stream's own connection.
         let parts = spare.min((budget / min_range) as usize);
-        if parts == 0 {
+        if parts < 2 {
             return None;
         }
         // ...each as long as is worthwhile, within its share of the budget.
@@ -363,6 +367,8 @@ async fn run_part(job: &PartsJob, shared: &Shared) {
             }
             drop(state);
             shared.progress.notify_waiters();
+            // Idle parts take the rest of the range now, not when the reader next moves.
+            shared.demand.notify_waiters();
             return;
         }
         drop(state);
@@ -378,6 +384,7 @@ async fn connection_for_part(
     shared: &Shared,
 ) -> Option<(StreamSlot, PooledConnection)> {
     let max_streams = job.pool.limit().saturating_sub(job.reserve);
+    let deadline = tokio::time::Instant::now() + job.config.stream_idle;
     loop {
         let mut demand = pin!(shared.demand.notified());
         demand.as_mut().enable();
@@ -397,12 +404,12 @@ async fn connection_for_part(
                 }
             }
         }
-        if tokio::time::timeout(job.config.stream_idle, demand)
-            .await
-            .is_err()
-        {
+        // The stream frees its slot and connection without a word to the parts: look
+        // again shortly, up to the idle limit.
+        if tokio::time::Instant::now() >= deadline {
             return None;
         }
+        let _ = tokio::time::timeout(SLOT_RETRY, demand).await;
     }
 }
 
@@ -481,7 +488,8 @@ async fn fetch_range(
             cache: &job.cache,
             stats: &job.stats,
             version: &job.version,
-            server_time: time.or(job.server_time),
+            // Only this download's own time: a time it was not given is not checked.
+            server_time: time,
             requested,
         };
         match receive_block(&mut data, &into, block, block_size).await? {

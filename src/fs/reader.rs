@@ -305,7 +305,14 @@ impl Reader {
                 pos = block_start + to;
                 continue;
             }
-            if let Some(segment) = self.load_from_disk(file, &key, block_len).await {
+            // The disk's blocks are of the time checked at open: never after this open file
+            // has read another content.
+            let disk_agrees = state.seen_time.is_none() || state.seen_time == file.disk_time;
+            let from_disk = match disk_agrees {
+                true => self.load_from_disk(file, &key, block_len).await,
+                false => None,
+            };
+            if let Some(segment) = from_disk {
                 if state.seen_time.is_none() {
                     state.seen_time = file.disk_time;
                 }
@@ -523,6 +530,20 @@ impl Reader {
         }
     }
 
+    /// Deletes the disk cache's blocks of `path`: this mount changed the file.
+    pub fn forget_on_disk(&self, path: &[u8]) {
+        if let Some(disk) = self.disk.clone() {
+            let path = path.to_vec();
+            // Deleting files is blocking work; a later open cannot find them meanwhile
+            // under the new version's size and time.
+            let forget = move || disk.forget_path(&path);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(forget)),
+                Err(_) => forget(),
+            }
+        }
+    }
+
     /// What the disk cache did, if it is on.
     pub fn disk_stats(&self) -> Option<&DiskStats> {
         self.disk.as_deref().map(DiskCache::stats)
@@ -660,7 +681,7 @@ impl Reader {
             return Err(changed);
         }
         state.seen_time = time.or(state.seen_time);
-        Ok(Some(Stream::start(
+        let stream = Stream::start(
             conn,
             data,
             StreamJob {
@@ -674,7 +695,12 @@ impl Reader {
                 _slot: slot,
             },
             index,
-        )))
+        );
+        // A stream started again before the parallel ranges stops where they begin.
+        if let Some(parallel) = &state.parallel {
+            stream.stop_at(parallel.start_block());
+        }
+        Ok(Some(stream))
     }
 
     /// Whether a download the server gave `time` for may join what the open file has

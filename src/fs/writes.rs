@@ -1074,6 +1074,7 @@ impl FtpFs {
     /// page cache was kept for.
     pub(super) fn forget_file_data(&self, ino: u64, path: &[u8]) {
         self.cache.forget_path(path);
+        self.reader.forget_on_disk(path);
         self.opened_versions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
