@@ -309,10 +309,7 @@ impl BlockCache {
                     let version = &persist_key.version;
                     disk.store(&version.path, version.size, time, persist_key.index, &data);
                 };
-                match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => drop(runtime.spawn_blocking(write)),
-                    Err(_) => write(),
-                }
+                super::diskcache::in_background(write);
             }
         }
         outcome

@@ -251,6 +251,8 @@ impl DiskCache {
     }
 
     /// Deletes every block of `path`, at any size and time: this mount changed the file.
+    /// They leave the index at once, so no open finds them from now on; the files go in
+    /// the background.
     pub fn forget_path(&self, path: &[u8]) {
         let key = path_key(path);
         let doomed: Vec<String> = {
@@ -266,8 +268,14 @@ impl DiskCache {
                 .collect()
         };
         for name in &doomed {
-            self.remove(name);
+            self.forget(name);
         }
+        let files: Vec<PathBuf> = doomed.iter().map(|name| self.dir.join(name)).collect();
+        in_background(move || {
+            for file in files {
+                let _ = fs::remove_file(file);
+            }
+        });
     }
 
     /// Writes a whole block, downloaded when the server gave `time` for the file. Blocking:
@@ -465,6 +473,14 @@ fn header(
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// Runs blocking disk work off the async workers when there are any, else here.
+pub fn in_background(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => work(),
+    }
 }
 
 /// Whether the disk holding `dir` has less free space than it must keep.

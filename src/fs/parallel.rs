@@ -24,7 +24,8 @@ use crate::ftp::{Pool, PooledConnection};
 use super::blockcache::{BlockCache, FileVersion, Mtime};
 use super::error::FsError;
 use super::reader::{
-    expect_end, receive_block, Destination, ReadConfig, ReadStats, Received, StreamSlot,
+    expect_end, give_up_download, receive_block, Destination, ReadConfig, ReadStats, Received,
+    StreamSlot,
 };
 
 /// When a sequential reader's file is split into parallel ranges (`parallel_reads=`).
@@ -494,15 +495,7 @@ async fn fetch_range(
         };
         match receive_block(&mut data, &into, block, block_size).await? {
             Received::Stored => {}
-            Received::Short => {
-                // The final reply tells a changed file from a cut.
-                conn.finish_data(data).await?;
-                return Err(FsError::Changed);
-            }
-            Received::OtherContent => {
-                conn.abort_data(data).await?;
-                return Err(FsError::Changed);
-            }
+            failed => return Err(give_up_download(conn, data, failed).await),
         }
         if let Some(running) = shared
             .lock()

@@ -532,15 +532,8 @@ impl Reader {
 
     /// Deletes the disk cache's blocks of `path`: this mount changed the file.
     pub fn forget_on_disk(&self, path: &[u8]) {
-        if let Some(disk) = self.disk.clone() {
-            let path = path.to_vec();
-            // Deleting files is blocking work; a later open cannot find them meanwhile
-            // under the new version's size and time.
-            let forget = move || disk.forget_path(&path);
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(forget)),
-                Err(_) => forget(),
-            }
+        if let Some(disk) = &self.disk {
+            disk.forget_path(path);
         }
     }
 
@@ -940,6 +933,26 @@ pub(super) enum Received {
     OtherContent,
 }
 
+/// Ends a download whose block could not be stored (`received` is not `Stored`), and
+/// the error for its reader.
+pub(super) async fn give_up_download(
+    conn: &mut ControlConnection,
+    data: DataConnection,
+    received: Received,
+) -> FsError {
+    let ended = match received {
+        // The final reply tells a file that changed on the server (a complete transfer:
+        // 226 after close_notify) from a transfer that was cut off (no close_notify, or a
+        // 426), which is an error, never a short file.
+        Received::Short => conn.finish_data(data).await,
+        Received::Stored | Received::OtherContent => conn.abort_data(data).await,
+    };
+    match ended {
+        Ok(()) => FsError::Changed,
+        Err(e) => e.into(),
+    }
+}
+
 /// Reads block `index` from the download `data`, which is at its start, into the cache.
 pub(super) async fn receive_block(
     data: &mut DataConnection,
@@ -1313,17 +1326,7 @@ async fn run_stream(
         };
         match receive_block(&mut data, &into, block, block_size).await? {
             Received::Stored => {}
-            Received::Short => {
-                // The final reply tells a file that changed on the server (a complete
-                // transfer: 226 after close_notify) from a transfer that was cut off (no
-                // close_notify, or a 426), which is an error, never a short file.
-                conn.finish_data(data).await?;
-                return Err(FsError::Changed);
-            }
-            Received::OtherContent => {
-                conn.abort_data(data).await?;
-                return Err(FsError::Changed);
-            }
+            failed => return Err(give_up_download(&mut conn, data, failed).await),
         }
         {
             let mut state = shared.lock();

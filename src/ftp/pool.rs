@@ -306,7 +306,8 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len();
-        for _ in idle..count {
+        let ready_soon = idle + self.inner.warming.load(Ordering::Acquire);
+        for _ in ready_soon..count {
             let Some(permit) = self.spare_permit(reserve) else {
                 break;
             };
