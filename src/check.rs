@@ -113,12 +113,22 @@ pub async fn run(
         }
     ));
 
+    if options.pipelining.mode() == crate::ftp::PipeliningMode::Auto {
+        step("probing the reply order", conn.probe_reply_order().await)?;
+    }
+    out(&format!("commands: {}", options.pipelining.describe()));
+
     let mut report = CheckReport::default();
     let display_path = if path.is_empty() {
         "(login directory)".to_string()
     } else {
         format!("{:?}", String::from_utf8_lossy(path))
     };
+    // vsftpd lists a missing directory as empty: the path itself is asked first.
+    step(
+        format!("checking {display_path}"),
+        conn.check_directory(path).await,
+    )?;
     let mut probe_file: Option<Vec<u8>> = None;
     for round in 0..data_connections.max(1) {
         let started = Instant::now();

@@ -435,6 +435,8 @@ pub struct ConnectionSettings {
     pub trust_pasv_address: bool,
     /// Resume sessions on data connections (off only to diagnose a server).
     pub no_resume: bool,
+    /// `pipelining=`: whether commands may go out together.
+    pub pipelining: ftp::PipeliningMode,
 }
 
 /// Puts URL, credentials and settings together.
@@ -477,6 +479,7 @@ pub fn connect_options(
         timeouts: settings.timeouts,
         trust_pasv_address: settings.trust_pasv_address,
         resume_data_sessions: !settings.no_resume,
+        pipelining: ftp::Pipelining::new(settings.pipelining),
     })
 }
 

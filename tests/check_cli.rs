@@ -198,3 +198,78 @@ fn write_test_reports_uploads_renames_and_leaves_nothing() {
         assert!(left.is_empty(), "{port}: the write test left {left:?}");
     }
 }
+
+/// First contact as a new user makes it: the wrong scheme for a port, a path that does
+/// not exist, and a server that answers out of order. Each is one line, in seconds.
+mod first_contact {
+    use std::time::{Duration, Instant};
+
+    use super::{check, env, text};
+
+    fn ca() -> String {
+        env().ca.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn ftp_to_an_implicit_tls_port_says_use_ftps_well_before_the_timeout() {
+        let url = format!(
+            "ftp://{}@127.0.0.1:{}/",
+            env().user,
+            env().port("VSFTPD_IMPLICIT_PORT")
+        );
+        let started = Instant::now();
+        let out = check(&["--ca-file", &ca(), &url], Some(&env().password));
+        let took = started.elapsed();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("implicit TLS port; use an ftps:// URL"),
+            "{stderr}"
+        );
+        assert!(
+            took < Duration::from_secs(8),
+            "took {took:?} (timeout 20 s)"
+        );
+    }
+
+    #[test]
+    fn ftps_to_an_explicit_port_says_use_ftp() {
+        let url = format!(
+            "ftps://{}@127.0.0.1:{}/",
+            env().user,
+            env().port("VSFTPD_PORT")
+        );
+        let started = Instant::now();
+        let out = check(&["--ca-file", &ca(), &url], Some(&env().password));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("this port speaks plain FTP first; use an ftp:// URL"),
+            "{stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_path_that_does_not_exist_fails_on_every_server() {
+        for port in ["VSFTPD_PORT", "PROFTPD_PORT", "PUREFTPD_PORT"] {
+            let url = format!(
+                "ftp://{}@127.0.0.1:{}/no-such-directory",
+                env().user,
+                env().port(port)
+            );
+            let out = check(&["--ca-file", &ca(), &url], Some(&env().password));
+            let stderr = text(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{port}: {stderr}{}",
+                text(&out.stdout)
+            );
+            assert_eq!(stderr.lines().count(), 1, "{port}: {stderr}");
+            assert!(stderr.contains("no-such-directory"), "{port}: {stderr}");
+        }
+    }
+}

@@ -746,3 +746,69 @@ fn a_failed_passive_step_after_an_accepted_rest_retires_the_connection() {
         });
     }
 }
+
+/// A reply that cannot answer its command (another command's, as a server answering out
+/// of order sends) is never taken for success, nor for data: the connection is dropped.
+#[test]
+fn a_reply_that_belongs_to_another_command_is_never_success() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cases: [(&str, &str); 5] = [
+        ("MKD", "226 Successfully sent"),
+        ("RNTO", "350 Ready for destination name"),
+        ("MDTM", "426 Connection closed; transfer aborted."),
+        ("EPSV", "225 Data connection open; no transfer in progress"),
+        ("SIZE", "150 Opening data connection"),
+    ];
+    for (verb, wrong) in cases {
+        let mut opts = options();
+        opts.add_file(b"f.bin", &[7u8; 8192]);
+        opts.replies.insert(verb.into(), wrong.into());
+        let server = FakeServer::start(opts);
+        let mut connect =
+            common::options(server.port(), ftpsfs::ftp::Security::ExplicitTls, Tls::V13);
+        connect.pipelining = ftpsfs::ftp::Pipelining::new(ftpsfs::ftp::PipeliningMode::On);
+        runtime.block_on(async {
+            let stats = Arc::new(ftpsfs::ftp::tls::TlsStats::default());
+            let mut conn = ftpsfs::ftp::ControlConnection::connect(Arc::new(connect), stats)
+                .await
+                .expect("connect to the fake server");
+            let outcome = match verb {
+                "MKD" => conn.make_dir(b"d").await.map(drop),
+                "RNTO" => conn.rename(b"f.bin", b"g.bin").await,
+                "MDTM" => conn.modified(b"f.bin").await.map(drop),
+                "EPSV" => conn.retrieve(b"f.bin", 0).await.map(drop),
+                _ => conn.size(b"f.bin").await.map(drop),
+            };
+            let error = outcome
+                .err()
+                .unwrap_or_else(|| panic!("{verb} answered {wrong:?} succeeded"));
+            assert!(error.is_desync(), "{verb} answered {wrong:?}: {error}");
+            assert!(error.to_string().contains(&wrong[..3]), "{error}");
+            assert!(
+                conn.is_broken(),
+                "{verb}: the connection out of step was kept"
+            );
+        });
+    }
+}
+
+/// A server that refuses MLSD for a directory (some NAS firmware answers 501) gets it
+/// listed with `LIST -a` instead of an error.
+#[test]
+fn a_directory_refused_to_mlsd_is_listed_with_list() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut opts = options();
+    opts.replies
+        .insert("MLSD".into(), "501 Invalid argument for this path".into());
+    let server = FakeServer::start(opts);
+    let connect = common::options(server.port(), ftpsfs::ftp::Security::ExplicitTls, Tls::V13);
+    runtime.block_on(async {
+        let stats = Arc::new(ftpsfs::ftp::tls::TlsStats::default());
+        let mut conn = ftpsfs::ftp::ControlConnection::connect(Arc::new(connect), stats)
+            .await
+            .expect("connect to the fake server");
+        conn.list(b"").await.expect("listed with LIST -a");
+        assert!(!conn.is_broken());
+    });
+    assert!(server.received("LIST"), "{:?}", server.commands());
+}

@@ -158,6 +158,7 @@ fn remote_errno(error: &FtpError) -> i32 {
         | FtpError::Closed { .. }
         | FtpError::DataRejected { .. }
         | FtpError::Protocol { .. }
+        | FtpError::Desync { .. }
         | FtpError::TicketsExhausted
         | FtpError::TlsConfig(_)
         | FtpError::Pool(_)

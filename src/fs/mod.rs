@@ -264,6 +264,7 @@ impl FtpFs {
         report::Report {
             uptime: self.started.elapsed(),
             connection_limit: self.pool.limit(),
+            commands: self.pool.connect_options().pipelining.describe(),
             connections: self.pool.connections(),
             unreachable: self.pool.unreachable(),
             tls: self.pool.stats(),
@@ -473,6 +474,14 @@ impl FtpFs {
     /// Lists the root directory: proves the server, login and path work before mounting.
     pub async fn probe(&self) -> Result<(), FsError> {
         let root = self.node(ROOT_INODE)?;
+        // vsftpd lists a missing directory as empty: the path itself is asked first.
+        let path = root.path.to_vec();
+        let pool = &self.pool;
+        self.within(async {
+            crate::with_connection!(pool, |conn| conn.check_directory(&path).await).await?;
+            Ok(())
+        })
+        .await?;
         self.within(self.dirs.get(&self.pool, &root.path))
             .await
             .map(|_| ())

@@ -184,7 +184,14 @@ impl FtpFs {
                 return Err(FsError::AlreadyExists);
             }
             let path = join_path(&dir, name);
-            let made = crate::with_connection!(pool, |conn| conn.make_dir(&path).await).await;
+            let mut made = crate::with_connection!(pool, |conn| conn.make_dir(&path).await).await;
+            if made.as_ref().is_err_and(FtpError::is_desync)
+                && self.exists_now(&dir, name).await?.is_none()
+            {
+                // Out of step before its reply, and the directory is not there: the
+                // mount sends one command at a time now, so ask again.
+                made = crate::with_connection!(pool, |conn| conn.make_dir(&path).await).await;
+            }
             match made {
                 Ok(()) => {}
                 Err(e @ FtpError::Unconfirmed { .. }) => {
@@ -255,7 +262,13 @@ impl FtpFs {
             if !inside.entries.is_empty() || self.has_local_only_children(ino) {
                 return Err(FsError::NotEmpty);
             }
-            let removed = crate::with_connection!(pool, |conn| conn.remove_dir(&path).await).await;
+            let mut removed =
+                crate::with_connection!(pool, |conn| conn.remove_dir(&path).await).await;
+            if removed.as_ref().is_err_and(FtpError::is_desync)
+                && self.exists_now(&dir, name).await?.is_some()
+            {
+                removed = crate::with_connection!(pool, |conn| conn.remove_dir(&path).await).await;
+            }
             self.removal_outcome(removed, &dir, name).await?;
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
             self.dirs.forget_tree(&path);
@@ -296,7 +309,12 @@ impl FtpFs {
                 return Err(FsError::IsADirectory);
             }
             let path = join_path(&dir, name);
-            let deleted = crate::with_connection!(pool, |conn| conn.delete(&path).await).await;
+            let mut deleted = crate::with_connection!(pool, |conn| conn.delete(&path).await).await;
+            if deleted.as_ref().is_err_and(FtpError::is_desync)
+                && self.exists_now(&dir, name).await?.is_some()
+            {
+                deleted = crate::with_connection!(pool, |conn| conn.delete(&path).await).await;
+            }
             self.removal_outcome(deleted, &dir, name).await?;
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
             self.forget_name(parent, name, ino);
@@ -391,8 +409,8 @@ impl FtpFs {
             .refuses_overwrite
             .load(std::sync::atomic::Ordering::Relaxed);
         let target_exists = target.is_some() || target_local.is_some();
-        let renamed = self
-            .within(async {
+        let rename = || {
+            self.within(async {
                 let mut conn = pool.get().await?;
                 upload::rename_replacing(
                     &mut conn,
@@ -404,7 +422,17 @@ impl FtpFs {
                 )
                 .await
             })
-            .await;
+        };
+        let mut renamed = rename().await;
+        let out_of_step = |e: &FsError| e.remote().is_some_and(FtpError::is_desync);
+        if renamed.as_ref().is_err_and(out_of_step)
+            && !target_exists
+            && self.exists_now(&dir, name).await?.is_some()
+        {
+            // Out of step before RNTO's reply, and the file is still where it was: the
+            // mount sends one command at a time now, so rename again.
+            renamed = rename().await;
+        }
         match renamed {
             Ok(refused) => {
                 if refused {

@@ -14,6 +14,8 @@ pub struct Report {
     pub uptime: Duration,
     /// The connection limit now (lower than configured after a 421).
     pub connection_limit: usize,
+    /// How commands go out (pipelined or one at a time), and why.
+    pub commands: String,
     /// Live control connections and what each is doing.
     pub connections: Vec<ConnectionReport>,
     /// Why the server cannot be reached and for how long, while that lasts.
@@ -90,6 +92,7 @@ impl Report {
                 let _ = writeln!(out, "server: reachable");
             }
         }
+        let _ = writeln!(out, "commands: {}", self.commands);
         let _ = writeln!(
             out,
             "connections: {} of {}",
@@ -206,6 +209,7 @@ impl Report {
             }
             None => out.push_str(",\"server\":{\"reachable\":true}"),
         }
+        let _ = write!(out, ",\"commands\":{}", json_string(&self.commands));
         let _ = write!(out, ",\"connection_limit\":{}", self.connection_limit);
         out.push_str(",\"connections\":[");
         for (i, c) in self.connections.iter().enumerate() {
@@ -329,6 +333,7 @@ mod tests {
         Report {
             uptime: Duration::from_secs(75),
             connection_limit: 5,
+            commands: "pipelined (pipelining=auto)".into(),
             connections: vec![ConnectionReport {
                 id: 3,
                 tls: Some("TLSv1_3".into()),

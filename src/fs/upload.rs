@@ -42,7 +42,16 @@ pub async fn start(
         let mut conn = pool.get().await?;
         match conn.store(path).await {
             Ok(upload) => return Ok((conn, upload)),
-            Err(e) if attempts < 3 && worth_retrying(&e) && !conn.sent_mutation() => {
+            // STOR goes to a name of this upload's own, so sending it again after a
+            // reply that could not answer it (a server answering out of order) or a
+            // data connection refused for coming late replaces nothing of anyone's.
+            Err(e)
+                if attempts < 3
+                    && worth_retrying(&e)
+                    && (!conn.sent_mutation()
+                        || e.is_desync()
+                        || matches!(e, FtpError::DataRejected { .. })) =>
+            {
                 tracing::debug!(
                     conn = conn.id(),
                     "upload could not start ({e}); on another connection"

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ftp::listing::{Entry, EntryKind, TimePrecision, Timestamp};
+use crate::ftp::{FtpError, PooledConnection};
 
 use super::attr::Attr;
 use super::blockcache::FileVersion;
@@ -818,28 +819,47 @@ impl FtpFs {
                 return Ok(());
             }
         };
-        let landed = async {
-            let (uploaded, applied) =
-                upload::check_and_apply(&mut conn, &path, sent, metadata).await?;
-            if path != final_path {
-                let target_exists =
-                    state.on_server || self.dirs.cached_entry(&dir, &name).is_some();
-                let refused = upload::rename_replacing(
-                    &mut conn,
-                    &dir,
-                    &path,
-                    &name,
-                    target_exists,
-                    self.refuses_overwrite.load(Ordering::Relaxed),
-                )
-                .await?;
-                if refused {
-                    self.refuses_overwrite.store(true, Ordering::Relaxed);
-                }
+        let target_exists = state.on_server || self.dirs.cached_entry(&dir, &name).is_some();
+        let mut landed = self
+            .land(
+                &mut conn,
+                &path,
+                &final_path,
+                &dir,
+                &name,
+                sent,
+                metadata,
+                target_exists,
+            )
+            .await;
+        if landed
+            .as_ref()
+            .is_err_and(|e| e.remote().is_some_and(FtpError::is_desync))
+        {
+            // A reply that could not answer its command (a server answering out of order):
+            // the mount sends one command at a time now. While the temporary file is still
+            // there whole, its rename did not happen, and landing it again is safe.
+            drop(conn);
+            conn = match self.pool.get().await {
+                Ok(conn) => conn,
+                Err(e) => return Err(self.discard_after(e.into(), path)),
+            };
+            if path != final_path && conn.size(&path).await.ok() == Some(sent) {
+                tracing::debug!(path = %shown(&final_path), "landing the upload again, one command at a time");
+                landed = self
+                    .land(
+                        &mut conn,
+                        &path,
+                        &final_path,
+                        &dir,
+                        &name,
+                        sent,
+                        metadata,
+                        target_exists,
+                    )
+                    .await;
             }
-            Ok::<(u64, Metadata), FsError>((uploaded, applied))
         }
-        .await;
         let (uploaded, applied) = match landed {
             Ok(landed) => landed,
             Err(e) => {
@@ -883,6 +903,38 @@ impl FtpFs {
         state.set_mode = None;
         state.mode = mode;
         Ok(())
+    }
+
+    /// Checks an uploaded temporary file `path` (its size, with `metadata` set on it)
+    /// and renames it onto `name` in `dir`; returns the size and what was set.
+    #[allow(clippy::too_many_arguments)]
+    async fn land(
+        &self,
+        conn: &mut PooledConnection,
+        path: &[u8],
+        final_path: &[u8],
+        dir: &[u8],
+        name: &[u8],
+        sent: u64,
+        metadata: Metadata,
+        target_exists: bool,
+    ) -> Result<(u64, Metadata), FsError> {
+        let (uploaded, applied) = upload::check_and_apply(conn, path, sent, metadata).await?;
+        if path != final_path {
+            let refused = upload::rename_replacing(
+                conn,
+                dir,
+                path,
+                name,
+                target_exists,
+                self.refuses_overwrite.load(Ordering::Relaxed),
+            )
+            .await?;
+            if refused {
+                self.refuses_overwrite.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok((uploaded, applied))
     }
 
     /// After a failed upload to `path`: deletes it when it is a temporary file.

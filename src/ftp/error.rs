@@ -34,12 +34,18 @@ pub enum FtpError {
     Rejected { command: String, reply: Reply },
 
     /// The server refused a data connection (often because it did not resume the TLS session).
-    #[error("data connection {number} rejected by server: {reply}{}", resumption_hint(*.resumed))]
+    #[error("data connection {number} rejected by server: {reply}{}", refusal_hint(reply, *.resumed))]
     DataRejected {
         number: u64,
         reply: Reply,
         resumed: Option<bool>,
     },
+
+    /// A reply that cannot answer the command it was read for: it belongs to another
+    /// command (a server answering out of order, a late reply to an earlier one). It is
+    /// never taken for an answer; the connection is out of step and is dropped.
+    #[error("{command}: the server's reply {reply} cannot answer it, so the connection is out of step (dropped)")]
+    Desync { command: String, reply: Reply },
 
     /// The server's bytes do not follow the protocol.
     #[error("protocol error during {step}: {detail}")]
@@ -71,7 +77,24 @@ pub enum FtpError {
     },
 }
 
-fn resumption_hint(resumed: Option<bool>) -> &'static str {
+/// What a refused data connection means, for the refusals servers are known to word so:
+/// the cause and what to do, after the server's own words.
+fn refusal_hint(reply: &Reply, resumed: Option<bool>) -> &'static str {
+    let text = reply.text().to_ascii_lowercase();
+    let demands_resumption = (text.contains("reuse") && text.contains("session"))
+        || text.contains("not resumed")
+        || text.contains("has not resumed")
+        || text.contains("cached tls session")
+        || (reply.code == 425 && text.contains("operation not permitted"));
+    if demands_resumption {
+        return match resumed {
+            Some(false) => " (the server demands that each data connection resume the control connection's TLS session, and this one did not: drop --no-resume, or see `ftpsfs check` for the handshakes)",
+            _ => " (the server demands that each data connection resume the control connection's TLS session and did not accept this one as such: `ftpsfs check` shows every handshake)",
+        };
+    }
+    if reply.code == 534 && text.contains("policy requires ssl") {
+        return " (the server demands TLS on data connections: use an ftp:// or ftps:// URL without --plain)";
+    }
     match resumed {
         Some(false) => " (the TLS session was not resumed: full handshake)",
         Some(true) | None => "",
@@ -102,6 +125,7 @@ impl FtpError {
             | FtpError::Io { .. }
             | FtpError::Closed { .. }
             | FtpError::Protocol { .. }
+            | FtpError::Desync { .. }
             // A refused data connection means this control connection's session can no
             // longer be resumed (or the server already hung up, as vsftpd does after 522).
             | FtpError::DataRejected { .. }
@@ -118,6 +142,18 @@ impl FtpError {
             FtpError::Closed { .. } | FtpError::Io { .. } => true,
             FtpError::Rejected { reply, .. } => reply.code == 421,
             FtpError::Unconfirmed { source, .. } => source.connection_lost(),
+            _ => false,
+        }
+    }
+
+    /// True when a reply that could not answer its command broke the connection (see
+    /// [`FtpError::Desync`]), also under an unconfirmed change: the server answers out of
+    /// order, and the operation may be tried again once the mount sends one command at a
+    /// time, where looking at the server shows that nothing changed.
+    pub fn is_desync(&self) -> bool {
+        match self {
+            FtpError::Desync { .. } => true,
+            FtpError::Unconfirmed { source, .. } => source.is_desync(),
             _ => false,
         }
     }

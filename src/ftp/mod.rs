@@ -7,6 +7,7 @@ pub mod features;
 pub mod listing;
 pub mod options;
 pub mod passive;
+pub mod pipelining;
 pub mod pool;
 pub mod reply;
 pub mod tls;
@@ -19,6 +20,7 @@ pub use control::{
 };
 pub use error::FtpError;
 pub use options::{ConnectOptions, Secret, Security, Timeouts};
+pub use pipelining::{Pipelining, PipeliningMode};
 pub use pool::{Pool, PoolOptions, PooledConnection};
 pub use reply::Reply;
 pub use tls::{TlsOptions, TlsStatsSnapshot, TlsVersions};

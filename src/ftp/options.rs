@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 
+use super::pipelining::Pipelining;
+
 /// How the control connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Security {
@@ -108,4 +110,7 @@ pub struct ConnectOptions {
     pub trust_pasv_address: bool,
     /// Resume the control connection's TLS session on data connections (off only to diagnose).
     pub resume_data_sessions: bool,
+    /// Whether commands go out together: the user's choice and what the server showed,
+    /// shared by every connection made with these options.
+    pub pipelining: Arc<Pipelining>,
 }

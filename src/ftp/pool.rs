@@ -569,7 +569,17 @@ impl PoolInner {
     /// Opens and logs in a connection with the TLS versions the policy says, and notes
     /// whether the server is reachable.
     async fn open(&self) -> Result<ControlConnection, FtpError> {
-        let opened = self.open_with_policy().await;
+        let mut opened = self.open_with_policy().await;
+        if let Ok(conn) = &mut opened {
+            // The first login finds out whether the server answers pipelined commands in
+            // order, before any operation depends on it.
+            if self.connect.pipelining.take_probe() {
+                if let Err(e) = conn.probe_reply_order().await {
+                    tracing::debug!(conn = conn.id(), "probing the reply order failed: {e}");
+                    opened = Err(e);
+                }
+            }
+        }
         match &opened {
             Ok(conn) => {
                 self.activities.register(conn.activity());

@@ -135,6 +135,7 @@ pub fn options(port: u16, tls: Tls) -> ConnectOptions {
         timeouts: Timeouts::uniform(Duration::from_secs(5)),
         trust_pasv_address: false,
         resume_data_sessions: true,
+        pipelining: ftpsfs::ftp::Pipelining::new(ftpsfs::ftp::PipeliningMode::Auto),
     }
 }
 
@@ -166,6 +167,10 @@ pub struct LocalConfig {
     pub max_readahead: u64,
     /// When files are split into parallel ranges.
     pub parallel_reads: ParallelReads,
+    /// Whether commands go out together.
+    pub pipelining: ftpsfs::ftp::PipeliningMode,
+    /// The server answers as one that runs each command on its own task, from the start.
+    pub async_replies: bool,
     /// Control connections in the pool.
     pub connections: usize,
     /// Block cache bytes.
@@ -187,6 +192,8 @@ impl Default for LocalConfig {
             list_only: false,
             max_readahead: 8 << 20,
             parallel_reads: ParallelReads::Off,
+            pipelining: ftpsfs::ftp::PipeliningMode::Auto,
+            async_replies: false,
             connections: PoolOptions::default().max_connections,
             cache_size: 64 << 20,
             disk_cache_dir: None,
@@ -224,6 +231,7 @@ impl LocalFs {
             )
         })
         .expect("start the strict server");
+        server.set_async_replies(config.async_replies);
         let fs = build_fs(server.port(), &staging, &config);
         Self {
             fs: Arc::new(fs),
@@ -264,8 +272,10 @@ impl Drop for LocalFs {
 
 /// A filesystem over the strict server on `port`, as `config` says.
 fn build_fs(port: u16, staging: &Path, config: &LocalConfig) -> FtpFs {
+    let mut connect = options(port, config.tls);
+    connect.pipelining = ftpsfs::ftp::Pipelining::new(config.pipelining);
     let pool = Pool::new(
-        options(port, config.tls),
+        connect,
         PoolOptions {
             max_connections: config.connections,
             ..PoolOptions::default()

@@ -237,6 +237,7 @@ pub fn options(port: u16, security: Security, tls: Tls) -> ConnectOptions {
         timeouts: Timeouts::default(),
         trust_pasv_address: false,
         resume_data_sessions: true,
+        pipelining: ftpsfs::ftp::Pipelining::new(ftpsfs::ftp::PipeliningMode::Auto),
     }
 }
 

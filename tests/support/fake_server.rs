@@ -85,6 +85,9 @@ pub struct FakeOptions {
     pub dirs: HashMap<Vec<u8>, Vec<u8>>,
     /// File contents by path argument.
     pub files: HashMap<Vec<u8>, Vec<u8>>,
+    /// Replies sent instead of the right one, by verb (the reply of another command,
+    /// as a server answering out of order gives).
+    pub replies: HashMap<String, String>,
 }
 
 impl FakeOptions {
@@ -104,6 +107,7 @@ impl FakeOptions {
             list_format: ListFormat::Mlsd,
             dirs,
             files: HashMap::new(),
+            replies: HashMap::new(),
         }
     }
 
@@ -452,6 +456,10 @@ impl Session {
         let opts = &state.opts;
         if !self.logged_in && !matches!(verb.as_str(), "USER" | "PASS" | "QUIT" | "FEAT") {
             self.say("530 Please login with USER and PASS.").await?;
+            return Ok(Flow::Continue);
+        }
+        if let Some(text) = opts.replies.get(verb.as_str()) {
+            self.say(text).await?;
             return Ok(Flow::Continue);
         }
         match verb.as_str() {

@@ -202,6 +202,11 @@ struct Faults {
     show_symlinks: AtomicBool,
     /// Listings below `synthetic/` are made up (see `StrictServer::set_synthetic_tree`).
     synthetic_tree: Mutex<Option<[usize; 3]>>,
+    /// Behaves as a server that runs each command on its own task (see
+    /// `StrictServer::set_async_replies`).
+    async_replies: AtomicBool,
+    /// After an aborted transfer, the control connection gets plain text inside TLS.
+    break_after_abort: AtomicBool,
 }
 
 /// A control connection that drops at a command, without replying to it.
@@ -216,6 +221,8 @@ pub struct DropAt {
 #[derive(Default)]
 struct Counters {
     control_connections: AtomicU64,
+    /// Transfers whose control connection the client closed before they ended.
+    transfers_left: AtomicU64,
     data_accepted: AtomicU64,
     data_rejected: AtomicU64,
     data_tls_failures: AtomicU64,
@@ -289,6 +296,8 @@ impl StrictServer {
                 slow_next_listing: Mutex::new(None),
                 show_symlinks: AtomicBool::new(false),
                 synthetic_tree: Mutex::new(None),
+                async_replies: AtomicBool::new(false),
+                break_after_abort: AtomicBool::new(false),
             },
         });
         // Fail now rather than on the first connection if cert and key
@@ -373,6 +382,12 @@ impl StrictServer {
             .counters
             .control_connections
             .load(Ordering::SeqCst)
+    }
+
+    /// Transfers whose control connection the client closed before they ended (how a
+    /// client gives up a stalled transfer).
+    pub fn transfers_left(&self) -> u64 {
+        self.shared.counters.transfers_left.load(Ordering::SeqCst)
     }
 
     /// TLS 1.3 session tickets issued at PASV/EPSV (always 0 with TLS 1.2).
@@ -513,6 +528,26 @@ impl StrictServer {
             .faults
             .passive_ports_busy
             .store(count, Ordering::SeqCst);
+    }
+
+    /// Answers as a server that runs each command on its own task (a cloud gateway
+    /// built on an async runtime, a Node.js server):
+    /// - of two commands that arrive together, the second is carried out and answered
+    ///   first, so pipelined commands get their replies out of order;
+    /// - a transfer command that arrives before its data connection is refused with 425;
+    /// - a transfer's final reply, and the replies to ABOR, come after the reply to the
+    ///   next command (or after 30 ms when none comes).
+    pub fn set_async_replies(&self, on: bool) {
+        self.shared.faults.async_replies.store(on, Ordering::SeqCst);
+    }
+
+    /// After an aborted transfer, writes its replies as plain text into the TLS control
+    /// stream (as a Node.js server does), which breaks the connection.
+    pub fn set_break_after_abort(&self, on: bool) {
+        self.shared
+            .faults
+            .break_after_abort
+            .store(on, Ordering::SeqCst);
     }
 
     /// Stops accepting, closes every control connection (which aborts any
@@ -821,6 +856,8 @@ fn run_control(mut sock: TcpStream, shared: &Arc<Shared>) {
         rename_from: None,
         muted: false,
         cut_transfer: false,
+        late: Vec::new(),
+        late_until: None,
     };
     session.run();
 }
@@ -850,7 +887,14 @@ struct Session {
     muted: bool,
     /// The transfer under way sends less than it should: its final reply is 426.
     cut_transfer: bool,
+    /// Replies held back in async mode: they go out after the next reply, or when
+    /// `late_until` passes.
+    late: Vec<String>,
+    late_until: Option<Instant>,
 }
+
+/// How long async mode holds a reply back when no other command comes.
+const LATE_REPLY_DELAY: Duration = Duration::from_millis(30);
 
 enum Flow {
     Continue,
@@ -887,43 +931,130 @@ const COMMANDS_BEFORE_LOGIN: &[&str] = &[
 
 impl Session {
     fn run(&mut self) {
-        loop {
-            let line = match self.queued.pop_front() {
-                Some(line) => line,
-                None => match self.reader.read_line(&mut self.ctrl) {
-                    Ok(Some(line)) => line,
-                    Err(e)
-                        if self.shared.opts.idle_reply_421
-                            && matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                    {
-                        // vsftpd's idle_session_timeout.
-                        let _ = self.reply(421, "Timeout.");
-                        let _ = self.ctrl.shutdown();
-                        break;
-                    }
-                    // EOF, idle timeout, stop() or a TLS error.
-                    _ => break,
-                },
+        while let Some(line) = self.next_line() {
+            // Async mode: a command with another one right behind it is carried out after
+            // that one, as if it took longer on its own task.
+            let behind = if self.async_replies() {
+                self.buffered_line()
+            } else {
+                None
             };
-            match self.handle(&line) {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Quit) => {
-                    let _ = self.ctrl.shutdown();
-                    break;
+            let lines = match behind {
+                Some(behind) => vec![behind, line],
+                None => vec![line],
+            };
+            for line in lines {
+                match self.handle(&line) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Quit) => {
+                        let _ = self.flush_late();
+                        let _ = self.ctrl.shutdown();
+                        return;
+                    }
+                    Err(_) => return,
                 }
-                Err(_) => break,
             }
         }
+    }
+
+    fn async_replies(&self) -> bool {
+        self.shared.faults.async_replies.load(Ordering::SeqCst)
+    }
+
+    /// The next command line; None when the connection ends. Replies held back go out
+    /// when their time comes even if no command does.
+    fn next_line(&mut self) -> Option<String> {
+        if let Some(line) = self.queued.pop_front() {
+            return Some(line);
+        }
+        loop {
+            let wait = self
+                .late_until
+                .map(|until| until.saturating_duration_since(Instant::now()));
+            if let Some(wait) = wait {
+                let _ = self
+                    .ctrl
+                    .get_ref()
+                    .set_read_timeout(Some(wait.max(Duration::from_millis(1))));
+            }
+            let read = self.reader.read_line(&mut self.ctrl);
+            if wait.is_some() {
+                let _ = self
+                    .ctrl
+                    .get_ref()
+                    .set_read_timeout(Some(self.shared.opts.idle_timeout));
+            }
+            match read {
+                Ok(Some(line)) => return Some(line),
+                Err(e)
+                    if wait.is_some()
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    if self.flush_late().is_err() {
+                        return None;
+                    }
+                }
+                Err(e)
+                    if self.shared.opts.idle_reply_421
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    // vsftpd's idle_session_timeout.
+                    let _ = self.reply(421, "Timeout.");
+                    let _ = self.ctrl.shutdown();
+                    return None;
+                }
+                // EOF, idle timeout, stop() or a TLS error.
+                _ => return None,
+            }
+        }
+    }
+
+    /// A command line that arrived with the one just read (pipelined), if any.
+    fn buffered_line(&mut self) -> Option<String> {
+        if let Some(line) = self.queued.pop_front() {
+            return Some(line);
+        }
+        if !self.reader.buf.contains(&b'\n') {
+            return None;
+        }
+        self.reader.read_line(&mut self.ctrl).ok().flatten()
+    }
+
+    /// Holds a reply back (async mode) or sends it now.
+    fn reply_late(&mut self, code: u16, text: &str) -> io::Result<()> {
+        if !self.async_replies() || self.muted {
+            return self.reply(code, text);
+        }
+        self.late.push(format!("{code} {text}\r\n"));
+        self.late_until
+            .get_or_insert_with(|| Instant::now() + LATE_REPLY_DELAY);
+        Ok(())
+    }
+
+    /// Sends the replies held back.
+    fn flush_late(&mut self) -> io::Result<()> {
+        self.late_until = None;
+        for line in std::mem::take(&mut self.late) {
+            self.ctrl.write_all(line.as_bytes())?;
+        }
+        self.ctrl.flush()
     }
 
     fn reply(&mut self, code: u16, text: &str) -> io::Result<()> {
         if self.muted {
             return Ok(());
         }
-        write_reply(&mut self.ctrl, code, text)
+        write_reply(&mut self.ctrl, code, text)?;
+        if !self.late.is_empty() {
+            self.flush_late()?;
+        }
+        Ok(())
     }
 
     fn handle(&mut self, line: &str) -> io::Result<Flow> {
@@ -1534,12 +1665,22 @@ impl Session {
         let Some(listener) = self.passive.take() else {
             return self.reply(425, "Use PASV or EPSV first.");
         };
+        // Async mode: the data connection must be there when the command is taken.
+        let preaccepted = if self.async_replies() {
+            match accept_waiting(&listener, self.peer_ip) {
+                Some(sock) => Some(sock),
+                None => return self.reply(425, "No data connection established"),
+            }
+        } else {
+            None
+        };
         self.reply(150, "Starting data transfer.")?;
 
         let abort = Arc::new(AtomicBool::new(false));
         let data_sock: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
         let job = DataJob {
             listener,
+            preaccepted,
             acceptor: self.acceptor.clone(),
             payload,
             abort: Arc::clone(&abort),
@@ -1585,6 +1726,10 @@ impl Session {
                     ) => {}
                 Ok(None) | Err(_) => {
                     control_lost = true;
+                    self.shared
+                        .counters
+                        .transfers_left
+                        .fetch_add(1, Ordering::SeqCst);
                     stop_transfer(&abort);
                     break;
                 }
@@ -1603,26 +1748,25 @@ impl Session {
             .set_read_timeout(Some(self.shared.opts.idle_timeout));
 
         let cut = std::mem::take(&mut self.cut_transfer);
-        match outcome {
-            Outcome::Done if cut => self.reply(426, "Failure reading directory.")?,
-            Outcome::Done => self.reply(226, "Operation successful")?,
+        let (code, text): (u16, String) = match outcome {
+            Outcome::Done if cut => (426, "Failure reading directory.".into()),
+            Outcome::Done => (226, "Operation successful".into()),
             Outcome::NotResumed => {
-                self.ctrl
-                    .write_all(format!("{NOT_RESUMED_REPLY}\r\n").as_bytes())?;
-                self.ctrl.flush()?;
+                let (code, text) = NOT_RESUMED_REPLY.split_once(' ').unwrap_or(("425", ""));
+                (code.parse().unwrap_or(425), text.to_string())
             }
-            Outcome::NoConnection => self.reply(425, "Can't open data connection.")?,
-            Outcome::TlsFailed => self.reply(
+            Outcome::NoConnection => (425, "Can't open data connection.".into()),
+            Outcome::TlsFailed => (
                 425,
-                "Unable to build data connection: TLS handshake failed.",
-            )?,
+                "Unable to build data connection: TLS handshake failed.".into(),
+            ),
             Outcome::Aborted | Outcome::Broken if abor_received => {
-                self.reply(426, "Data connection closed; transfer aborted.")?
+                (426, "Data connection closed; transfer aborted.".into())
             }
             Outcome::Aborted | Outcome::Broken => {
-                self.reply(426, "Connection closed; transfer aborted.")?
+                (426, "Connection closed; transfer aborted.".into())
             }
-            Outcome::Truncated => self.reply(426, "Failure reading network stream.")?,
+            Outcome::Truncated => (426, "Failure reading network stream.".into()),
             Outcome::NoSpace => {
                 let code = self.shared.faults.space_reply.load(Ordering::SeqCst) as u16;
                 let text = if code == 552 {
@@ -1630,13 +1774,46 @@ impl Session {
                 } else {
                     "Insufficient storage space: no space left on device."
                 };
-                self.reply(code, text)?
+                (code, text.into())
             }
+        };
+        if abor_received && self.shared.faults.break_after_abort.load(Ordering::SeqCst) {
+            // Plain text where TLS records belong: the client's TLS layer fails.
+            let raw = format!("{code} {text}\r\n226 ABOR command successful\r\n");
+            let _ = self.ctrl.get_mut().write_all(raw.as_bytes());
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "control stream broken after ABOR",
+            ));
         }
+        self.reply_late(code, &text)?;
         if abor_received {
-            self.reply(226, "ABOR command successful")?;
+            self.reply_late(226, "ABOR command successful")?;
         }
         Ok(())
+    }
+}
+
+/// Async mode's check that a data connection is there when the transfer command is
+/// taken: accepted within a few milliseconds, from the control connection's address.
+fn accept_waiting(listener: &TcpListener, peer_ip: IpAddr) -> Option<TcpStream> {
+    listener.set_nonblocking(true).ok()?;
+    let deadline = Instant::now() + Duration::from_millis(5);
+    loop {
+        match listener.accept() {
+            Ok((sock, addr)) if addr.ip() == peer_ip => {
+                sock.set_nonblocking(false).ok()?;
+                return Some(sock);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return None,
+        }
     }
 }
 
@@ -1657,6 +1834,8 @@ impl Drop for KeepSession {
 /// Everything the transfer thread owns.
 struct DataJob {
     listener: TcpListener,
+    /// The data connection, when it was accepted before the transfer began (async mode).
+    preaccepted: Option<TcpStream>,
     acceptor: SslAcceptor,
     payload: Payload,
     abort: Arc<AtomicBool>,
@@ -1672,7 +1851,11 @@ impl DataJob {
 
     fn run(mut self) -> Outcome {
         let timeout = self.shared.opts.io_timeout;
-        let Some(sock) = self.accept_tcp(timeout) else {
+        let accepted = match self.preaccepted.take() {
+            Some(sock) => Some(sock),
+            None => self.accept_tcp(timeout),
+        };
+        let Some(sock) = accepted else {
             return if self.aborted() {
                 Outcome::Aborted
             } else {

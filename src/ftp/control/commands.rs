@@ -25,87 +25,126 @@ pub enum Retry {
     Never,
 }
 
-/// An FTP verb and its retry policy.
+/// An FTP verb, its retry policy and the replies that can answer it.
 #[derive(Debug)]
 pub struct Verb {
     /// The verb as sent.
     pub name: &'static str,
     /// Whether an operation that sent it may be retried.
     pub retry: Retry,
+    /// The reply codes that can answer it besides [`ANY_COMMAND`] (for a transfer
+    /// command, its first reply; [`TRANSFER_END`] holds the last).
+    pub replies: &'static [u16],
 }
 
-/// Every verb ftpsfs sends: the one place that decides what may be retried.
+/// Replies any command may get (RFC 959 §5.4): the server is closing (421), the command
+/// or its parameters are unknown or out of sequence (500-504), not logged in (530).
+pub const ANY_COMMAND: &[u16] = &[421, 500, 501, 502, 503, 504, 530];
+
+/// Replies that can end a transfer (RFC 959 §5.4, RFC 4217 §9 for 522/534/535): done
+/// (226, 250), no data connection or a refused one (425, 522, 534, 535), cut off (426,
+/// 451), or a refusal of the file (450, 452, 550-553).
+pub const TRANSFER_END: &[u16] = &[
+    226, 250, 421, 425, 426, 450, 451, 452, 522, 534, 535, 550, 551, 552, 553,
+];
+
+/// Replies to ABOR besides the end of the transfer it stops (RFC 959 §4.1.3): 226 once
+/// aborted, 225 when no transfer was running.
+pub const ABOR_REPLIES: &[u16] = &[225, 226];
+
+impl Verb {
+    /// Whether a reply with `code` can answer this command; any other reply belongs to
+    /// some other command and means that the connection is out of step.
+    pub fn answers(&self, code: u16) -> bool {
+        self.replies.contains(&code) || ANY_COMMAND.contains(&code)
+    }
+}
+
+/// Whether `code` can end a transfer (see [`TRANSFER_END`]).
+pub fn ends_transfer(code: u16) -> bool {
+    TRANSFER_END.contains(&code) || ANY_COMMAND.contains(&code)
+}
+
+/// Every verb ftpsfs sends: the one place that decides what may be retried, and which
+/// replies can answer what (RFC 959 §5.4, RFC 2228, RFC 3659, RFC 4217 and the drafts
+/// that add MFMT and SITE commands).
 pub mod verb {
     use super::{Retry, Verb};
 
     macro_rules! verbs {
-        ($($(#[$doc:meta])* $name:ident $retry:ident;)*) => {
-            $($(#[$doc])* pub const $name: Verb = Verb { name: stringify!($name), retry: Retry::$retry };)*
+        ($($(#[$doc:meta])* $name:ident $retry:ident [$($code:literal),*];)*) => {
+            $($(#[$doc])* pub const $name: Verb = Verb {
+                name: stringify!($name),
+                retry: Retry::$retry,
+                replies: &[$($code),*],
+            };)*
         };
     }
 
     verbs! {
         /// Asks for TLS on the control connection (RFC 4217).
-        AUTH Idempotent;
+        AUTH Idempotent [234, 334, 431, 534];
         /// Login name.
-        USER Idempotent;
+        USER Idempotent [230, 232, 331, 332, 336];
         /// Login password.
-        PASS Idempotent;
+        PASS Idempotent [202, 230, 332];
         /// TLS buffer size, always 0 (RFC 4217).
-        PBSZ Idempotent;
+        PBSZ Idempotent [200, 550];
         /// Data connection protection, always P (private).
-        PROT Idempotent;
+        PROT Idempotent [200, 431, 534, 536];
         /// The server's extensions.
-        FEAT Idempotent;
+        FEAT Idempotent [211, 214, 550];
         /// Options, here `UTF8 ON`.
-        OPTS Idempotent;
+        OPTS Idempotent [200, 202, 451, 550];
         /// Transfer type, always I (binary).
-        TYPE Idempotent;
+        TYPE Idempotent [200];
         /// Keeps the connection alive and proves it in step.
-        NOOP Idempotent;
+        NOOP Idempotent [200];
         /// Ends the session.
-        QUIT Idempotent;
+        QUIT Idempotent [221];
         /// Extended passive mode: the data port.
-        EPSV Idempotent;
+        EPSV Idempotent [229, 425, 521, 522];
         /// Passive mode: the data address.
-        PASV Idempotent;
+        PASV Idempotent [227, 425, 521];
         /// The offset of the next transfer.
-        REST Idempotent;
-        /// Stops a transfer.
-        ABOR Idempotent;
+        REST Idempotent [350, 554];
+        /// Stops a transfer (226 or 225; the transfer's own end comes besides).
+        ABOR Idempotent [225, 226];
         /// A file's size.
-        SIZE Idempotent;
+        SIZE Idempotent [213, 450, 550];
         /// A file's modification time.
-        MDTM Idempotent;
+        MDTM Idempotent [213, 450, 550];
         /// The working directory (the login directory: ftpsfs never changes it).
-        PWD Idempotent;
+        PWD Idempotent [257, 550];
+        /// Changes the working directory (only to check that a path is a directory).
+        CWD Idempotent [250, 450, 550];
         /// One entry's facts.
-        MLST Idempotent;
+        MLST Idempotent [250, 450, 550];
         /// A machine-readable listing.
-        MLSD Idempotent;
+        MLSD Idempotent [125, 150, 226, 250, 425, 426, 450, 451, 534, 535, 522, 550];
         /// A human-readable listing (`LIST -a`).
-        LIST Idempotent;
+        LIST Idempotent [125, 150, 226, 250, 425, 426, 450, 451, 534, 535, 522, 550];
         /// Downloads a file.
-        RETR Idempotent;
+        RETR Idempotent [125, 150, 226, 250, 425, 426, 450, 451, 534, 535, 522, 550, 551, 554];
         /// Names the file the next RNTO renames. Alone it changes nothing, so it may be
         /// sent again; the pair's effect is RNTO's.
-        RNFR Idempotent;
+        RNFR Idempotent [350, 450, 550];
         /// Renames the file RNFR named.
-        RNTO Never;
+        RNTO Never [250, 450, 532, 550, 553];
         /// Uploads a file, replacing any file of that name.
-        STOR Never;
+        STOR Never [125, 150, 226, 250, 425, 426, 450, 451, 452, 532, 534, 535, 522, 550, 551, 552, 553];
         /// Uploads onto the end of a file.
-        APPE Never;
+        APPE Never [125, 150, 226, 250, 425, 426, 450, 451, 452, 532, 534, 535, 522, 550, 551, 552, 553];
         /// Deletes a file.
-        DELE Never;
-        /// Creates a directory.
-        MKD Never;
+        DELE Never [250, 450, 550];
+        /// Creates a directory (257; 250 from some servers; 521 "exists" from others).
+        MKD Never [250, 257, 521, 550];
         /// Removes an empty directory.
-        RMD Never;
+        RMD Never [250, 450, 550];
         /// Sets a file's modification time (draft-somers-ftp-mfxx).
-        MFMT Never;
-        /// Site commands: `CHMOD`, `UTIME`.
-        SITE Never;
+        MFMT Never [213, 250, 450, 550];
+        /// Site commands: `CHMOD`, `UTIME` (200 or 250 when done, 202 when ignored).
+        SITE Never [200, 202, 214, 250, 450, 550];
     }
 }
 
@@ -113,6 +152,7 @@ pub mod verb {
 pub const MDTM_SET: Verb = Verb {
     name: "MDTM",
     retry: Retry::Never,
+    replies: &[213, 253, 450, 550, 553],
 };
 
 /// How a server sets a file's modification time. MFMT is announced in FEAT; vsftpd's
@@ -275,6 +315,87 @@ impl ControlConnection {
             Err(e) if e.is_unsupported() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Finds out whether the server answers pipelined commands in order: NOOP, PWD and
+    /// NOOP go out together, harmless and with replies told apart (200, 257, 200). A
+    /// server that takes each command on its own task answers them out of order; then
+    /// the reason is returned, and with `pipelining=auto` the mount sends one command at
+    /// a time from its start. All three replies are read, so the connection stays usable.
+    pub async fn probe_reply_order(&mut self) -> Result<Option<String>, FtpError> {
+        let noop = Command::new(&verb::NOOP);
+        let pwd = Command::new(&verb::PWD);
+        self.send_all(&[&noop, &pwd, &noop]).await?;
+        let mut codes = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let reply = self.read_reply("probing the reply order").await?;
+            if reply.code == 421 {
+                self.mark_broken();
+                return Err(FtpError::Rejected {
+                    command: "NOOP".into(),
+                    reply,
+                });
+            }
+            codes.push(reply.code);
+        }
+        self.enter(super::State::Ready);
+        let in_order = codes[0] == 200 && codes[1] != 200 && codes[2] == 200;
+        let why = (!in_order).then(|| {
+            format!(
+                "it answered NOOP, PWD, NOOP sent together with {} {} {}",
+                codes[0], codes[1], codes[2]
+            )
+        });
+        tracing::debug!(conn = self.id, ?codes, in_order, "probed the reply order");
+        if let Some(why) = &why {
+            self.options.pipelining.step_down(why);
+        }
+        Ok(why)
+    }
+
+    /// Checks that `path` is a directory on the server: with MLST where the server has
+    /// it, else by changing into it and back (CWD), since some servers (vsftpd) list a
+    /// missing directory as an empty one. A missing path is a 550 [`FtpError::Rejected`];
+    /// a file, a [`FtpError::Protocol`] error saying so.
+    pub async fn check_directory(&mut self, path: &[u8]) -> Result<(), FtpError> {
+        if path.is_empty() {
+            return Ok(());
+        }
+        let not_a_directory = || FtpError::Protocol {
+            step: format!("checking {}", Redacted(&String::from_utf8_lossy(path))),
+            detail: "it is not a directory".into(),
+        };
+        if self.features.mlsd {
+            match self.stat(path).await {
+                Ok(entry) if entry.kind == listing::EntryKind::File => {
+                    return Err(not_a_directory())
+                }
+                // A directory, or a link the listing will follow.
+                Ok(_) => return Ok(()),
+                // A server with MLSD but no MLST: CWD below.
+                Err(e) if e.is_unsupported() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let home = self.working_directory().await?;
+        let reply = self.command(Command::with_arg(&verb::CWD, path)?).await?;
+        if reply.code != 250 {
+            return Err(FtpError::Rejected {
+                command: format!("CWD {}", String::from_utf8_lossy(path)),
+                reply,
+            });
+        }
+        // ftpsfs sends paths relative to the login directory: back there.
+        let back = Command::with_arg(&verb::CWD, &home)?;
+        let reply = self.command(back).await?;
+        if reply.code != 250 {
+            self.mark_broken();
+            return Err(FtpError::Rejected {
+                command: "CWD back to the login directory".into(),
+                reply,
+            });
+        }
+        Ok(())
     }
 
     /// The working directory, as an absolute path: the login directory, since ftpsfs
@@ -487,13 +608,23 @@ impl ControlConnection {
     }
 
     /// Lists a directory: MLSD when the server has it, else `LIST -a` (vsftpd has no MLSD).
+    ///
+    /// Some servers (NAS firmware) refuse MLSD for certain directories (500-504): those
+    /// are listed with `LIST -a` instead, rather than failing.
     pub async fn list(&mut self, path: &[u8]) -> Result<Listing, FtpError> {
-        let format = if self.features.mlsd {
-            ListingFormat::Mlsd
-        } else {
-            ListingFormat::List
-        };
-        self.list_as(path, format).await
+        if !self.features.mlsd {
+            return self.list_as(path, ListingFormat::List).await;
+        }
+        match self.list_as(path, ListingFormat::Mlsd).await {
+            Err(e) if e.is_unsupported() => {
+                tracing::debug!(
+                    conn = self.id,
+                    "MLSD refused here ({e}); listing with LIST -a"
+                );
+                self.list_as(path, ListingFormat::List).await
+            }
+            other => other,
+        }
     }
 
     /// Lists a directory in the given format: `LIST -a` shows symlink targets, MLSD does not.
@@ -692,6 +823,55 @@ mod tests {
         assert!(Command::with_arg(&verb::RETR, b"a\0b").is_err());
         let command = Command::with_arg(&verb::RETR, b"dir/f g").unwrap();
         assert_eq!(command.line(), b"RETR dir/f g");
+    }
+
+    #[test]
+    fn every_command_knows_its_replies() {
+        // Replies out of order, as seen from a server that runs each command on its own
+        // task: none of them can answer the command they were read for.
+        assert!(!verb::MKD.answers(226));
+        assert!(verb::MKD.answers(257) && verb::MKD.answers(250));
+        assert!(!verb::RNTO.answers(350));
+        assert!(verb::RNFR.answers(350) && !verb::RNFR.answers(250));
+        assert!(!verb::RETR.answers(213) && !ends_transfer(213));
+        assert!(!ends_transfer(150) && !ends_transfer(200));
+        assert!(!verb::EPSV.answers(225) && !verb::EPSV.answers(150));
+        assert!(!verb::MDTM.answers(426) && !verb::MDTM.answers(229));
+        assert!(!verb::NOOP.answers(257) && !verb::PWD.answers(200));
+        // RNFR's 450 (the late answer to an RNTO) fits RNFR, but only as a refusal.
+        assert!(verb::RNFR.answers(450));
+        // Every command accepts the replies any command may get, none of them success.
+        for code in ANY_COMMAND {
+            assert!(verb::DELE.answers(*code) && !(200..300).contains(code));
+        }
+    }
+
+    #[test]
+    fn a_success_of_one_command_is_no_success_of_most_others() {
+        // The success codes of the commands that change the server, and the verbs that
+        // must refuse each as an answer.
+        let mutations = [
+            &verb::DELE,
+            &verb::MKD,
+            &verb::RMD,
+            &verb::RNTO,
+            &verb::STOR,
+        ];
+        for (code, wrong) in [
+            (200, &mutations[..]),
+            (213, &mutations[..]),
+            (226, &mutations[..4]),
+            (229, &mutations[..]),
+            (
+                257,
+                &[&verb::DELE, &verb::RMD, &verb::RNTO, &verb::STOR][..],
+            ),
+            (350, &mutations[..]),
+        ] {
+            for verb in wrong {
+                assert!(!verb.answers(code), "{} answers {code}", verb.name);
+            }
+        }
     }
 
     #[test]

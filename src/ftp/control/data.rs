@@ -11,7 +11,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::commands::{verb, Command};
+use super::commands::{ends_transfer, verb, Command};
 use super::replies::PendingReplies;
 use super::{io_error, summarize, ControlConnection, State};
 use crate::ftp::activity::Activity;
@@ -125,19 +125,41 @@ impl ControlConnection {
             connected_tx,
         )));
         let verb = command.verb().name;
+        // One command at a time: the transfer command goes out once the data connection's
+        // TCP connect is done (its TLS handshake starts then, and is not awaited), as
+        // servers that take commands on their own tasks refuse it before that (425).
+        let sent_early = command_sent || self.pipelines();
+        let mut connected = Some(connected);
+        if !sent_early {
+            if let Some(connected) = connected.take() {
+                if connected.await != Ok(true) {
+                    // Nothing was asked of the server but a passive port, which the next
+                    // EPSV replaces: the connection stays in step, unless a REST holds.
+                    let connect_error = handshake.connect_error(&step).await;
+                    self.enter(State::Ready);
+                    self.retire_if_offset_kept(offset);
+                    return Err(connect_error);
+                }
+            }
+        }
         if !command_sent {
             if let Err(e) = self.send(&command).await {
                 handshake.abandon();
                 return Err(e);
             }
         }
-        if connected.await != Ok(true) {
+        let connected_now = match connected {
+            Some(connected) => connected.await == Ok(true),
+            None => true,
+        };
+        if !connected_now {
             let connect_error = handshake.connect_error(&step).await;
             // The server may have refused the command (550) and closed its passive port
             // before the connection came: then its reply is the answer, and the
             // connection stays usable. Otherwise the server waits for a connection that
             // will not come, and its state is unknown.
-            let reply = tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, self.read_reply(verb)).await;
+            let reply =
+                tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, self.read_reply_to(&command)).await;
             return Err(match reply {
                 Ok(Ok(reply))
                     if !(reply.is_preliminary()
@@ -158,7 +180,7 @@ impl ControlConnection {
                 }
             });
         }
-        let reply = match self.read_reply(verb).await {
+        let reply = match self.read_reply_to(&command).await {
             Ok(reply) => reply,
             Err(e) => {
                 handshake.abandon();
@@ -166,6 +188,13 @@ impl ControlConnection {
             }
         };
         if !(reply.is_preliminary() || reply.is_success()) {
+            if sent_early && refuses_early_transfer(&reply) {
+                // A server that takes each command on its own task looked for the data
+                // connection before it was there: it cannot take the command early.
+                self.options.pipelining.step_down(&format!(
+                    "it refused {verb} sent before its data connection was up: {reply}"
+                ));
+            }
             let error = self.refused_data(&command, number, reply, handshake).await;
             self.enter(State::Ready);
             self.retire_if_offset_kept(offset);
@@ -177,16 +206,19 @@ impl ControlConnection {
                 // A server that refuses the session aborts the handshake and says why
                 // on the control connection; its words are the useful diagnosis.
                 self.mark_broken();
-                return Err(
-                    match self.read_reply("after a failed data handshake").await {
-                        Ok(reply) if !reply.is_success() => FtpError::DataRejected {
-                            number,
-                            reply,
-                            resumed: None,
-                        },
-                        _ => handshake_error,
+                let reply = tokio::time::timeout(
+                    REJECTED_HANDSHAKE_GRACE,
+                    self.read_reply_for("after a failed data handshake", ends_transfer),
+                )
+                .await;
+                return Err(match reply {
+                    Ok(Ok(reply)) if !reply.is_success() => FtpError::DataRejected {
+                        number,
+                        reply,
+                        resumed: None,
                     },
-                );
+                    _ => handshake_error,
+                });
             }
             Err(join_error) => {
                 self.mark_broken();
@@ -364,7 +396,7 @@ impl ControlConnection {
     /// connection, and the data connection will not need a ticket the 229 might bring
     /// (FileZilla Server sends one there): it holds a session to resume, or needs none.
     fn can_send_command_with_epsv(&self) -> bool {
-        if !self.epsv_works || self.epsv_refused {
+        if !self.epsv_works || self.epsv_refused || !self.pipelines() {
             return false;
         }
         match &self.session {
@@ -397,22 +429,25 @@ impl ControlConnection {
             .collect();
         self.send_all(&commands).await?;
         let preface_reply = match preface {
-            Some(preface) => Some(self.read_reply(preface.verb().name).await?),
+            Some(preface) => Some(self.read_reply_to(preface).await?),
             None => None,
         };
-        let epsv_reply = self.read_reply("EPSV").await?;
+        let epsv_reply = self.read_reply_to(&epsv).await?;
         let rest_reply = match &rest {
-            Some(_) => Some(self.read_reply("REST").await?),
+            Some(rest) => Some(self.read_reply_to(rest).await?),
             None => None,
         };
         if epsv_reply.code == 425 && rest.is_none() {
-            let verb = command.verb().name;
-            let reply = tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, self.read_reply(verb)).await;
-            if let Ok(Ok(reply)) = reply {
-                if !(reply.is_preliminary() || reply.is_success()) {
+            let reply =
+                tokio::time::timeout(REJECTED_HANDSHAKE_GRACE, self.read_reply_to(command)).await;
+            match reply {
+                Ok(Ok(reply)) if !(reply.is_preliminary() || reply.is_success()) => {
                     tracing::debug!(conn = self.id, %epsv_reply, %reply, "no passive port this time; trying again");
                     return Ok((None, preface_reply));
                 }
+                // A reply that cannot answer the command: out of step.
+                Ok(Err(e)) => return Err(e),
+                _ => {}
             }
         }
         // EPSV worked before on this connection, so a refusal now, or a refused REST
@@ -540,7 +575,10 @@ impl ControlConnection {
         drop(transport);
         let reply = match self.end_transfer() {
             Some(reply) => reply,
-            None => self.read_reply(&format!("end of {command}")).await?,
+            None => {
+                self.read_reply_for(&format!("end of {command}"), ends_transfer)
+                    .await?
+            }
         };
         self.enter(State::Ready);
         tracing::debug!(
@@ -585,20 +623,37 @@ impl ControlConnection {
     pub async fn abort_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
         let number = data.number;
         drop(data);
-        self.end_transfer();
-        self.send_abort(number).await
+        let early = self.end_transfer();
+        self.send_abort(number, early.is_none()).await
     }
 
     /// Sends ABOR for the transfer on data connection `number`, which is closed already,
     /// and a NOOP whose reply marks the end of ABOR's; they are read before the next
-    /// command.
-    pub(super) async fn send_abort(&mut self, number: u64) -> Result<(), FtpError> {
+    /// command. `transfer_end_owed`: the transfer's own final reply is still to come.
+    ///
+    /// On a server whose control connection breaks after ABOR (see
+    /// [`crate::ftp::Pipelining::aborts`]), the connection is closed instead: the server
+    /// stops the transfer when it goes, and the pool replaces it.
+    pub(super) async fn send_abort(
+        &mut self,
+        number: u64,
+        transfer_end_owed: bool,
+    ) -> Result<(), FtpError> {
+        if !self.options.pipelining.aborts() {
+            tracing::debug!(
+                conn = self.id,
+                data = number,
+                "transfer given up: closing the connection instead of ABOR"
+            );
+            self.mark_broken();
+            return Ok(());
+        }
         // Two writes, not one: Pure-FTPd, reading ABOR in the middle of a transfer,
         // sometimes loses a NOOP that arrived in the same segment.
         self.send(&Command::new(&verb::ABOR)).await?;
         self.send(&Command::new(&verb::NOOP)).await?;
         tracing::debug!(conn = self.id, data = number, "transfer aborted");
-        self.enter(State::Owes(PendingReplies::Abort));
+        self.enter(State::Owes(PendingReplies::Abort { transfer_end_owed }));
         Ok(())
     }
 
@@ -610,7 +665,11 @@ impl ControlConnection {
     /// Without close_notify (or at plain FTP's bare end of stream) this is
     /// [`Self::finish_data`], whose checks need the reply.
     pub async fn finish_complete_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
-        if !(data.eof && data.close_notify) {
+        if !(data.eof && data.close_notify && self.pipelines()) {
+            // One command at a time: the final reply is read before the next command.
+            if data.eof && data.close_notify {
+                return self.finish_complete_now(data).await;
+            }
             return self.finish_data(data).await;
         }
         let DataConnection {
@@ -631,6 +690,29 @@ impl ControlConnection {
             }
             None => self.enter(State::Owes(PendingReplies::FinalReply { number, command })),
         }
+        Ok(())
+    }
+
+    /// [`Self::finish_complete_data`] where commands go one at a time: the final reply
+    /// is read now, and the data stands whatever it says.
+    async fn finish_complete_now(&mut self, data: DataConnection) -> Result<(), FtpError> {
+        let DataConnection {
+            mut transport,
+            number,
+            command,
+            ..
+        } = data;
+        let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
+        drop(transport);
+        let reply = match self.end_transfer() {
+            Some(reply) => reply,
+            None => {
+                self.read_reply_for(&format!("end of {command}"), ends_transfer)
+                    .await?
+            }
+        };
+        self.check_final_reply_of_complete_data(number, reply);
+        self.enter(State::Ready);
         Ok(())
     }
 
@@ -714,6 +796,13 @@ pub(super) struct Channel {
     pub(super) number: u64,
     pub(super) resumed: Option<bool>,
     pub(super) verb: &'static str,
+}
+
+/// A 425 that says the data connection was not there yet (not a refused TLS session):
+/// the answer of a server that looks for it as soon as the transfer command arrives.
+fn refuses_early_transfer(reply: &Reply) -> bool {
+    let text = reply.text().to_ascii_lowercase();
+    reply.code == 425 && !(text.contains("tls") || text.contains("ssl") || text.contains("session"))
 }
 
 /// Replies that mean "no data connection" rather than "no such file".

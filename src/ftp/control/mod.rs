@@ -102,6 +102,9 @@ pub struct ControlConnection {
     activity: Arc<Activity>,
     /// When the last commands went out: the debug log gives each reply's delay.
     last_sent: Instant,
+    /// Replies an earlier ABOR may still send (it was answered after its NOOP): skipped
+    /// when they come.
+    late_abort_replies: u8,
 }
 
 /// Where a control connection stands in its dialogue with the server: one value rather
@@ -164,7 +167,8 @@ impl ControlConnection {
                     options.timeouts.handshake,
                     "the control connection",
                 )
-                .await?,
+                .await
+                .map_err(plain_text_hint)?,
             )),
             _ => Transport::Plain(tcp),
         };
@@ -193,8 +197,9 @@ impl ControlConnection {
             last_used: Instant::now(),
             activity: Activity::new(id),
             last_sent: Instant::now(),
+            late_abort_replies: 0,
         };
-        conn.greeting = conn.read_greeting().await?;
+        conn.greeting = conn.read_greeting_or_spot_implicit_tls().await?;
         if conn.options.security == Security::ExplicitTls {
             conn.start_tls().await?;
         }
@@ -226,6 +231,66 @@ impl ControlConnection {
         }
         conn.activity.set_step("idle");
         Ok(conn)
+    }
+
+    /// Reads the greeting of a connection that starts in plain text (`ftp://`). A port
+    /// that stays silent may be an implicit-TLS one waiting for the client's ClientHello:
+    /// after [`QUIET_BEFORE_TLS_PROBE`] a second connection tries a TLS handshake there,
+    /// and if the port answers it, the error says to use `ftps://` instead of waiting for
+    /// the whole timeout.
+    async fn read_greeting_or_spot_implicit_tls(&mut self) -> Result<Reply, FtpError> {
+        let quiet = QUIET_BEFORE_TLS_PROBE.min(self.options.timeouts.reply);
+        let silent = match &self.transport {
+            Some(Transport::Plain(tcp)) => {
+                tokio::time::timeout(quiet, tcp.readable()).await.is_err()
+            }
+            _ => false,
+        };
+        if silent && self.port_speaks_tls().await {
+            self.mark_broken();
+            return Err(FtpError::Protocol {
+                step: "reading the server greeting".into(),
+                detail: format!(
+                    "no greeting after {} s, and the port answers a TLS handshake: this looks \
+                     like an implicit TLS port; use an ftps:// URL",
+                    quiet.as_secs_f32()
+                ),
+            });
+        }
+        self.read_greeting().await
+    }
+
+    /// Whether the control port answers a TLS ClientHello on a connection of its own.
+    async fn port_speaks_tls(&self) -> bool {
+        let Some((config, _)) = &self.session else {
+            return false;
+        };
+        let limit = QUIET_BEFORE_TLS_PROBE.min(self.options.timeouts.handshake);
+        let Ok(Ok(tcp)) = tokio::time::timeout(
+            limit,
+            connect_tcp(&self.options.host, self.options.port, limit),
+        )
+        .await
+        else {
+            return false;
+        };
+        match tls_handshake(
+            tcp,
+            config.clone(),
+            self.server_name.clone(),
+            limit,
+            "a probe",
+        )
+        .await
+        {
+            Ok(_) => true,
+            // A certificate or an alert came back: the port speaks TLS.
+            Err(FtpError::Tls { source, .. }) => {
+                source.kind() == io::ErrorKind::InvalidData
+                    && !source.to_string().contains("corrupt message")
+            }
+            Err(_) => false,
+        }
     }
 
     async fn read_greeting(&mut self) -> Result<Reply, FtpError> {
@@ -451,6 +516,26 @@ impl ControlConnection {
         if let Some(mut transport) = self.transport.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), transport.shutdown()).await;
         }
+    }
+}
+
+/// How long a plain-text control connection may stay silent before a probe checks whether
+/// the port is an implicit-TLS one (a real greeting takes milliseconds).
+const QUIET_BEFORE_TLS_PROBE: Duration = Duration::from_secs(2);
+
+/// The error of an implicit-TLS handshake with a port that answered in plain text (an
+/// FTP greeting where a ServerHello belongs): says to use `ftp://`.
+fn plain_text_hint(error: FtpError) -> FtpError {
+    match &error {
+        FtpError::Tls { source, .. } if source.to_string().contains("InvalidContentType") => {
+            FtpError::Protocol {
+                step: "the TLS handshake of the control connection".into(),
+                detail: "the server sent plain text where TLS was expected: this port speaks \
+                         plain FTP first; use an ftp:// URL (explicit TLS with AUTH TLS)"
+                    .into(),
+            }
+        }
+        _ => error,
     }
 }
 

@@ -5,14 +5,19 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::commands::{Command, Retry};
+use super::commands::{ends_transfer, Command, Retry, ABOR_REPLIES};
 use super::{io_error, ControlConnection, State};
 use crate::ftp::error::FtpError;
 use crate::ftp::reply::{Reply, ReplyParser, MAX_LINE_BYTES};
 use crate::ftp::transport::within;
 
-/// Most replies skipped while resynchronising after ABOR (426, 226/225, stray 226).
+/// Most replies read after ABOR + NOOP: the transfer's end, ABOR's, NOOP's, and a few
+/// strays from a server that answers more than it should.
 const MAX_REPLIES_AFTER_ABORT: usize = 8;
+
+/// Replies that may come late from an ABOR (or the transfer it stopped), after the NOOP
+/// sent behind it: skipped where they cannot answer the command being read for.
+const LATE_ABORT_CODES: &[u16] = &[225, 226, 426, 451];
 
 impl ControlConnection {
     pub(super) async fn read_line(&mut self, step: &str) -> Result<Vec<u8>, FtpError> {
@@ -99,9 +104,13 @@ impl ControlConnection {
             }
         };
         match pending {
-            PendingReplies::Abort => self.read_abort_replies().await?,
+            PendingReplies::Abort { transfer_end_owed } => {
+                self.read_abort_replies(transfer_end_owed).await?
+            }
             PendingReplies::FinalReply { number, command } => {
-                let reply = self.read_reply(&format!("end of {command}")).await?;
+                let reply = self
+                    .read_reply_for(&format!("end of {command}"), ends_transfer)
+                    .await?;
                 self.check_final_reply_of_complete_data(number, reply);
             }
         }
@@ -170,7 +179,8 @@ impl ControlConnection {
         result
     }
 
-    /// Sends a command and returns the server's reply, whatever its code.
+    /// Sends a command and returns the server's reply, whatever its code (but one that
+    /// can answer it: see [`Self::read_reply_for`]).
     pub(super) async fn command(&mut self, command: Command) -> Result<Reply, FtpError> {
         let [reply] = self.pipeline([&command]).await?;
         Ok(reply)
@@ -193,15 +203,22 @@ impl ControlConnection {
             .unwrap_or_else(|_| unreachable!("one reply per command")))
     }
 
-    /// [`Self::pipeline`] for a number of commands known only at run time.
+    /// [`Self::pipeline`] for a number of commands known only at run time. Where the
+    /// mount sends one command at a time, each goes out once the last is answered.
     pub(super) async fn pipeline_all(
         &mut self,
         commands: &[&Command],
     ) -> Result<Vec<Reply>, FtpError> {
-        self.send_all(commands).await?;
+        let together = self.pipelines();
+        if together {
+            self.send_all(commands).await?;
+        }
         let mut replies = Vec::with_capacity(commands.len());
         for command in commands {
-            let reply = self.read_reply(command.verb().name).await?;
+            if !together {
+                self.send(command).await?;
+            }
+            let reply = self.read_reply_to(command).await?;
             if reply.code == 421 {
                 // The server is closing the connection (and replies to the rest of the
                 // commands sent will never be read).
@@ -217,18 +234,111 @@ impl ControlConnection {
         Ok(replies)
     }
 
-    /// Reads the replies to an earlier ABOR + NOOP, up to the NOOP's 200.
-    pub(super) async fn read_abort_replies(&mut self) -> Result<(), FtpError> {
+    /// Whether commands may go out together now (see [`crate::ftp::Pipelining`]).
+    pub(super) fn pipelines(&self) -> bool {
+        self.options.pipelining.pipelines()
+    }
+
+    /// Reads the reply to `command`: one of the codes that can answer it.
+    pub(super) async fn read_reply_to(&mut self, command: &Command) -> Result<Reply, FtpError> {
+        let verb = command.verb();
+        self.read_reply_for(&command.shown(), |code| verb.answers(code))
+            .await
+    }
+
+    /// Reads the reply to the command shown as `shown`, which `fits` says can answer it.
+    ///
+    /// Any other reply belongs to another command: the server answers out of order, or
+    /// a reply came late. It is never taken for an answer (an MKD "answered" by a stray
+    /// 226 would report a directory made that was not). The connection is out of step
+    /// from there on: it is marked broken, and the mount stops pipelining (`auto`).
+    /// Only a late reply to an earlier ABOR, which servers may send after the NOOP behind
+    /// it, is skipped.
+    pub(super) async fn read_reply_for(
+        &mut self,
+        shown: &str,
+        fits: impl Fn(u16) -> bool,
+    ) -> Result<Reply, FtpError> {
+        loop {
+            let reply = self.read_reply(shown).await?;
+            if fits(reply.code) {
+                return Ok(reply);
+            }
+            if self.late_abort_replies > 0 && LATE_ABORT_CODES.contains(&reply.code) {
+                self.late_abort_replies -= 1;
+                tracing::debug!(conn = self.id, %reply, "a late reply to an earlier ABOR; skipped");
+                continue;
+            }
+            return Err(self.out_of_step(shown, reply));
+        }
+    }
+
+    /// The error for `reply`, which cannot answer `shown`: the connection is dropped, the
+    /// mount steps back from pipelining, and the log says so once per connection.
+    pub(super) fn out_of_step(&mut self, shown: &str, reply: Reply) -> FtpError {
+        self.mark_broken();
+        let verb = shown.split(' ').next().unwrap_or(shown);
+        tracing::info!(
+            conn = self.id,
+            "{shown}: the server replied {reply}, which cannot answer it; this connection is \
+             out of step and is dropped"
+        );
+        self.options
+            .pipelining
+            .step_down(&format!("it answered {verb} with {}", reply.code));
+        FtpError::Desync {
+            command: shown.to_string(),
+            reply,
+        }
+    }
+
+    /// Reads the replies to an earlier ABOR + NOOP, in whatever order they come: the
+    /// end of the transfer when `transfer_end_owed`, ABOR's own, and NOOP's 200. A server
+    /// that answers ABOR after the NOOP, or not at all when the transfer had ended, may
+    /// leave some to come later: those are skipped when they come (see
+    /// [`Self::read_reply_for`]).
+    pub(super) async fn read_abort_replies(
+        &mut self,
+        transfer_end_owed: bool,
+    ) -> Result<(), FtpError> {
+        let mut owed = 1 + usize::from(transfer_end_owed);
+        let mut noop_answered = false;
         for _ in 0..MAX_REPLIES_AFTER_ABORT {
-            let reply = match self.read_reply("ABOR").await {
+            // Whatever comes here is skipped up to the marker (Pure-FTPd, for one, sends a
+            // 150 with its transfer statistics after ABOR); nothing is taken for success.
+            let reply = match self.read_reply_for("ABOR", |_| true).await {
                 Ok(reply) => reply,
                 Err(e) => {
                     self.mark_broken();
+                    if matches!(e, FtpError::Tls { .. } | FtpError::Protocol { .. }) {
+                        // Plain text inside TLS after an abort (a Node.js server does this):
+                        // ABOR breaks this server's connections.
+                        self.options
+                            .pipelining
+                            .stop_aborting(&format!("after ABOR: {e}"));
+                    }
                     return Err(e);
                 }
             };
-            if reply.code == 200 {
+            if reply.code == 200 && !noop_answered {
+                noop_answered = true;
+            } else if ABOR_REPLIES.contains(&reply.code) || ends_transfer(reply.code) {
+                owed = owed.saturating_sub(1);
+            } else {
+                tracing::debug!(conn = self.id, %reply, "an extra reply after ABOR; skipped");
+            }
+            if noop_answered && owed == 0 {
                 tracing::debug!(conn = self.id, "connection in sync after ABOR");
+                return Ok(());
+            }
+            if noop_answered {
+                // NOOP came before the rest: what ABOR still owes may come later, or never.
+                self.late_abort_replies = owed.min(2) as u8;
+                tracing::debug!(
+                    conn = self.id,
+                    owed,
+                    "NOOP answered before ABOR's replies; skipping them when they come"
+                );
                 return Ok(());
             }
         }
@@ -242,8 +352,9 @@ impl ControlConnection {
 
 /// Replies a connection owes before its next command.
 pub(super) enum PendingReplies {
-    /// Those to ABOR, then NOOP's 200.
-    Abort,
+    /// Those to ABOR (and the end of the transfer it stopped, when that was not read
+    /// yet), and NOOP's 200.
+    Abort { transfer_end_owed: bool },
     /// The final reply of a transfer whose data arrived complete.
     FinalReply { number: u64, command: String },
 }

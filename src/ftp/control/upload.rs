@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::commands::{verb, Command};
+use super::commands::{ends_transfer, verb, Command};
 use super::data::is_data_connection_failure;
 use super::{io_error, ControlConnection, State};
 use crate::ftp::activity::Activity;
@@ -125,7 +125,7 @@ impl ControlConnection {
                 (Ok(reply), drained)
             }
             None => {
-                let reading = self.read_reply(&step);
+                let reading = self.read_reply_for(&step, ends_transfer);
                 let draining = drain(&mut transport, idle_limit);
                 tokio::pin!(reading, draining);
                 let mut drained = None;
@@ -182,7 +182,12 @@ impl ControlConnection {
         let reply = match early {
             Some(reply) => Ok(reply),
             None => {
-                match tokio::time::timeout(FAILED_UPLOAD_GRACE, self.read_reply(&shown)).await {
+                match tokio::time::timeout(
+                    FAILED_UPLOAD_GRACE,
+                    self.read_reply_for(&shown, ends_transfer),
+                )
+                .await
+                {
                     Ok(result) => result,
                     Err(_) => {
                         self.mark_broken();
@@ -216,8 +221,8 @@ impl ControlConnection {
     pub async fn abandon_upload(&mut self, upload: UploadConnection) -> Result<(), FtpError> {
         let number = upload.number;
         drop(upload);
-        self.end_transfer();
-        self.send_abort(number).await
+        let early = self.end_transfer();
+        self.send_abort(number, early.is_none()).await
     }
 }
 
