@@ -58,11 +58,39 @@ impl Verb {
     pub fn answers(&self, code: u16) -> bool {
         self.replies.contains(&code) || ANY_COMMAND.contains(&code)
     }
+
+    /// Whether `reply` can answer this command: its code (see [`Self::answers`]) and,
+    /// for the 213 that several commands share, its text: SIZE's is a number, MDTM's a
+    /// time (14 digits first), MFMT's and MDTM-with-a-time's are no bare number. So a
+    /// SIZE and an MFMT sent together cannot take each other's 213.
+    pub fn fits(&self, reply: &Reply) -> bool {
+        if !self.answers(reply.code) {
+            return false;
+        }
+        if reply.code != 213 {
+            return true;
+        }
+        let text = reply.first_line().as_bytes();
+        let bare_number = !text.is_empty() && text.iter().all(u8::is_ascii_digit);
+        match (self.name, self.retry) {
+            ("SIZE", _) => bare_number,
+            ("MDTM", Retry::Idempotent) => {
+                text.len() >= 14 && text[..14].iter().all(u8::is_ascii_digit)
+            }
+            ("MFMT", _) | ("MDTM", Retry::Never) => !bare_number,
+            _ => true,
+        }
+    }
 }
 
 /// Whether `code` can end a transfer (see [`TRANSFER_END`]).
 pub fn ends_transfer(code: u16) -> bool {
     TRANSFER_END.contains(&code) || ANY_COMMAND.contains(&code)
+}
+
+/// Whether `reply` can end a transfer (see [`TRANSFER_END`]).
+pub fn transfer_end(reply: &Reply) -> bool {
+    ends_transfer(reply.code)
 }
 
 /// Every verb ftpsfs sends: the one place that decides what may be retried, and which
@@ -255,11 +283,21 @@ impl ControlConnection {
             )?),
             None => None,
         };
-        let commands: Vec<&Command> = [Some(&size), time.as_ref(), chmod.as_ref()]
+        // Two SITE commands (UTIME and CHMOD) would answer alike (200): sent together to a
+        // server that answers out of order, either could take the other's reply. The
+        // second goes out on its own then.
+        let same_verb =
+            matches!((&time, &chmod), (Some(t), Some(c)) if t.verb().name == c.verb().name);
+        let together: Vec<&Command> = [Some(&size), time.as_ref()]
             .into_iter()
+            .chain([chmod.as_ref().filter(|_| !same_verb)])
             .flatten()
             .collect();
-        let mut replies = self.mutate_all(&commands).await?.into_iter();
+        let mut replies = self.mutate_all(&together).await?;
+        if let (true, Some(chmod)) = (same_verb, &chmod) {
+            replies.extend(self.mutate_all(&[chmod]).await?);
+        }
+        let mut replies = replies.into_iter();
         let mut outcome = |command: &Command| {
             success_or_rejected(command, replies.next().expect("one reply per command"))
         };
@@ -872,6 +910,149 @@ mod tests {
                 assert!(!verb.answers(code), "{} answers {code}", verb.name);
             }
         }
+    }
+
+    /// Realistic replies of each command ftpsfs sends in a pipeline, success first.
+    fn replies_of(verb: &Verb) -> Vec<Reply> {
+        let texts: &[(u16, &str)] = match (verb.name, verb.retry) {
+            ("MDTM", Retry::Idempotent) => &[(213, "20200102030405"), (550, "No such file.")],
+            ("MDTM", Retry::Never) => &[
+                (213, "File modification time set."),
+                (550, "Could not set file modification time."),
+            ],
+            ("EPSV", _) => &[
+                (229, "Entering Extended Passive Mode (|||20001|)"),
+                (425, "Can't open passive port."),
+                (500, "EPSV not understood"),
+            ],
+            ("REST", _) => &[
+                (350, "Restart position accepted (4096)."),
+                (501, "Bad restart offset."),
+            ],
+            ("RETR" | "STOR" | "LIST" | "MLSD", _) => &[
+                (150, "Opening BINARY mode data connection."),
+                (425, "No data connection established"),
+                (550, "Failed to open file."),
+            ],
+            ("RNFR", _) => &[(350, "Ready for RNTO."), (550, "RNFR command failed.")],
+            ("RNTO", _) => &[
+                (250, "Rename successful."),
+                (503, "RNFR required first."),
+                (553, "Rename failed."),
+            ],
+            ("SIZE", _) => &[(213, "1234"), (550, "Could not get file size.")],
+            ("MFMT", _) => &[
+                (213, "Modify=20200102030405; f"),
+                (550, "Could not set time."),
+            ],
+            ("SITE", _) => &[
+                (200, "SITE command successful."),
+                (500, "Unknown SITE command."),
+                (550, "Permission denied."),
+            ],
+            ("NOOP", _) => &[(200, "NOOP ok.")],
+            ("PWD", _) => &[
+                (257, "\"/\" is the current directory"),
+                (550, "Permission denied."),
+            ],
+            (name, _) => panic!("no replies for {name}"),
+        };
+        texts
+            .iter()
+            .map(|(code, text)| Reply {
+                code: *code,
+                lines: vec![text.to_string()],
+            })
+            .collect()
+    }
+
+    /// What ftpsfs would take as a command's positive answer.
+    fn positive(verb: &Verb, reply: &Reply) -> bool {
+        match verb.name {
+            "RNFR" | "REST" => reply.code == 350,
+            "RETR" | "STOR" | "LIST" | "MLSD" => reply.code < 300,
+            _ => reply.is_success(),
+        }
+    }
+
+    /// Every order of `items`.
+    fn permutations(items: &[usize]) -> Vec<Vec<usize>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut all = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut tail in permutations(&rest) {
+                tail.insert(0, first);
+                all.push(tail);
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn no_order_of_a_pipeline_s_replies_is_taken_for_a_success_that_was_not() {
+        // Every batch of commands ftpsfs sends together.
+        let batches: &[&[&Verb]] = &[
+            &[&verb::MDTM, &verb::EPSV, &verb::REST, &verb::RETR],
+            &[&verb::MDTM, &verb::EPSV, &verb::RETR],
+            &[&verb::EPSV, &verb::REST, &verb::RETR],
+            &[&verb::EPSV, &verb::STOR],
+            &[&verb::EPSV, &verb::MLSD],
+            &[&verb::EPSV, &verb::LIST],
+            &[&verb::EPSV, &verb::REST],
+            &[&verb::RNFR, &verb::RNTO],
+            &[&verb::SIZE, &verb::MFMT, &verb::SITE],
+            &[&verb::SIZE, &MDTM_SET, &verb::SITE],
+            &[&verb::SIZE, &verb::SITE],
+            &[&verb::NOOP, &verb::PWD, &verb::NOOP],
+        ];
+        let mut orders_checked = 0;
+        for batch in batches {
+            // Every combination of true outcomes.
+            let choices: Vec<Vec<Reply>> = batch.iter().map(|v| replies_of(v)).collect();
+            let mut pick = vec![0usize; batch.len()];
+            loop {
+                let truth: Vec<&Reply> = pick.iter().zip(&choices).map(|(&i, c)| &c[i]).collect();
+                for order in permutations(&(0..batch.len()).collect::<Vec<_>>()) {
+                    orders_checked += 1;
+                    // Read in `order`: the reply read for command i is truth[order[i]].
+                    let read: Vec<&Reply> = order.iter().map(|&j| truth[j]).collect();
+                    if !batch.iter().zip(&read).all(|(v, r)| v.fits(r)) {
+                        continue; // out of step: nothing is taken
+                    }
+                    for (i, verb) in batch.iter().enumerate() {
+                        assert!(
+                            !positive(verb, read[i]) || positive(verb, truth[i]),
+                            "{}: {} taken for its answer, but it got {} (batch {:?}, order {order:?})",
+                            verb.name,
+                            read[i],
+                            truth[i],
+                            batch.iter().map(|v| v.name).collect::<Vec<_>>()
+                        );
+                    }
+                }
+                // The next combination.
+                let mut k = 0;
+                loop {
+                    if k == pick.len() {
+                        break;
+                    }
+                    pick[k] += 1;
+                    if pick[k] < choices[k].len() {
+                        break;
+                    }
+                    pick[k] = 0;
+                    k += 1;
+                }
+                if k == pick.len() {
+                    break;
+                }
+            }
+        }
+        assert!(orders_checked > 1000, "{orders_checked}");
     }
 
     #[test]

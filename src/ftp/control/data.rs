@@ -11,7 +11,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::commands::{ends_transfer, verb, Command};
+use super::commands::{transfer_end, verb, Command};
 use super::replies::PendingReplies;
 use super::{io_error, summarize, ControlConnection, State};
 use crate::ftp::activity::Activity;
@@ -208,7 +208,7 @@ impl ControlConnection {
                 self.mark_broken();
                 let reply = tokio::time::timeout(
                     REJECTED_HANDSHAKE_GRACE,
-                    self.read_reply_for("after a failed data handshake", ends_transfer),
+                    self.read_reply_for("after a failed data handshake", transfer_end),
                 )
                 .await;
                 return Err(match reply {
@@ -576,7 +576,7 @@ impl ControlConnection {
         let reply = match self.end_transfer() {
             Some(reply) => reply,
             None => {
-                self.read_reply_for(&format!("end of {command}"), ends_transfer)
+                self.read_reply_for(&format!("end of {command}"), transfer_end)
                     .await?
             }
         };
@@ -707,7 +707,7 @@ impl ControlConnection {
         let reply = match self.end_transfer() {
             Some(reply) => reply,
             None => {
-                self.read_reply_for(&format!("end of {command}"), ends_transfer)
+                self.read_reply_for(&format!("end of {command}"), transfer_end)
                     .await?
             }
         };

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::commands::{ends_transfer, Command, Retry, ABOR_REPLIES};
+use super::commands::{ends_transfer, transfer_end, Command, Retry, ABOR_REPLIES};
 use super::{io_error, ControlConnection, State};
 use crate::ftp::error::FtpError;
 use crate::ftp::reply::{Reply, ReplyParser, MAX_LINE_BYTES};
@@ -109,7 +109,7 @@ impl ControlConnection {
             }
             PendingReplies::FinalReply { number, command } => {
                 let reply = self
-                    .read_reply_for(&format!("end of {command}"), ends_transfer)
+                    .read_reply_for(&format!("end of {command}"), transfer_end)
                     .await?;
                 self.check_final_reply_of_complete_data(number, reply);
             }
@@ -242,7 +242,7 @@ impl ControlConnection {
     /// Reads the reply to `command`: one of the codes that can answer it.
     pub(super) async fn read_reply_to(&mut self, command: &Command) -> Result<Reply, FtpError> {
         let verb = command.verb();
-        self.read_reply_for(&command.shown(), |code| verb.answers(code))
+        self.read_reply_for(&command.shown(), |reply| verb.fits(reply))
             .await
     }
 
@@ -257,11 +257,11 @@ impl ControlConnection {
     pub(super) async fn read_reply_for(
         &mut self,
         shown: &str,
-        fits: impl Fn(u16) -> bool,
+        fits: impl Fn(&Reply) -> bool,
     ) -> Result<Reply, FtpError> {
         loop {
             let reply = self.read_reply(shown).await?;
-            if fits(reply.code) {
+            if fits(&reply) {
                 return Ok(reply);
             }
             if self.late_abort_replies > 0 && LATE_ABORT_CODES.contains(&reply.code) {
@@ -306,7 +306,7 @@ impl ControlConnection {
         for _ in 0..MAX_REPLIES_AFTER_ABORT {
             // Whatever comes here is skipped up to the marker (Pure-FTPd, for one, sends a
             // 150 with its transfer statistics after ABOR); nothing is taken for success.
-            let reply = match self.read_reply_for("ABOR", |_| true).await {
+            let reply = match self.read_reply_for("ABOR", |_: &Reply| true).await {
                 Ok(reply) => reply,
                 Err(e) => {
                     self.mark_broken();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::commands::{ends_transfer, verb, Command};
+use super::commands::{transfer_end, verb, Command};
 use super::data::is_data_connection_failure;
 use super::{io_error, ControlConnection, State};
 use crate::ftp::activity::Activity;
@@ -125,7 +125,7 @@ impl ControlConnection {
                 (Ok(reply), drained)
             }
             None => {
-                let reading = self.read_reply_for(&step, ends_transfer);
+                let reading = self.read_reply_for(&step, transfer_end);
                 let draining = drain(&mut transport, idle_limit);
                 tokio::pin!(reading, draining);
                 let mut drained = None;
@@ -184,7 +184,7 @@ impl ControlConnection {
             None => {
                 match tokio::time::timeout(
                     FAILED_UPLOAD_GRACE,
-                    self.read_reply_for(&shown, ends_transfer),
+                    self.read_reply_for(&shown, transfer_end),
                 )
                 .await
                 {
