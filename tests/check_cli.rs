@@ -273,3 +273,52 @@ mod first_contact {
         }
     }
 }
+
+/// The sample output in README.md is what `check` prints against the test vsftpd on TLS
+/// 1.3, line for line, up to times, counts and the certificate's fingerprint.
+#[test]
+fn readme_check_sample_is_the_real_output() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("Output against the project's test vsftpd on TLS 1.3:")
+        .expect("README's check sample");
+    let body = &readme[start..];
+    let fence = body.find("```\n").expect("code fence") + 4;
+    let end = body[fence..].find("```").expect("closing fence") + fence;
+    let sample: Vec<String> = body[fence..end].lines().map(shape).collect();
+    let ca = env().ca.to_str().unwrap().to_string();
+    let out = check(
+        &["--ca-file", &ca, "--tls", "1.3", &vsftpd_url()],
+        Some(&env().password),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let real: Vec<String> = text(&out.stdout).lines().map(shape).collect();
+    assert_eq!(
+        sample, real,
+        "README's sample has drifted from `ftpsfs check`"
+    );
+}
+
+/// A line with its numbers and fingerprint replaced, as they change from run to run.
+fn shape(line: &str) -> String {
+    let mut line = line.to_string();
+    if let Some(at) = line.find("sha256:") {
+        let start = at + "sha256:".len();
+        let len = line[start..]
+            .find(|c: char| !(c.is_ascii_hexdigit() || c == ':'))
+            .unwrap_or(line.len() - start);
+        line.replace_range(start..start + len, "FINGERPRINT");
+    }
+    let mut out = String::new();
+    for c in line.chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

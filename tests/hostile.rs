@@ -634,7 +634,8 @@ fn bad_certificates_are_refused_with_one_line() {
         let words: &[&str] = match label {
             "wrong-host" => &["TLS", "certificate not valid for name"],
             "expired" => &["TLS", "certificate expired"],
-            _ => &["TLS", "UnknownIssuer"],
+            // What to do, with the certificate's fingerprint.
+            _ => &["TLS", "UnknownIssuer", "--ca-file", "--fingerprint sha256:"],
         };
         failed.assert_one_line(words);
         assert!(

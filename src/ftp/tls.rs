@@ -98,8 +98,15 @@ pub fn base_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, FtpError> 
         .with_protocol_versions(versions)
         .map_err(|e| FtpError::TlsConfig(e.to_string()))?;
     if options.fingerprint.is_none() && !options.insecure {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(root_store(options)?),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| FtpError::TlsConfig(e.to_string()))?;
         let config = builder
-            .with_root_certificates(root_store(options)?)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(UnknownIssuerHint { inner }))
             .with_no_client_auth();
         return Ok(Arc::new(config));
     }
@@ -388,6 +395,65 @@ impl ClientSessionStore for SessionStore {
             self.stats.tickets_used.fetch_add(1, Ordering::Relaxed);
         }
         ticket
+    }
+}
+
+/// The CA check of rustls, unchanged, whose refusal of a certificate from an unknown
+/// authority also says what to do: the certificate's fingerprint, and the options that
+/// trust it (`--ca-file`, `--fingerprint`).
+#[derive(Debug)]
+struct UnknownIssuerHint {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for UnknownIssuerHint {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+                let fingerprint = format_fingerprint(&certificate_fingerprint(end_entity));
+                Err(rustls::Error::General(format!(
+                    "invalid peer certificate: UnknownIssuer (no trusted authority signed \
+                     it): trust its CA with --ca-file PEM, or pin this very certificate with \
+                     --fingerprint {fingerprint}"
+                )))
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -118,7 +118,7 @@ pub async fn tls_handshake(
             .await
             .map_err(|source| FtpError::Tls {
                 step: step.to_string(),
-                source,
+                source: plain_words(source),
             })
     })
     .await
@@ -161,5 +161,17 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// A TLS error with words of ours (rustls's `General`, which it prefixes with
+/// "unexpected error") as those words alone.
+fn plain_words(source: io::Error) -> io::Error {
+    match source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::General(words)) => io::Error::new(source.kind(), words.clone()),
+        _ => source,
     }
 }
