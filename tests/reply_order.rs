@@ -412,6 +412,56 @@ mod mounted {
     }
 
     #[test]
+    fn check_says_it_sends_one_command_at_a_time_and_why() {
+        let dir = scratch_dir("reorder-check");
+        let server = async_server(&dir);
+        let out = run(
+            Command::new(env!("CARGO_BIN_EXE_ftpsfs"))
+                .arg("check")
+                .arg("--ca-file")
+                .arg(&env().ca)
+                .arg(format!("ftp://{}@127.0.0.1:{}/", env().user, server.port()))
+                .env("FTPSFS_PASSWORD", &env().password)
+                .env_remove("RUST_LOG"),
+            Duration::from_secs(60),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(
+                "commands: one command at a time (pipelining=auto: it answered NOOP, PWD, NOOP sent together with 257 200 200)"
+            ),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("OK: 5 of 5 data connections resumed"),
+            "{stdout}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A path that does not exist fails the mount with one line on every server, also on
+    /// vsftpd, which lists a missing directory as an empty one.
+    #[test]
+    fn a_missing_remote_path_fails_the_mount_on_every_server() {
+        for server in [
+            Server::Vsftpd,
+            Server::Proftpd,
+            Server::PureFtpd,
+            Server::Strict,
+        ] {
+            MountConfig::new(server, Tls::V13)
+                .remote_dir("no-such-directory")
+                .mount_failure(Duration::from_secs(20))
+                .assert_one_line(&["no-such-directory", "550"]);
+        }
+    }
+
+    #[test]
     fn the_same_programs_fail_on_it_with_pipelining_on() {
         let dir = scratch_dir("reorder-on");
         let (root, local) = (dir.join("server"), dir.join("local"));
