@@ -579,3 +579,45 @@ fn proftpd_no_overwrite_replaces_files_all_the_same() {
 fn strict_replaces_files_all_the_same() {
     overwrites(Server::Strict, Tls::V13)
 }
+
+/// `mkdir d 0151` then `rmdir d` (pjdfstest's rmdir checks): a directory the server
+/// cannot read is removed when empty, and is ENOTEMPTY when full. vsftpd lists such a
+/// directory as one entry, itself, which used to make it look full.
+fn unreadable_directories(server: Server) {
+    use std::os::unix::fs::DirBuilderExt;
+    let scratch = ServerScratch::new();
+    let m = write_mount(server, Tls::V13);
+    let dir = m.join(&scratch.name);
+
+    fs::DirBuilder::new()
+        .mode(0o151)
+        .create(dir.join("empty"))
+        .unwrap();
+    let mode = fs::metadata(scratch.dir.join("empty")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o151, "the server did not take the mode");
+    fs::remove_dir(dir.join("empty")).expect("rmdir of an empty directory without its read bit");
+    assert!(!scratch.dir.join("empty").exists(), "still on the server");
+
+    fs::create_dir(dir.join("full")).unwrap();
+    fs::write(dir.join("full").join("f"), b"x").unwrap();
+    fs::set_permissions(dir.join("full"), fs::Permissions::from_mode(0o151)).unwrap();
+    let error = fs::remove_dir(dir.join("full")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::ENOTEMPTY), "{error}");
+    assert!(scratch.dir.join("full").join("f").exists());
+    fs::set_permissions(scratch.dir.join("full"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn vsftpd_removes_an_empty_directory_it_cannot_read() {
+    unreadable_directories(Server::Vsftpd)
+}
+
+#[test]
+fn proftpd_removes_an_empty_directory_it_cannot_read() {
+    unreadable_directories(Server::Proftpd)
+}
+
+#[test]
+fn pureftpd_removes_an_empty_directory_it_cannot_read() {
+    unreadable_directories(Server::PureFtpd)
+}

@@ -255,11 +255,16 @@ impl FtpFs {
                 return Err(FsError::NotADirectory);
             }
             let path = join_path(&dir, name);
-            // vsftpd says only "Remove directory operation failed." for a full directory:
-            // the listing says why.
-            let inside = self.dirs.get(pool, &path).await?;
             let ino = self.child_inode(parent, name)?;
-            if !inside.entries.is_empty() || self.has_local_only_children(ino) {
+            // vsftpd says only "Remove directory operation failed." for a full directory:
+            // the listing says why. Only RMD can tell for a directory the server cannot
+            // read (no owner read bit): vsftpd lists such a directory as one entry, the
+            // directory itself, which is no sign of content.
+            let unreadable = entry.mode.is_some_and(|mode| mode & 0o400 == 0);
+            if !unreadable && !self.dirs.get(pool, &path).await?.entries.is_empty() {
+                return Err(FsError::NotEmpty);
+            }
+            if self.has_local_only_children(ino) {
                 return Err(FsError::NotEmpty);
             }
             let mut removed =
@@ -268,6 +273,17 @@ impl FtpFs {
                 && self.exists_now(&dir, name).await?.is_some()
             {
                 removed = crate::with_connection!(pool, |conn| conn.remove_dir(&path).await).await;
+            }
+            if let (true, Err(FtpError::Rejected { reply, .. })) = (unreadable, &removed) {
+                // A directory that is there, refused with no reason in words (vsftpd's
+                // "Remove directory operation failed."): not empty, rather than ENOENT.
+                let text = reply.text().to_ascii_lowercase();
+                let permission = ["permission", "denied", "access", "not allowed"]
+                    .iter()
+                    .any(|w| text.contains(w));
+                if matches!(reply.code, 450 | 550) && !permission {
+                    return Err(FsError::NotEmpty);
+                }
             }
             self.removal_outcome(removed, &dir, name).await?;
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
