@@ -36,6 +36,19 @@ fn with_disk_cache(dir: &Path, size: u64) -> LocalConfig {
     }
 }
 
+/// Puts `data` on the server's disk as `name`, an hour old: blocks read within a second
+/// of a file's time are racy, and never stored on disk (see docs/SEMANTICS.md).
+fn put(local: &LocalFs, name: &str, data: &[u8]) {
+    let path = local.on_server(name);
+    fs::write(&path, data).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+}
+
 async fn read_file(fs: &FtpFs, name: &str) -> Vec<u8> {
     let attr = fs.lookup(ROOT_INODE, name.as_bytes()).await.unwrap();
     let opened = fs.open(attr.ino, READ, 1).await.unwrap();
@@ -102,8 +115,8 @@ async fn a_second_mount_reads_from_disk_without_downloading() {
     let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
     let big = content(5 * MIB + 123, 1);
     let small = content(40_000, 2);
-    fs::write(local.on_server("big"), &big).unwrap();
-    fs::write(local.on_server("small"), &small).unwrap();
+    put(&local, "big", &big);
+    put(&local, "small", &small);
     assert!(read_file(&local.fs, "big").await == big);
     assert!(read_file(&local.fs, "small").await == small);
     // Six blocks of the big file, one of the small one.
@@ -139,18 +152,18 @@ async fn a_file_changed_between_mounts_is_fetched_anew() {
     let config = with_disk_cache(&cache, 64 * MIB);
     let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
     let old = content(2 * MIB, 3);
-    fs::write(local.on_server("f"), &old).unwrap();
+    put(&local, "f", &old);
     assert!(read_file(&local.fs, "f").await == old);
     wait_for_blocks_written(&local.fs, 2).await;
 
     // Same size, other bytes, another time.
     let new = content(2 * MIB, 4);
-    fs::write(local.on_server("f"), &new).unwrap();
+    put(&local, "f", &new);
     fs::File::options()
         .write(true)
         .open(local.on_server("f"))
         .unwrap()
-        .set_modified(SystemTime::now() + Duration::from_secs(3600))
+        .set_modified(SystemTime::now() - Duration::from_secs(1800))
         .unwrap();
     let second = local.remount(&config);
     let mark = local.server.commands().len();
@@ -172,7 +185,7 @@ async fn a_damaged_block_on_disk_is_fetched_again() {
     let config = with_disk_cache(&cache, 64 * MIB);
     let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
     let data = content(4 * MIB, 5);
-    fs::write(local.on_server("f"), &data).unwrap();
+    put(&local, "f", &data);
     assert!(read_file(&local.fs, "f").await == data);
     wait_for_blocks_written(&local.fs, 4).await;
 
@@ -208,7 +221,7 @@ async fn the_disk_cache_stays_within_its_size() {
     let cache = scratch_dir("disk-cache-size");
     let local = LocalFs::with(with_disk_cache(&cache, 3 * MIB + 4096));
     let data = content(8 * MIB, 6);
-    fs::write(local.on_server("f"), &data).unwrap();
+    put(&local, "f", &data);
     assert!(read_file(&local.fs, "f").await == data);
     wait_for_blocks_written(&local.fs, 8).await;
     let held: u64 = block_files(&cache).iter().map(|(_, len)| len).sum();
@@ -223,7 +236,7 @@ async fn a_block_read_in_random_pieces_is_kept_once_whole() {
     let config = with_disk_cache(&cache, 64 * MIB);
     let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
     let data = content(MIB, 7);
-    fs::write(local.on_server("f"), &data).unwrap();
+    put(&local, "f", &data);
     let attr = local.fs.lookup(ROOT_INODE, b"f").await.unwrap();
     let opened = local.fs.open(attr.ino, READ, 1).await.unwrap();
     // Back to front, 256 KiB at a time: every read is a ranged fetch of its own piece.
@@ -251,7 +264,7 @@ async fn reopening_under_the_same_listing_checks_the_disk_once() {
     let config = with_disk_cache(&cache, 64 * MIB);
     let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
     let data = content(MIB + 5, 8);
-    fs::write(local.on_server("f"), &data).unwrap();
+    put(&local, "f", &data);
     assert!(read_file(&local.fs, "f").await == data);
     wait_for_blocks_written(&local.fs, 2).await;
 
@@ -282,7 +295,7 @@ async fn a_file_this_mount_rewrites_leaves_the_disk_cache() {
     let config = with_disk_cache(&cache, 64 * MIB);
     let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
     let old = content(100_000, 9);
-    fs::write(local.on_server("f"), &old).unwrap();
+    put(&local, "f", &old);
     assert!(read_file(&local.fs, "f").await == old);
     wait_for_blocks_written(&local.fs, 1).await;
 
@@ -311,6 +324,36 @@ async fn a_file_this_mount_rewrites_leaves_the_disk_cache() {
     assert!(
         read_file(&second, "f").await == new,
         "the old content was served"
+    );
+    let _ = fs::remove_dir_all(cache);
+}
+
+/// Blocks read within a second of the file's time could predate a same-size rewrite in
+/// that second: they are never stored on disk, where a later mount would trust them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racily_read_blocks_are_not_stored_on_disk() {
+    let cache = scratch_dir("disk-cache-racy");
+    let local = LocalFs::with(with_disk_cache(&cache, 64 * MIB));
+    let racy = content(MIB, 7);
+    fs::write(local.on_server("racy"), &racy).unwrap();
+    // A second ahead of this clock: the read below falls within the file's second.
+    fs::File::options()
+        .write(true)
+        .open(local.on_server("racy"))
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(1))
+        .unwrap();
+    let old = content(MIB, 8);
+    put(&local, "old", &old);
+    assert!(read_file(&local.fs, "racy").await == racy);
+    assert!(read_file(&local.fs, "old").await == old);
+    wait_for_blocks_written(&local.fs, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        block_files(&cache).len(),
+        1,
+        "the racily read block went to disk: {:?}",
+        block_files(&cache)
     );
     let _ = fs::remove_dir_all(cache);
 }

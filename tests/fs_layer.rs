@@ -1310,3 +1310,48 @@ async fn a_listing_that_predates_an_upload_is_not_kept() {
     assert_eq!(names_in(&local.fs, ROOT_INODE).await.len(), 2);
     assert!(local.fs.lookup(ROOT_INODE, b"new").await.is_ok());
 }
+
+/// A file read within the second of its time, then rewritten on the server with the same
+/// size in that same second (so with the same time to the second, all MDTM and MLSD say),
+/// is read anew at the first open after the listing expired: data read that close to the
+/// file's time is not trusted until fetched once more (git's racily clean entries). Both
+/// with MLSD's exact times and with LIST's minutes checked by MDTM (vsftpd's way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_size_rewrite_within_the_second_of_a_read_is_seen() {
+    for list_only in [false, true] {
+        let local = LocalFs::with(LocalConfig {
+            list_only,
+            dir_ttl: Duration::from_millis(500),
+            ..LocalConfig::default()
+        });
+        // A whole second ahead of this clock, so that the read below always falls within
+        // the file's second, whenever the test runs.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let second = UNIX_EPOCH + Duration::from_secs(now + 1);
+        let on_server = local.on_server("racy.txt");
+        let write = |content: &[u8]| {
+            fs::write(&on_server, content).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&on_server)
+                .unwrap()
+                .set_modified(second)
+                .unwrap();
+        };
+        write(b"first content\n");
+        let attr = local.fs.lookup(ROOT_INODE, b"racy.txt").await.unwrap();
+        assert_eq!(read_all(&local.fs, attr.ino).await, b"first content\n");
+
+        write(b"other content\n");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let attr = local.fs.lookup(ROOT_INODE, b"racy.txt").await.unwrap();
+        assert_eq!(
+            read_all(&local.fs, attr.ino).await,
+            b"other content\n",
+            "list_only {list_only}: the old bytes were served after the listing expired"
+        );
+    }
+}

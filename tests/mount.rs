@@ -1566,3 +1566,60 @@ fn vsftpd_stats_show_connections_uploads_and_errors() {
     let elsewhere = ftpsfs_stats(Path::new("/tmp"), false).unwrap_err();
     assert!(elsewhere.contains("not an ftpsfs mount"), "{elsewhere}");
 }
+
+/// A file read through the mount within the second of its time, then rewritten on the
+/// server with the same size in that same second (the same time, to the second, in LIST,
+/// MLSD and MDTM), is read anew once `dir_cache` expires: the block cache and the
+/// kernel's page cache do not trust data read that close to the file's time.
+fn same_second_rewrite_is_seen(server: Server) {
+    let scratch = ServerScratch::new();
+    let first = b"version A of the file\n".as_slice();
+    let second = b"version B of the file\n".as_slice();
+    // A second ahead of this clock: the read below falls within the file's second.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let the_second = std::time::UNIX_EPOCH + Duration::from_secs(now + 1);
+    let write = |content: &[u8]| {
+        let relative = scratch.write("racy.txt", content);
+        File::options()
+            .write(true)
+            .open(scratch.local("racy.txt"))
+            .unwrap()
+            .set_modified(the_second)
+            .unwrap();
+        relative
+    };
+    let relative = write(first);
+    let m = Mounted::with(MountConfig::new(server, Tls::V13).dir_cache(1));
+    let path = m.join(&relative);
+    assert_eq!(fs::read(&path).unwrap(), first);
+    write(second);
+    thread::sleep(AFTER_DIR_CACHE);
+    assert_eq!(
+        text(&fs::read(&path).unwrap()),
+        text(second),
+        "{server:?}: old bytes after a same-size rewrite in the same second (dir_cache=1)"
+    );
+}
+
+#[test]
+fn vsftpd_same_second_rewrite_is_seen() {
+    same_second_rewrite_is_seen(Server::Vsftpd)
+}
+
+#[test]
+fn proftpd_same_second_rewrite_is_seen() {
+    same_second_rewrite_is_seen(Server::Proftpd)
+}
+
+#[test]
+fn pureftpd_same_second_rewrite_is_seen() {
+    same_second_rewrite_is_seen(Server::PureFtpd)
+}
+
+#[test]
+fn strict_same_second_rewrite_is_seen() {
+    same_second_rewrite_is_seen(Server::Strict)
+}

@@ -124,6 +124,22 @@ struct VersionBlocks {
     server_time: Option<Mtime>,
     /// When the earliest download of these blocks was asked for (its RETR sent).
     requested: Option<Instant>,
+    /// Some block was downloaded within a second of the server's time for the file: a
+    /// rewrite with the same size later in that second would have the same time, and
+    /// could not be told from it (git's "racily clean" entries). See [`is_racy`].
+    racy: bool,
+}
+
+/// Whether data read at `read_at` (the RETR's wall-clock time) of a file whose server
+/// time is `server_time` is racy: the file's time is not older than the read by the
+/// time's granularity (a second for MDTM and MLSD), so a same-size rewrite after the
+/// read could carry the very same time. A server clock ahead of ours makes more reads
+/// racy (they are fetched once more); one behind by more than a second hides races.
+pub fn is_racy(server_time: Mtime, read_at: std::time::SystemTime) -> bool {
+    let read_secs = read_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    server_time.0 + 1 > read_secs
 }
 
 impl Inner {
@@ -289,9 +305,21 @@ impl BlockCache {
         requested: Option<Instant>,
     ) -> Result<(), ContentChanged> {
         let persist_key = key.clone();
+        let racy = match (server_time, requested) {
+            (Some(time), Some(requested)) => {
+                is_racy(time, std::time::SystemTime::now() - requested.elapsed())
+            }
+            _ => false,
+        };
         let outcome = self.insert_inner(key, segment, server_time, requested);
-        if let (Ok(()), Some(time), Some((disk, block_size))) =
-            (&outcome, server_time, self.disk.get())
+        if racy {
+            if let Some(version) = self.lock().versions.get_mut(&persist_key.version) {
+                version.racy = true;
+            }
+        }
+        // A racy block never goes to disk: a later mount would trust it.
+        if let (Ok(()), Some(time), Some((disk, block_size)), false) =
+            (&outcome, server_time, self.disk.get(), racy)
         {
             // The block as now held: a range joined to earlier ones may have made it whole.
             let version = &persist_key.version;
@@ -396,6 +424,16 @@ impl BlockCache {
         self.lock().versions.get(version).is_some_and(|v| {
             v.server_time.is_some() && v.requested.is_some_and(|requested| requested >= since)
         })
+    }
+
+    /// Whether blocks of `version` are held of which some were downloaded racily (see
+    /// [`is_racy`]) before `since` (a listing's arrival): at the first open under a
+    /// newer listing they are not trusted, but fetched again once.
+    pub fn racy_before(&self, version: &FileVersion, since: Instant) -> bool {
+        self.lock()
+            .versions
+            .get(version)
+            .is_some_and(|v| v.racy && v.requested.is_some_and(|requested| requested < since))
     }
 
     /// Drops every block of `version` (it turned out to hold two contents).
@@ -505,6 +543,18 @@ mod tests {
         cache.forget_path(b"b");
         assert!(!cache.holds_path(b"b"));
         assert!(cache.holds_path(b"c"));
+    }
+
+    #[test]
+    fn data_read_within_the_second_of_the_file_s_time_is_racy() {
+        let at = |secs: u64, millis: u64| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(secs * 1000 + millis)
+        };
+        assert!(is_racy((100, 0), at(100, 0)));
+        assert!(is_racy((100, 0), at(100, 999)));
+        assert!(!is_racy((100, 0), at(101, 0)));
+        // A server clock ahead of ours: racy, fetched once more.
+        assert!(is_racy((105, 0), at(101, 0)));
     }
 
     #[test]

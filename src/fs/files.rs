@@ -56,6 +56,14 @@ impl FtpFs {
                 size,
                 mtime,
             });
+            // Data read within a second of the file's time may predate a same-size rewrite
+            // in that second: under a newer listing it is fetched once more (by then its
+            // time is old enough to be trusted if it has not moved).
+            let racy = self.cache.racy_before(&version, listing.fetched);
+            if racy {
+                tracing::debug!(path = %node.path.escape_ascii(), ?mtime, "cached data was read within a second of the file's time: fetching it again");
+            }
+            let trusted = trusted && !racy;
             if !trusted {
                 self.cache.forget_path(&node.path);
             }
