@@ -6,8 +6,11 @@
 #
 # The demo server is the test suite's vsftpd (scripts/servers.sh): it listens on
 # 127.0.0.1 only, requires TLS and refuses data connections that do not resume the
-# control connection's TLS session, which is the case ftpsfs exists for. The mount
-# is read-only. MOUNTPOINT defaults to /tmp/ftpsfs-demo.
+# control connection's TLS session, which is the case ftpsfs exists for. The mount is
+# read-write; the demo copies a folder onto the server through it and compares it on
+# the server's side, then shows `ftpsfs check` with every data connection resumed, and
+# the same server refusing one that does not resume. MOUNTPOINT defaults to
+# /tmp/ftpsfs-demo. scripts/test.sh runs it, so it cannot go stale.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,6 +51,12 @@ cmd_stop() {
     mnt=$(realpath -m "${mnt:-/tmp/ftpsfs-demo}")
     unmount "$mnt"
     rm -f "$MOUNT_RECORD"
+    # The demo's own copy leaves the test data as servers.sh made it.
+    if [[ -s $STATE/servers.env ]]; then
+        # shellcheck source=/dev/null
+        source "$STATE/servers.env"
+        rm -rf "${FTPSFS_TEST_DATA:?}/demo-docs"
+    fi
     bash "$ROOT/scripts/servers.sh" stop
 }
 
@@ -80,35 +89,57 @@ cmd_start() {
     if [[ -n $(ls -A "$mnt") ]]; then
         die "$mnt is not empty; give an empty directory: $0 /path/to/empty/dir"
     fi
-    log "mounting ftp://$FTPSFS_TEST_USER@127.0.0.1:$VSFTPD_PORT/ at $mnt"
+    local url="ftp://$FTPSFS_TEST_USER@127.0.0.1:$VSFTPD_PORT/"
+    local options="ca_file=$FTPSFS_TEST_CA,password_file=$FTPSFS_TEST_PASSWORD_FILE"
+    # A copy left by an earlier demo goes before the mount lists the directory.
+    rm -rf "$FTPSFS_TEST_DATA/demo-docs"
+    log "mounting $url at $mnt"
     # Without -f, ftpsfs returns once the mount is up and keeps serving it in the
     # background. The password comes from the 0600 file servers.sh wrote, so it is
     # never on a command line (where `ps` would show it). The demo CA is not in the
     # system trust store, hence ca_file. The log file is where the background process
     # reports problems, since it has no terminal.
-    "$BIN" "ftp://$FTPSFS_TEST_USER@127.0.0.1:$VSFTPD_PORT/" "$mnt" \
-        -o "ca_file=$FTPSFS_TEST_CA,password_file=$FTPSFS_TEST_PASSWORD_FILE,log_file=$STATE/logs/ftpsfs-demo.log"
+    "$BIN" "$url" "$mnt" -o "$options,log_file=$STATE/logs/ftpsfs-demo.log"
     is_mounted "$mnt" || die "ftpsfs returned but nothing is mounted at $mnt; see $STATE/logs/ftpsfs-demo.log"
     echo "$mnt" >"$MOUNT_RECORD"
+    echo
+    echo "ftpsfs is mounted, read-write, at $mnt (vsftpd on 127.0.0.1:$VSFTPD_PORT, TLS session reuse required)"
+
+    # What ftpsfs is for: writing through the mount, checked on the server's own disk.
+    echo
+    echo "\$ cp -r $ROOT/docs $mnt/demo-docs"
+    cp -r "$ROOT/docs" "$mnt/demo-docs"
+    if diff -r "$ROOT/docs" "$FTPSFS_TEST_DATA/demo-docs" >/dev/null; then
+        echo "on the server's disk: identical to $ROOT/docs ($(find "$FTPSFS_TEST_DATA/demo-docs" -type f | wc -l) files)"
+    else
+        die "the copy on the server differs from $ROOT/docs"
+    fi
+
+    # Every data connection resumes its control connection's TLS session...
+    echo
+    echo "\$ ftpsfs check $url"
+    "$BIN" check --ca-file "$FTPSFS_TEST_CA" --password-file "$FTPSFS_TEST_PASSWORD_FILE" "$url" |
+        grep -E '^(control connection TLS|commands|OK):'
+    # ...and the same server refuses one that does not.
+    echo
+    echo "\$ ftpsfs check --no-resume $url"
+    if "$BIN" check --no-resume --ca-file "$FTPSFS_TEST_CA" \
+        --password-file "$FTPSFS_TEST_PASSWORD_FILE" "$url" >/dev/null 2>"$STATE/demo-refused"; then
+        die "the server accepted a data connection that did not resume"
+    fi
+    cat "$STATE/demo-refused"
 
     cat <<EOF
-
-ftpsfs demo is mounted, read-only, at $mnt
-It is served by vsftpd on 127.0.0.1:$VSFTPD_PORT, which requires TLS session reuse.
 
 Things to try:
   # the sample files, hidden and UTF-8 names included
   ls -la $mnt
-  # 3000 files in one directory
-  ls $mnt/many | wc -l
+  # writes land whole or not at all; see them on the server's own disk
+  rsync -a /etc/ssl/ $mnt/ssl/ && ls $FTPSFS_TEST_DATA/ssl
   # 64 MiB over TLS, checked against the server's own SHA256SUMS
   sha256sum $mnt/large.bin; grep ' large.bin\$' $mnt/SHA256SUMS
-  # every file (about 330 MiB)
-  (cd $mnt && sha256sum -c --quiet SHA256SUMS && echo all OK)
-  # fails: Read-only file system
-  touch $mnt/new.txt
-  # what the background ftpsfs logged
-  cat $STATE/logs/ftpsfs-demo.log
+  # what the mount is doing, and what the background ftpsfs logged
+  $BIN stats $mnt; cat $STATE/logs/ftpsfs-demo.log
 
 Unmount only:                  fusermount3 -u $mnt
 Unmount and stop the servers:  $0 stop
