@@ -132,7 +132,7 @@ pub fn serve(
     );
     let fs = Arc::new(FtpFs::new(pool.clone(), root_path, settings.fs_config()));
     // Fail here, with the server's words, rather than mount something that cannot work.
-    if let Err(e) = runtime.block_on(fs.probe()) {
+    if let Err(e) = runtime.block_on(fs.start()) {
         return fail(&mut ready, format!("connecting and listing {source}: {e}"));
     }
     let mut config = Config::default();
@@ -189,6 +189,11 @@ pub fn serve(
         pipe.ready();
     }
     let result = session.run();
+    // Temporary files still to delete get one more try, bounded so that an unreachable
+    // server delays the exit by at most that; what is left is recorded for the next mount.
+    let cleanup_limit =
+        (settings.connection.timeouts.reply).min(std::time::Duration::from_secs(10));
+    runtime.block_on(fs.finish(cleanup_limit));
     runtime.block_on(pool.close());
     let stats = fs.stats();
     tracing::info!(?stats, tls = %pool.stats(), "unmounted");

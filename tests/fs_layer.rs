@@ -1355,3 +1355,82 @@ async fn a_same_size_rewrite_within_the_second_of_a_read_is_seen() {
         );
     }
 }
+
+/// A failed upload's temporary file that could not be deleted before the unmount (the
+/// server went down) is recorded in the cache directory, and the next mount of the same
+/// server deletes it at once, not an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_files_left_at_unmount_are_deleted_by_the_next_mount() {
+    use common::local::{certs, PASSWORD, USER};
+    use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
+
+    let mut local = LocalFs::new();
+    // The upload fails (disk full) and leaves its temporary file; the first try to
+    // delete it loses its connection, and the server is gone before the next.
+    local.server.set_space_left(Some(1000), 452);
+    local.server.set_drop_at(Some(DropAt {
+        verb: "DELE".into(),
+        perform: false,
+    }));
+    let (_, closed) = write_new(
+        &local.fs,
+        ROOT_INODE,
+        "big.bin",
+        &pattern(64 * 1024, 3),
+        16 * 1024,
+    )
+    .await;
+    assert!(closed.is_err(), "the upload should have failed");
+    eventually("the first deletion tried", || {
+        local
+            .server
+            .commands()
+            .iter()
+            .any(|c| c.starts_with("DELE"))
+    });
+    let port = local.server.port();
+    local.server.stop();
+    let left = local.fs.finish(Duration::from_secs(2)).await;
+    assert_eq!(left, 1, "{:?}", local.server_names(""));
+    assert!(
+        local
+            .server_names("")
+            .iter()
+            .any(|n| n.starts_with(".ftpsfs-tmp.")),
+        "{:?}",
+        local.server_names("")
+    );
+
+    // The server is back; the next mount with the same cache directory deletes it.
+    let certs = certs();
+    local.server = StrictServer::start(StrictServerOptions {
+        writable: true,
+        port,
+        io_timeout: Duration::from_secs(5),
+        ..StrictServerOptions::new(
+            &local.root,
+            &certs.cert,
+            &certs.key,
+            TlsVersion::Tls13,
+            USER,
+            PASSWORD,
+        )
+    })
+    .expect("restart the strict server");
+    let second = local.remount(&LocalConfig::default());
+    second.start().await.expect("mount again");
+    eventually("the leftover deleted by the next mount", || {
+        local
+            .server_names("")
+            .iter()
+            .all(|n| !n.starts_with(".ftpsfs-"))
+    });
+    let records = fs::read_dir(local.staging.join("leftovers"))
+        .map(|dirs| {
+            dirs.flatten()
+                .flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(records, 0, "the record of what was left is not removed");
+}

@@ -216,7 +216,11 @@ impl FtpFs {
         // Two connections stay free: one for the foreground reader, one for listings.
         let siblings =
             readahead::SiblingReadAhead::new(reader.clone(), pool.limit().saturating_sub(2));
-        let janitor = janitor::Janitor::new(pool.clone());
+        let server = pool.connect_options();
+        let record = (!config.staging_dir.as_os_str().is_empty()).then(|| {
+            janitor::Record::new(&config.staging_dir, &server.host, server.port, &server.user)
+        });
+        let janitor = janitor::Janitor::new(pool.clone(), record);
         Self {
             pool,
             inodes: Mutex::new(InodeTable::new(root_path)),
@@ -472,6 +476,22 @@ impl FtpFs {
     }
 
     /// Lists the root directory: proves the server, login and path work before mounting.
+    /// At unmount: one more try, within `limit`, at deleting the temporary files of
+    /// failed uploads; what is left is recorded for the next mount of this server.
+    /// Returns how many are left.
+    pub async fn finish(&self, limit: Duration) -> usize {
+        self.janitor.finish(limit).await
+    }
+
+    /// Checks that the server can be reached and the mounted path listed (see below),
+    /// and takes over the temporary files earlier mounts of this server recorded as
+    /// left, to delete them.
+    pub async fn start(&self) -> Result<(), FsError> {
+        self.probe().await?;
+        self.janitor.take_over_recorded();
+        Ok(())
+    }
+
     pub async fn probe(&self) -> Result<(), FsError> {
         let root = self.node(ROOT_INODE)?;
         // vsftpd lists a missing directory as empty: the path itself is asked first.
