@@ -169,8 +169,8 @@ pub mod verb {
         MKD Never [250, 257, 521, 550];
         /// Removes an empty directory.
         RMD Never [250, 450, 550];
-        /// Sets a file's modification time (draft-somers-ftp-mfxx).
-        MFMT Never [213, 250, 450, 550];
+        /// Sets a file's modification time (draft-somers-ftp-mfxx: 213 when done).
+        MFMT Never [213, 450, 550];
         /// Site commands: `CHMOD`, `UTIME` (200 or 250 when done, 202 when ignored).
         SITE Never [200, 202, 214, 250, 450, 550];
     }
