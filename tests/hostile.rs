@@ -719,12 +719,8 @@ fn a_failed_passive_step_after_an_accepted_rest_retires_the_connection() {
         opts.epsv_reply = Some("425 Cannot open a passive port now.".into());
         opts.add_file(b"f.bin", &[7u8; 8192]);
         let server = FakeServer::start(opts);
-        let connect = common::options(server.port(), ftpsfs::ftp::Security::ExplicitTls, Tls::V13);
         runtime.block_on(async {
-            let stats = Arc::new(ftpsfs::ftp::tls::TlsStats::default());
-            let mut conn = ftpsfs::ftp::ControlConnection::connect(Arc::new(connect), stats)
-                .await
-                .expect("connect to the fake server");
+            let mut conn = connect_to(&server, ftpsfs::ftp::PipeliningMode::Auto).await;
             let error = conn
                 .retrieve(b"f.bin", offset)
                 .await
@@ -765,14 +761,8 @@ fn a_reply_that_belongs_to_another_command_is_never_success() {
         opts.add_file(b"f.bin", &[7u8; 8192]);
         opts.replies.insert(verb.into(), wrong.into());
         let server = FakeServer::start(opts);
-        let mut connect =
-            common::options(server.port(), ftpsfs::ftp::Security::ExplicitTls, Tls::V13);
-        connect.pipelining = ftpsfs::ftp::Pipelining::new(ftpsfs::ftp::PipeliningMode::On);
         runtime.block_on(async {
-            let stats = Arc::new(ftpsfs::ftp::tls::TlsStats::default());
-            let mut conn = ftpsfs::ftp::ControlConnection::connect(Arc::new(connect), stats)
-                .await
-                .expect("connect to the fake server");
+            let mut conn = connect_to(&server, ftpsfs::ftp::PipeliningMode::On).await;
             let outcome = match verb {
                 "MKD" => conn.make_dir(b"d").await.map(drop),
                 "RNTO" => conn.rename(b"f.bin", b"g.bin").await,
@@ -802,14 +792,23 @@ fn a_directory_refused_to_mlsd_is_listed_with_list() {
     opts.replies
         .insert("MLSD".into(), "501 Invalid argument for this path".into());
     let server = FakeServer::start(opts);
-    let connect = common::options(server.port(), ftpsfs::ftp::Security::ExplicitTls, Tls::V13);
     runtime.block_on(async {
-        let stats = Arc::new(ftpsfs::ftp::tls::TlsStats::default());
-        let mut conn = ftpsfs::ftp::ControlConnection::connect(Arc::new(connect), stats)
-            .await
-            .expect("connect to the fake server");
+        let mut conn = connect_to(&server, ftpsfs::ftp::PipeliningMode::Auto).await;
         conn.list(b"").await.expect("listed with LIST -a");
         assert!(!conn.is_broken());
     });
     assert!(server.received("LIST"), "{:?}", server.commands());
+}
+
+/// A control connection to the fake server, logged in, commands sent as `pipelining`.
+async fn connect_to(
+    server: &FakeServer,
+    pipelining: ftpsfs::ftp::PipeliningMode,
+) -> ftpsfs::ftp::ControlConnection {
+    let mut connect = common::options(server.port(), ftpsfs::ftp::Security::ExplicitTls, Tls::V13);
+    connect.pipelining = ftpsfs::ftp::Pipelining::new(pipelining);
+    let stats = Arc::new(ftpsfs::ftp::tls::TlsStats::default());
+    ftpsfs::ftp::ControlConnection::connect(Arc::new(connect), stats)
+        .await
+        .expect("connect to the fake server")
 }

@@ -9,6 +9,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, SystemTime};
 
+use common::content;
 use common::local::{LocalConfig, LocalFs};
 use common::strict_server::DropAt;
 use ftpsfs::fs::inode::ROOT_INODE;
@@ -23,20 +24,6 @@ const READ: OpenMode = OpenMode {
 const MIB: u64 = 1 << 20;
 /// Each download's speed: slow enough that a reader always waits for its stream.
 const RATE: u64 = 24_000_000;
-
-/// Bytes that differ at every offset and between `seed`s, so that a block from the
-/// wrong place or the wrong version shows.
-fn content(len: u64, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn splitting_fs(max_readahead: u64) -> LocalFs {
     let local = LocalFs::with(LocalConfig {

@@ -9,6 +9,7 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
+use common::content;
 use common::local::{LocalConfig, LocalFs};
 use ftpsfs::fs::inode::ROOT_INODE;
 use ftpsfs::fs::namespace::RenameFlags;
@@ -27,19 +28,6 @@ const READ: OpenMode = OpenMode {
     truncate: false,
 };
 const FILES: usize = 12;
-
-/// Bytes that differ at every offset and between seeds.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 /// Writes a new file and closes it.
 async fn write_new(fs: &FtpFs, parent: u64, name: &str, data: &[u8]) -> Result<(), String> {
@@ -97,13 +85,13 @@ async fn workload(local: &LocalFs) -> Vec<String> {
         Err(e) => return vec![format!("mkdir d: {e}")],
     };
     for i in 0..FILES {
-        let data = content(1024 * (1 + i * 5), i as u64);
+        let data = content(1024 * (1 + i as u64 * 5), i as u64);
         if let Err(e) = write_new(fs, dir, &format!("f{i}"), &data).await {
             errors.push(e);
         }
     }
     for i in 0..FILES {
-        let expected = content(1024 * (1 + i * 5), i as u64);
+        let expected = content(1024 * (1 + i as u64 * 5), i as u64);
         match fs.lookup(dir, format!("f{i}").as_bytes()).await {
             Ok(attr) => match read_at(fs, attr.ino, 0, expected.len() + 1).await {
                 Ok(read) if read == expected => {}
@@ -241,10 +229,10 @@ mod mounted {
     use std::process::Command;
     use std::time::Duration;
 
+    use super::common::content;
     use super::common::mount::{read_at_most, run, scratch_dir, MountConfig, Mounted};
     use super::common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
     use super::common::{env, Server, Tls};
-    use super::content;
 
     fn async_server(root: &Path) -> StrictServer {
         let env = env();
@@ -299,7 +287,7 @@ mod mounted {
             fs::create_dir_all(&dir).unwrap();
             fs::write(
                 dir.join(format!("f{i}.bin")),
-                content(512 + (i as usize * 1337) % 60_000, i),
+                content(512 + (i * 1337) % 60_000, i),
             )
             .unwrap();
         }

@@ -289,7 +289,7 @@ impl BlockCache {
         segment: Segment,
         server_time: Mtime,
     ) -> Result<(), ContentChanged> {
-        self.insert_inner(key, segment, Some(server_time), None)
+        self.insert_inner(key, segment, Some(server_time), None, false)
     }
 
     /// [`Self::insert`] of a segment downloaded by a RETR sent at `requested`, when the
@@ -307,16 +307,14 @@ impl BlockCache {
         let persist_key = key.clone();
         let racy = match (server_time, requested) {
             (Some(time), Some(requested)) => {
-                is_racy(time, std::time::SystemTime::now() - requested.elapsed())
+                let sent = std::time::SystemTime::now()
+                    .checked_sub(requested.elapsed())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                is_racy(time, sent)
             }
             _ => false,
         };
-        let outcome = self.insert_inner(key, segment, server_time, requested);
-        if racy {
-            if let Some(version) = self.lock().versions.get_mut(&persist_key.version) {
-                version.racy = true;
-            }
-        }
+        let outcome = self.insert_inner(key, segment, server_time, requested, racy);
         // A racy block never goes to disk: a later mount would trust it.
         if let (Ok(()), Some(time), Some((disk, block_size)), false) =
             (&outcome, server_time, self.disk.get(), racy)
@@ -349,6 +347,7 @@ impl BlockCache {
         mut segment: Segment,
         server_time: Option<Mtime>,
         requested: Option<Instant>,
+        racy: bool,
     ) -> Result<(), ContentChanged> {
         let mut evicted = Vec::new();
         let outcome = 'insert: {
@@ -385,6 +384,7 @@ impl BlockCache {
             if let (Some(time), Some(version)) = (server_time, inner.versions.get_mut(&key.version))
             {
                 version.server_time = Some(time);
+                version.racy |= racy;
                 version.requested = match (version.requested, requested) {
                     (Some(old), Some(new)) => Some(old.min(new)),
                     (old, new) => old.or(new),

@@ -113,7 +113,7 @@ impl BlockName {
 }
 
 /// FNV-1a: names need spreading, not secrecy; the header holds the key itself.
-fn fnv(parts: &[&[u8]]) -> u64 {
+pub(super) fn fnv(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &byte in *part {

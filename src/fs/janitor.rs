@@ -224,10 +224,7 @@ pub struct Record {
 impl Record {
     /// The record of this mount of `host:port` as `user`, under `cache_dir`.
     pub fn new(cache_dir: &Path, host: &str, port: u16, user: &str) -> Self {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in [host.as_bytes(), &port.to_le_bytes(), user.as_bytes()].concat() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
+        let hash = super::diskcache::fnv(&[host.as_bytes(), &port.to_le_bytes(), user.as_bytes()]);
         let dir = cache_dir.join("leftovers").join(format!("{hash:016x}"));
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)

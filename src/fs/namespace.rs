@@ -274,17 +274,18 @@ impl FtpFs {
             {
                 removed = crate::with_connection!(pool, |conn| conn.remove_dir(&path).await).await;
             }
-            if let (true, Err(FtpError::Rejected { reply, .. })) = (unreadable, &removed) {
+            let removed = match removed {
                 // A directory that is there, refused with no reason in words (vsftpd's
-                // "Remove directory operation failed."): not empty, rather than ENOENT.
-                let text = reply.text().to_ascii_lowercase();
-                let permission = ["permission", "denied", "access", "not allowed"]
-                    .iter()
-                    .any(|w| text.contains(w));
-                if matches!(reply.code, 450 | 550) && !permission {
-                    return Err(FsError::NotEmpty);
+                // "Remove directory operation failed." maps to ENOENT): not empty.
+                Err(e @ FtpError::Rejected { .. }) if unreadable => {
+                    let error = FsError::from(e);
+                    return Err(match error.errno() {
+                        libc::ENOENT => FsError::NotEmpty,
+                        _ => error,
+                    });
                 }
-            }
+                other => other,
+            };
             self.removal_outcome(removed, &dir, name).await?;
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
             self.dirs.forget_tree(&path);

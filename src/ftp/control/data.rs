@@ -562,7 +562,7 @@ impl ControlConnection {
     /// early. Only [`Self::finish_complete_data`], for data counted whole, lets it pass.
     pub async fn finish_data(&mut self, data: DataConnection) -> Result<(), FtpError> {
         let DataConnection {
-            mut transport,
+            transport,
             number,
             resumed,
             command,
@@ -571,15 +571,7 @@ impl ControlConnection {
             received,
             ..
         } = data;
-        let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
-        drop(transport);
-        let reply = match self.end_transfer() {
-            Some(reply) => reply,
-            None => {
-                self.read_reply_for(&format!("end of {command}"), transfer_end)
-                    .await?
-            }
-        };
+        let reply = self.close_and_read_end(transport, &command).await?;
         self.enter(State::Ready);
         tracing::debug!(
             conn = self.id,
@@ -697,23 +689,33 @@ impl ControlConnection {
     /// is read now, and the data stands whatever it says.
     async fn finish_complete_now(&mut self, data: DataConnection) -> Result<(), FtpError> {
         let DataConnection {
-            mut transport,
+            transport,
             number,
             command,
             ..
         } = data;
-        let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
-        drop(transport);
-        let reply = match self.end_transfer() {
-            Some(reply) => reply,
-            None => {
-                self.read_reply_for(&format!("end of {command}"), transfer_end)
-                    .await?
-            }
-        };
+        let reply = self.close_and_read_end(transport, &command).await?;
         self.check_final_reply_of_complete_data(number, reply);
         self.enter(State::Ready);
         Ok(())
+    }
+
+    /// Closes a transfer's data connection (close_notify first: vsftpd sends its 226 only
+    /// after it) and returns the transfer's final reply, read now unless it came early.
+    async fn close_and_read_end(
+        &mut self,
+        mut transport: Transport,
+        command: &str,
+    ) -> Result<Reply, FtpError> {
+        let _ = tokio::time::timeout(self.options.timeouts.handshake, transport.shutdown()).await;
+        drop(transport);
+        match self.end_transfer() {
+            Some(reply) => Ok(reply),
+            None => {
+                self.read_reply_for(&format!("end of {command}"), transfer_end)
+                    .await
+            }
+        }
     }
 
     /// Closes the open transfer: the connection is back in the exchange of the transfer
