@@ -1144,6 +1144,32 @@ async fn a_delete_whose_reply_was_lost_is_checked_not_repeated() {
     }
 }
 
+/// A server that hung up on an idle connection (vsftpd after "500 Input line too
+/// long", any server at its idle timeout): the next change goes out on another
+/// connection and succeeds, instead of being written into the closed one and failing
+/// as unconfirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_while_idle_is_not_lent() {
+    let local = LocalFs::new();
+    // The first login's reply-order probe is over before the fault is set.
+    drop(local.fs.pool().get().await.unwrap());
+    for round in 0..5 {
+        local.server.set_hang_up_after(Some("NOOP"));
+        let mut conn = local.fs.pool().get().await.unwrap();
+        conn.noop().await.unwrap();
+        drop(conn);
+        // The server's FIN reaches the client's socket.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let name = format!("d{round}");
+        local
+            .fs
+            .mkdir(ROOT_INODE, name.as_bytes(), 0o755)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: mkdir after a hang-up: {e}"));
+        assert!(local.on_server(&name).is_dir());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_earlier_mounts_are_hidden_and_old_ones_deleted() {
     let local = LocalFs::new();

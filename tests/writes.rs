@@ -621,3 +621,134 @@ fn proftpd_removes_an_empty_directory_it_cannot_read() {
 fn pureftpd_removes_an_empty_directory_it_cannot_read() {
     unreadable_directories(Server::PureFtpd)
 }
+
+/// A file `depth` directories of `len`-byte names below `root`, and the names.
+fn deep_names(depth: usize, len: usize, tag: char) -> Vec<String> {
+    (0..depth)
+        .map(|i| format!("{tag}{i:02}{}", "d".repeat(len - 3)))
+        .collect()
+}
+
+/// `cd` into each of `dirs` in turn, then `then`: a path longer than PATH_MAX on the
+/// server's disk is reached one directory at a time.
+fn in_deep_dir(dirs: &[String], then: &str) -> String {
+    let mut script: Vec<String> = dirs.iter().map(|d| format!("cd {d}")).collect();
+    script.push(then.to_string());
+    script.join(" && ")
+}
+
+/// Paths longer than a server's command line (vsftpd takes 4,094 bytes, and hangs up
+/// on longer lines): a mount of a deep directory (`above` levels of 200-byte names),
+/// with a tree inside it as deep as the local PATH_MAX allows, works as near the root:
+/// mkdir, write, list, read, chmod, touch, rename (within a directory and between two),
+/// unlink, rmdir. The server's disk shows the result, with no temporary file left.
+fn long_paths(server: Server, above: usize) {
+    let scratch = ServerScratch::new();
+    // The server's path above the mount...
+    let above = deep_names(above, 200, 'r');
+    let mut root = scratch.dir.clone();
+    for dir in &above {
+        root.push(dir);
+    }
+    fs::create_dir_all(&root).unwrap();
+    let owner = fs::metadata(&scratch.dir).unwrap();
+    let mut chown = scratch.dir.clone();
+    for dir in &above {
+        chown.push(dir);
+        std::os::unix::fs::chown(&chown, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    let remote = format!("{}/{}", scratch.name, above.join("/"));
+    let m = Mounted::with(MountConfig::new(server, Tls::V13).remote_dir(&remote));
+
+    // ...and 2.6 KB below it (2.7 KB locally).
+    let below = deep_names(10, 240, 'a');
+    let mut deep = m.path().to_path_buf();
+    for dir in &below {
+        deep.push(dir);
+    }
+    fs::create_dir_all(&deep).expect("mkdir -p of a deep tree");
+    let other = deep.parent().unwrap().join("b".repeat(240));
+    fs::create_dir(&other).unwrap();
+    let name = "f".repeat(200);
+    let content = common::content(100_000, 7);
+    fs::write(deep.join(&name), &content).expect("write at the bottom");
+    fs::set_permissions(deep.join(&name), fs::Permissions::from_mode(0o640)).unwrap();
+    let when = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    File::options()
+        .write(true)
+        .open(deep.join(&name))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let listed: Vec<_> = fs::read_dir(&deep)
+        .expect("listing the bottom")
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed, [std::ffi::OsString::from(&name)]);
+    fs::rename(deep.join(&name), deep.join("renamed")).expect("rename within a directory");
+    fs::rename(deep.join("renamed"), other.join(&name)).expect("rename between directories");
+    fs::write(deep.join("gone"), b"x").unwrap();
+    fs::remove_file(deep.join("gone")).expect("unlink at the bottom");
+    fs::create_dir(deep.join("empty")).unwrap();
+    fs::remove_dir(deep.join("empty")).expect("rmdir at the bottom");
+
+    // Read back through a new mount: RETR, not the cache.
+    drop(m);
+    let m = Mounted::with(MountConfig::new(server, Tls::V13).remote_dir(&remote));
+    let mut moved = m.path().to_path_buf();
+    for dir in &below[..below.len() - 1] {
+        moved.push(dir);
+    }
+    let moved = moved.join("b".repeat(240)).join(&name);
+    assert!(
+        fs::read(&moved).expect("read at the bottom") == content,
+        "other bytes"
+    );
+    assert_eq!(fs::metadata(&moved).unwrap().mode() & 0o777, 0o640);
+    drop(m);
+
+    // On the server's disk (maybe deeper than its PATH_MAX: one directory at a time).
+    let mut dirs = above.clone();
+    dirs.extend(below[..below.len() - 1].iter().cloned());
+    let listing = sh(
+        &in_deep_dir(
+            &dirs,
+            "ls -A . * && sha256sum b*/f* && stat -c 'mtime %Y' b*/f*",
+        ),
+        &scratch.dir,
+    );
+    let mut expected = Sha256::new();
+    expected.update(&content);
+    assert!(
+        listing.contains(&common::hex(&expected.finish())),
+        "not the bytes written: {listing}"
+    );
+    if server != Server::PureFtpd {
+        // Pure-FTPd sets no times (no MFMT, no SITE UTIME).
+        assert!(listing.contains("mtime 1600000000"), "{listing}");
+    }
+    let last = below.last().unwrap();
+    dirs.push(last.clone());
+    let bottom = sh(&in_deep_dir(&dirs, "ls -A ."), &scratch.dir);
+    assert_eq!(bottom.trim(), "", "left at the bottom (a temporary file?)");
+}
+
+/// 4.3 KB from the login directory: vsftpd refuses such a line, but works relative
+/// to its working directory below its own PATH_MAX.
+#[test]
+fn vsftpd_serves_paths_longer_than_its_command_line() {
+    long_paths(Server::Vsftpd, 8)
+}
+
+/// ProFTPD and Pure-FTPd read 4 KB lines but resolve every path in full, so their own
+/// PATH_MAX is the limit ("550 File name too long"): 3.3 KB, sent relative to the
+/// directory all the same.
+#[test]
+fn proftpd_serves_long_paths() {
+    long_paths(Server::Proftpd, 3)
+}
+
+#[test]
+fn pureftpd_serves_long_paths() {
+    long_paths(Server::PureFtpd, 3)
+}

@@ -142,6 +142,7 @@ fn remote_errno(error: &FtpError) -> i32 {
                     libc::EACCES
                 }
                 550 | 553 if says(&["exists"]) => libc::EEXIST,
+                550 | 553 if says(&["too long"]) => libc::ENAMETOOLONG,
                 550 | 450 if says(&["not empty"]) => libc::ENOTEMPTY,
                 550 | 450 => libc::ENOENT,
                 // 553: "file name not allowed" (vsftpd: "Could not create file.").
@@ -151,6 +152,7 @@ fn remote_errno(error: &FtpError) -> i32 {
             }
         }
         FtpError::InvalidPath { .. } => libc::EINVAL,
+        FtpError::PathTooLong { .. } => libc::ENAMETOOLONG,
         FtpError::Connect { .. }
         | FtpError::Timeout { .. }
         | FtpError::Tls { .. }

@@ -59,6 +59,10 @@ pub enum FtpError {
     #[error("path {path:?} contains a CR, LF or NUL byte and cannot be sent to the server")]
     InvalidPath { path: String },
 
+    /// A path too long for any server's command line, even relative to its directory.
+    #[error("path {path:?} is too long to send to the server")]
+    PathTooLong { path: String },
+
     /// The TLS configuration could not be built (bad CA file, no roots).
     #[error("TLS configuration: {0}")]
     TlsConfig(String),
@@ -117,6 +121,7 @@ impl FtpError {
         match self {
             FtpError::Rejected { reply, .. } => reply.code == 421,
             FtpError::InvalidPath { .. }
+            | FtpError::PathTooLong { .. }
             | FtpError::TlsConfig(_)
             | FtpError::Pool(_) => false,
             FtpError::Connect { .. }

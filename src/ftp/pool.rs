@@ -350,6 +350,14 @@ impl Pool {
                 self.inner.live.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
+            if conn.server_hung_up() {
+                tracing::debug!(
+                    conn = conn.id(),
+                    "the server closed this idle connection; replacing it"
+                );
+                self.inner.live.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
             if conn.idle_for() < self.inner.options.check_idle_after {
                 return Some(conn);
             }

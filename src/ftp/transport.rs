@@ -60,6 +60,24 @@ impl Transport {
         };
         (rc == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
     }
+
+    /// True when the peer has closed the connection (its FIN is waiting to be read), seen
+    /// without blocking or taking any byte. Bytes waiting are no sign: a TLS 1.3 server
+    /// may send session tickets at any time.
+    pub fn peer_closed(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into `byte`; the descriptor is this
+        // transport's open TCP socket; MSG_PEEK leaves the byte in the socket.
+        let n = unsafe {
+            libc::recv(
+                self.tcp().as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0
+    }
 }
 
 /// Runs `future`, failing with a [`FtpError::Timeout`] naming `step` after `limit`.

@@ -183,6 +183,8 @@ struct Faults {
     space_reply: AtomicU64,
     /// The next command with this verb drops the control connection.
     drop_at: Mutex<Option<DropAt>>,
+    /// The next command with this verb is answered, then its control connection closed.
+    hang_up_after: Mutex<Option<String>>,
     /// Uploads create their file, then refuse their data connection as not resumed.
     refuse_upload_data: AtomicBool,
     /// Milliseconds a listing waits between reading the directory and sending it.
@@ -288,6 +290,7 @@ impl StrictServer {
                 space_left: AtomicU64::new(u64::MAX),
                 space_reply: AtomicU64::new(452),
                 drop_at: Mutex::new(None),
+                hang_up_after: Mutex::new(None),
                 refuse_upload_data: AtomicBool::new(false),
                 listing_delay_ms: AtomicU64::new(0),
                 passive_ports_busy: AtomicU64::new(0),
@@ -463,6 +466,18 @@ impl StrictServer {
             .drop_at
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = drop;
+    }
+
+    /// The next command with `verb` (on any control connection) is carried out and
+    /// answered, and then its control connection closed, as vsftpd hangs up after some
+    /// refusals and any server at its idle timeout.
+    pub fn set_hang_up_after(&self, verb: Option<&str>) {
+        *self
+            .shared
+            .faults
+            .hang_up_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = verb.map(str::to_string);
     }
 
     /// Uploads from now on create their file and then refuse its data connection with
@@ -1093,7 +1108,22 @@ impl Session {
         if cmd != "RNTO" {
             self.rename_from = None;
         }
-        self.dispatch(&cmd, arg)
+        let hang_up = {
+            let mut after = self
+                .shared
+                .faults
+                .hang_up_after
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            after.take_if(|verb| *verb == cmd).is_some()
+        };
+        let flow = self.dispatch(&cmd, arg)?;
+        if hang_up {
+            let _ = self.ctrl.flush();
+            let _ = self.ctrl.get_ref().shutdown(Shutdown::Both);
+            return Ok(Flow::Quit);
+        }
+        Ok(flow)
     }
 
     fn dispatch(&mut self, cmd: &str, arg: &str) -> io::Result<Flow> {

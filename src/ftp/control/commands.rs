@@ -258,6 +258,7 @@ impl ControlConnection {
 
     /// The size of a file in bytes (SIZE, RFC 3659).
     pub async fn size(&mut self, path: &[u8]) -> Result<u64, FtpError> {
+        let path = &self.reach(path).await?;
         let reply = self.path_command(&verb::SIZE, path, 213).await?;
         size_of(&reply)
     }
@@ -271,6 +272,7 @@ impl ControlConnection {
         unix_seconds: Option<i64>,
         mode: Option<u32>,
     ) -> Result<UploadCheck, FtpError> {
+        let path = &self.reach(path).await?;
         let size = Command::with_arg(&verb::SIZE, path)?;
         let time = match unix_seconds {
             Some(seconds) => self.time_command_for(path, seconds)?,
@@ -311,7 +313,7 @@ impl ControlConnection {
         };
         // The way to set times is probed once per connection, on its own.
         let time_set = match (time_set, unix_seconds) {
-            (None, Some(seconds)) => Some(self.set_modified(path, seconds).await),
+            (None, Some(seconds)) => Some(self.set_modified_here(path, seconds).await),
             (set, _) => set,
         };
         Ok(UploadCheck {
@@ -348,7 +350,7 @@ impl ControlConnection {
         if !self.features.mlsd {
             return Ok(None);
         }
-        match self.stat(path).await {
+        match self.stat_here(path).await {
             Ok(entry) => Ok(entry.size),
             Err(e) if e.is_unsupported() => Ok(None),
             Err(e) => Err(e),
@@ -396,6 +398,7 @@ impl ControlConnection {
     /// missing directory as an empty one. A missing path is a 550 [`FtpError::Rejected`];
     /// a file, a [`FtpError::Protocol`] error saying so.
     pub async fn check_directory(&mut self, path: &[u8]) -> Result<(), FtpError> {
+        self.go_home().await?;
         if path.is_empty() {
             return Ok(());
         }
@@ -415,30 +418,15 @@ impl ControlConnection {
                 Err(e) => return Err(e),
             }
         }
-        let home = self.working_directory().await?;
-        let reply = self.command(Command::with_arg(&verb::CWD, path)?).await?;
-        if reply.code != 250 {
-            return Err(FtpError::Rejected {
-                command: format!("CWD {}", String::from_utf8_lossy(path)),
-                reply,
-            });
-        }
-        // ftpsfs sends paths relative to the login directory: back there.
-        let back = Command::with_arg(&verb::CWD, &home)?;
-        let reply = self.command(back).await?;
-        if reply.code != 250 {
-            self.mark_broken();
-            return Err(FtpError::Rejected {
-                command: "CWD back to the login directory".into(),
-                reply,
-            });
-        }
-        Ok(())
+        // Into it and back: ftpsfs sends paths relative to the login directory.
+        self.change_into(path).await?;
+        self.go_home().await
     }
 
     /// The working directory, as an absolute path: the login directory, since ftpsfs
     /// never changes it (PWD, RFC 959).
     pub async fn working_directory(&mut self) -> Result<Vec<u8>, FtpError> {
+        self.go_home().await?;
         let reply = self.command(Command::new(&verb::PWD)).await?;
         if reply.code != 257 {
             return Err(FtpError::Rejected {
@@ -454,12 +442,19 @@ impl ControlConnection {
 
     /// The modification time of a file (MDTM, RFC 3659), UTC.
     pub async fn modified(&mut self, path: &[u8]) -> Result<Timestamp, FtpError> {
+        let path = &self.reach(path).await?;
         let reply = self.path_command(&verb::MDTM, path, 213).await?;
         time_of(&reply)
     }
 
     /// The facts of one file or directory (MLST, RFC 3659).
     pub async fn stat(&mut self, path: &[u8]) -> Result<Entry, FtpError> {
+        let path = &self.reach(path).await?;
+        self.stat_here(path).await
+    }
+
+    /// [`Self::stat`] of a path already in reach.
+    async fn stat_here(&mut self, path: &[u8]) -> Result<Entry, FtpError> {
         let reply = self.path_command(&verb::MLST, path, 250).await?;
         // The entry is the line that starts with a space, between the 250- and 250 lines.
         reply
@@ -534,6 +529,7 @@ impl ControlConnection {
 
     /// Deletes the file `path` (DELE).
     pub async fn delete(&mut self, path: &[u8]) -> Result<(), FtpError> {
+        let path = &self.reach(path).await?;
         self.mutate_one(Command::with_arg(&verb::DELE, path)?)
             .await
             .map(drop)
@@ -541,6 +537,7 @@ impl ControlConnection {
 
     /// Creates the directory `path` (MKD).
     pub async fn make_dir(&mut self, path: &[u8]) -> Result<(), FtpError> {
+        let path = &self.reach(path).await?;
         self.mutate_one(Command::with_arg(&verb::MKD, path)?)
             .await
             .map(drop)
@@ -548,6 +545,7 @@ impl ControlConnection {
 
     /// Removes the empty directory `path` (RMD).
     pub async fn remove_dir(&mut self, path: &[u8]) -> Result<(), FtpError> {
+        let path = &self.reach(path).await?;
         self.mutate_one(Command::with_arg(&verb::RMD, path)?)
             .await
             .map(drop)
@@ -556,6 +554,7 @@ impl ControlConnection {
     /// Renames `from` to `to` (RNFR, then RNTO, sent together: a refused RNFR makes the
     /// server refuse the RNTO as out of sequence, so nothing happens then).
     pub async fn rename(&mut self, from: &[u8], to: &[u8]) -> Result<(), FtpError> {
+        let (from, to) = &self.reach_both(from, to).await?;
         let rnfr = Command::with_arg(&verb::RNFR, from)?;
         let rnto = Command::with_arg(&verb::RNTO, to)?;
         let [from_reply, to_reply] = self.mutate([&rnfr, &rnto]).await?;
@@ -578,6 +577,12 @@ impl ControlConnection {
     /// [`TimeSetting`]). A server with none gives an error for which
     /// [`FtpError::is_unsupported`] holds.
     pub async fn set_modified(&mut self, path: &[u8], unix_seconds: i64) -> Result<(), FtpError> {
+        let path = &self.reach(path).await?;
+        self.set_modified_here(path, unix_seconds).await
+    }
+
+    /// [`Self::set_modified`] of a path already in reach.
+    async fn set_modified_here(&mut self, path: &[u8], unix_seconds: i64) -> Result<(), FtpError> {
         let time = listing::format_time_val(unix_seconds).ok_or_else(|| FtpError::Protocol {
             step: "setting a modification time".into(),
             detail: format!("{unix_seconds} s since 1970 cannot be sent as an FTP time"),
@@ -639,6 +644,7 @@ impl ControlConnection {
     /// Sets the permission bits of `path` (SITE CHMOD). A server without it gives an error
     /// for which [`FtpError::is_unsupported`] holds.
     pub async fn set_mode(&mut self, path: &[u8], mode: u32) -> Result<(), FtpError> {
+        let path = &self.reach(path).await?;
         let arg = [format!("CHMOD {:o} ", mode & 0o7777).as_bytes(), path].concat();
         self.mutate_one(Command::with_arg(&verb::SITE, arg)?)
             .await
@@ -650,16 +656,17 @@ impl ControlConnection {
     /// Some servers (NAS firmware) refuse MLSD for certain directories (500-504): those
     /// are listed with `LIST -a` instead, rather than failing.
     pub async fn list(&mut self, path: &[u8]) -> Result<Listing, FtpError> {
+        let path = &self.reach(path).await?;
         if !self.features.mlsd {
-            return self.list_as(path, ListingFormat::List).await;
+            return self.list_here(path, ListingFormat::List).await;
         }
-        match self.list_as(path, ListingFormat::Mlsd).await {
+        match self.list_here(path, ListingFormat::Mlsd).await {
             Err(e) if e.is_unsupported() => {
                 tracing::debug!(
                     conn = self.id,
                     "MLSD refused here ({e}); listing with LIST -a"
                 );
-                self.list_as(path, ListingFormat::List).await
+                self.list_here(path, ListingFormat::List).await
             }
             other => other,
         }
@@ -671,6 +678,12 @@ impl ControlConnection {
         path: &[u8],
         format: ListingFormat,
     ) -> Result<Listing, FtpError> {
+        let path = &self.reach(path).await?;
+        self.list_here(path, format).await
+    }
+
+    /// [`Self::list_as`] of a path already in reach.
+    async fn list_here(&mut self, path: &[u8], format: ListingFormat) -> Result<Listing, FtpError> {
         let command = match (format, path.is_empty()) {
             (ListingFormat::Mlsd, true) => Command::new(&verb::MLSD),
             (ListingFormat::Mlsd, false) => Command::with_arg(&verb::MLSD, path)?,
@@ -726,6 +739,7 @@ impl ControlConnection {
 
     /// Starts downloading `path` from byte `offset` (REST + RETR); read it from the returned stream.
     pub async fn retrieve(&mut self, path: &[u8], offset: u64) -> Result<DataConnection, FtpError> {
+        let path = &self.reach(path).await?;
         self.open_data(Command::with_arg(&verb::RETR, path)?, offset)
             .await
     }
@@ -741,6 +755,7 @@ impl ControlConnection {
         path: &[u8],
         offset: u64,
     ) -> Result<(DataConnection, Option<Timestamp>), FtpError> {
+        let path = &self.reach(path).await?;
         let retr = Command::with_arg(&verb::RETR, path)?;
         let mdtm = match self.features().mdtm {
             true => Some(Command::with_arg(&verb::MDTM, path)?),

@@ -9,6 +9,7 @@
 
 mod commands;
 mod data;
+mod reach;
 mod replies;
 mod upload;
 
@@ -105,6 +106,11 @@ pub struct ControlConnection {
     /// Replies an earlier ABOR may still send (it was answered after its NOOP): skipped
     /// when they come.
     late_abort_replies: u8,
+    /// The login directory (PWD), learned the first time a path is too long to send.
+    home: Option<Vec<u8>>,
+    /// The directory changed into for a long path (see `reach`); None in the login
+    /// directory.
+    away: Option<Vec<u8>>,
 }
 
 /// Where a control connection stands in its dialogue with the server: one value rather
@@ -198,6 +204,8 @@ impl ControlConnection {
             activity: Activity::new(id),
             last_sent: Instant::now(),
             late_abort_replies: 0,
+            home: None,
+            away: None,
         };
         conn.greeting = conn.read_greeting_or_spot_implicit_tls().await?;
         if conn.options.security == Security::ExplicitTls {
@@ -443,6 +451,13 @@ impl ControlConnection {
     /// True when an error left the connection unusable; the pool then drops it.
     pub fn is_broken(&self) -> bool {
         matches!(self.state, State::Broken)
+    }
+
+    /// True when the server hung up while the connection sat idle (vsftpd does after
+    /// some refusals, any server at its idle timeout): lending it would send the next
+    /// command into a closed socket, and a change could not be confirmed.
+    pub fn server_hung_up(&self) -> bool {
+        self.transport.as_ref().is_none_or(Transport::peer_closed)
     }
 
     /// Whether the connection can serve again, after its owed replies, or must be closed.

@@ -89,6 +89,7 @@ impl UploadConnection {
 impl ControlConnection {
     /// Starts uploading to `path` (STOR), replacing any file there.
     pub async fn store(&mut self, path: &[u8]) -> Result<UploadConnection, FtpError> {
+        let path = &self.reach(path).await?;
         let command = Command::with_arg(&verb::STOR, path)?;
         let shown = command.shown();
         let (channel, _) = self.open_channel(None, command, 0).await?;
