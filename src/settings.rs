@@ -141,7 +141,7 @@ impl Default for Settings {
             parallel_reads: ParallelReads::Auto,
             uid,
             gid,
-            umask: 0o022,
+            umask: 0,
             allow_other: false,
             allow_root: false,
             default_permissions: None,
@@ -515,9 +515,9 @@ pub const SETTINGS: &[Setting] = &[
         key: "umask",
         value: Some("OCTAL"),
         short: None,
-        default: WhenUnset::Value("022"),
+        default: WhenUnset::Value("000"),
         meaning: "permission bits removed from the server's modes",
-        reason: "the usual umask: files readable by all, writable by the owner",
+        reason: "modes are shown as the server keeps them, as sshfs shows them: with allow_other the kernel checks them, and a group-writable directory must show so",
         scope: Scope::Mount,
         apply: |s, v| {
             s.umask = u32::from_str_radix(value(v)?, 8)

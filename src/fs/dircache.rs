@@ -481,6 +481,30 @@ impl DirCache {
         };
     }
 
+    /// Shows the directory `dir` as modified at `when`: an entry was created, removed or
+    /// renamed in it, which changes a directory's time on the server as on a local disk.
+    /// Only its entry in a cached listing of its parent changes; a listing being fetched
+    /// brings the server's own time anyway. The root has no entry.
+    pub fn touch(&self, dir: &[u8], when: Timestamp) {
+        if dir.is_empty() {
+            return;
+        }
+        let (parent, name) = match dir.iter().rposition(|&b| b == b'/') {
+            Some(slash) => (&dir[..slash], &dir[slash + 1..]),
+            None => (&b""[..], dir),
+        };
+        let slot = self.slot(parent);
+        let Ok(mut state) = slot.state.try_lock() else {
+            return;
+        };
+        if let Some(listing) = state.listing.as_mut() {
+            let listing = Arc::make_mut(listing);
+            if let Some(&i) = listing.index.get(name) {
+                listing.entries[i].modified = Some(when);
+            }
+        }
+    }
+
     /// Forgets `path` and every directory below it (a directory renamed or removed).
     pub fn forget_tree(&self, path: &[u8]) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());

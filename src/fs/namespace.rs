@@ -237,6 +237,7 @@ impl FtpFs {
                 link_target: None,
             };
             self.dirs.record(&dir, Change::Upsert(entry.clone()));
+            self.dirs.touch(&dir, now());
             let ino = self.child_inode(parent, name)?;
             Ok(self.attr_of(ino, Some(&entry)))
         })
@@ -288,6 +289,7 @@ impl FtpFs {
             };
             self.removal_outcome(removed, &dir, name).await?;
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
+            self.dirs.touch(&dir, now());
             self.dirs.forget_tree(&path);
             self.inodes
                 .lock()
@@ -334,6 +336,7 @@ impl FtpFs {
             }
             self.removal_outcome(deleted, &dir, name).await?;
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
+            self.dirs.touch(&dir, now());
             self.forget_name(parent, name, ino);
             Ok(())
         })
@@ -477,6 +480,8 @@ impl FtpFs {
         let mut entry = source;
         entry.name = new_name.to_vec();
         self.dirs.record(&new_dir, Change::Upsert(entry));
+        self.dirs.touch(&dir, now());
+        self.dirs.touch(&new_dir, now());
         if source_is_dir {
             self.dirs.forget_tree(&from);
             self.dirs.forget_tree(&to);
@@ -504,4 +509,9 @@ impl FtpFs {
             "hard links cannot be created over FTP",
         ))
     }
+}
+
+/// The time a change made now shows on its directory.
+fn now() -> crate::ftp::listing::Timestamp {
+    super::writes::timestamp(SystemTime::now())
 }

@@ -373,6 +373,9 @@ impl FtpFs {
             failures: 0,
             changed_at: now,
         });
+        if let Ok(dir) = self.node(parent) {
+            self.dirs.touch(&dir.path, timestamp(now));
+        }
         let attr = self.written_attr(ino, file.shown());
         let failures = file.failures().await;
         let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle::new(
@@ -885,6 +888,7 @@ impl FtpFs {
                 link_target: None,
             }),
         );
+        self.dirs.touch(&dir, timestamp(SystemTime::now()));
         self.forget_file_data(ino, &final_path);
         let stamp = timestamp(mtime);
         state.base = Some(Arc::new(FileVersion {
