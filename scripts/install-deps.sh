@@ -30,6 +30,17 @@ done
 [[ -f /usr/include/openssl/ssl.h ]] || need_apt=1
 [[ -x $PKG_DIR/vsftpd/usr/sbin/vsftpd && -x $PKG_DIR/pure-ftpd/usr/sbin/pure-ftpd ]] || need_apt=1
 
+# pjdfstest (tests/pjdfstest.rs): the POSIX file system suite's Rust port, built once
+# from crates.io into $PKG_DIR (not a dependency of ftpsfs), and the second user it
+# switches to besides nobody.
+PJDFSTEST_VERSION=0.2.2
+if [[ ! -x $PKG_DIR/pjdfstest/bin/pjdfstest ]] ||
+    [[ $("$PKG_DIR/pjdfstest/bin/pjdfstest" --version 2>/dev/null) != "pjdfstest $PJDFSTEST_VERSION" ]]; then
+    cargo install --quiet --locked --version "$PJDFSTEST_VERSION" --root "$PKG_DIR/pjdfstest" pjdfstest
+fi
+getent group tests >/dev/null || groupadd --system tests
+id tests >/dev/null 2>&1 || useradd --system --gid tests --no-create-home --shell /usr/sbin/nologin tests
+
 if [[ $need_apt -eq 0 ]]; then
     echo "install-deps.sh: everything already installed"
     exit 0
