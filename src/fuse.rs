@@ -21,8 +21,8 @@ use fuser::{
 use tokio::runtime::Handle;
 use tracing::Instrument;
 
-use crate::fs::namespace::RenameFlags as FsRenameFlags;
-use crate::fs::writes::{Closer, OpenMode, SetAttr};
+use crate::fs::ops::namespace::RenameFlags as FsRenameFlags;
+use crate::fs::write::file::{Closer, OpenMode, SetAttr};
 use crate::fs::{Attr, FsError, FtpFs, NodeKind, Opened};
 
 /// How long the kernel may trust the attributes of a file being written: a moment,
@@ -833,7 +833,8 @@ impl Filesystem for FuseAdapter {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.as_bytes();
         let json = name == STATS_JSON_XATTR.as_bytes();
-        if ino.0 != crate::fs::inode::ROOT_INODE || !(json || name == STATS_XATTR.as_bytes()) {
+        if ino.0 != crate::fs::meta::inode::ROOT_INODE || !(json || name == STATS_XATTR.as_bytes())
+        {
             // FTP keeps no extended attributes.
             reply.error(Errno::from_i32(libc::ENODATA));
             return;

@@ -8,8 +8,8 @@
 //! # Layout
 //! - [`ftp`]: the FTPS client. Replies, control and data connections, TLS session
 //!   handling, listing parsers, the connection pool. Knows nothing of FUSE.
-//! - [`fs`]: the filesystem logic (inodes, metadata cache, block cache, read-ahead).
-//!   Knows nothing of fuser's types.
+//! - [`fs`]: the filesystem logic, in wings: operations, metadata, caches, reading,
+//!   writing. Knows nothing of fuser's types.
 //! - [`fuse`]: the thin adapter from fuser's callbacks to [`fs`].
 //! - [`mount`]: mounting, detaching and unmounting.
 //! - [`settings`]: every option, defined once for `-o` and the command line.

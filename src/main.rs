@@ -425,7 +425,8 @@ async fn check(
     .await;
     let checked = match (checked, write_test) {
         (Ok(_), Some(dir)) => {
-            let dir = ftpsfs::fs::inode::join_path(&url.path, dir.trim_matches('/').as_bytes());
+            let dir =
+                ftpsfs::fs::meta::inode::join_path(&url.path, dir.trim_matches('/').as_bytes());
             ftpsfs::check::write_test(options, &dir, |line| println!("{line}")).await
         }
         (checked, _) => checked,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::local::{LocalConfig, LocalFs};
 use common::mount::scratch_dir;
-use ftpsfs::fs::inode::ROOT_INODE;
-use ftpsfs::fs::writes::OpenMode;
+use ftpsfs::fs::meta::inode::ROOT_INODE;
+use ftpsfs::fs::write::file::OpenMode;
 use ftpsfs::fs::FtpFs;
 
 const READ: OpenMode = OpenMode {
@@ -285,7 +285,7 @@ async fn reopening_under_the_same_listing_checks_the_disk_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_this_mount_rewrites_leaves_the_disk_cache() {
-    use ftpsfs::fs::writes::Closer;
+    use ftpsfs::fs::write::file::Closer;
     const TRUNCATE: OpenMode = OpenMode {
         read: false,
         write: true,

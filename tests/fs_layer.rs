@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::local::{LocalConfig, LocalFs};
 use common::strict_server::DropAt;
 use common::Tls;
-use ftpsfs::fs::inode::ROOT_INODE;
-use ftpsfs::fs::namespace::RenameFlags;
-use ftpsfs::fs::writes::{Closer, OpenMode, SetAttr};
+use ftpsfs::fs::meta::inode::ROOT_INODE;
+use ftpsfs::fs::ops::namespace::RenameFlags;
+use ftpsfs::fs::write::file::{Closer, OpenMode, SetAttr};
 use ftpsfs::fs::{FsError, FtpFs};
 
 const WRITE: OpenMode = OpenMode {

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use common::content;
 use common::local::{LocalConfig, LocalFs};
 use common::strict_server::DropAt;
-use ftpsfs::fs::inode::ROOT_INODE;
-use ftpsfs::fs::writes::OpenMode;
+use ftpsfs::fs::meta::inode::ROOT_INODE;
+use ftpsfs::fs::write::file::OpenMode;
 use ftpsfs::fs::{FsError, FtpFs, ParallelReads};
 
 const READ: OpenMode = OpenMode {

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use common::content;
 use common::local::{LocalConfig, LocalFs};
-use ftpsfs::fs::inode::ROOT_INODE;
-use ftpsfs::fs::namespace::RenameFlags;
-use ftpsfs::fs::writes::{Closer, OpenMode};
+use ftpsfs::fs::meta::inode::ROOT_INODE;
+use ftpsfs::fs::ops::namespace::RenameFlags;
+use ftpsfs::fs::write::file::{Closer, OpenMode};
 use ftpsfs::fs::FtpFs;
 use ftpsfs::ftp::PipeliningMode;
 

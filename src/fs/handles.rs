@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::error::FsError;
-use super::reader::OpenFile;
-use super::writes::WriteHandle;
+use super::read::reader::OpenFile;
+use super::write::file::WriteHandle;
 use super::DirEntry;
 
 /// What a handle stands for.

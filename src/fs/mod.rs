@@ -1,40 +1,30 @@
-//! The filesystem logic: inodes, metadata cache, block cache and read-ahead.
+//! The filesystem logic: names, metadata, cached data, reading and writing files.
 //!
 //! Knows nothing of fuser: every operation takes plain numbers and bytes and returns a
 //! `Result` with [`FsError`], which the FUSE adapter turns into a reply.
 //!
-//! [`FtpFs`] is defined here; its operations are spread by concern:
-//! - [`namespace`]: lookup, attributes and symlinks;
-//! - [`dirs`]: open directories and readdir;
-//! - [`files`]: opening, reading and closing files;
-//! - [`handles`]: the table of open handles.
-//!
-//! Beneath them: [`inode`] numbers, the [`dircache`] of listings, the [`blockcache`] of
-//! file data, the [`reader`] with its read-ahead, and [`attr`], what `stat` shows.
+//! [`FtpFs`] is defined here, with the [`handles`] of open files and directories, its
+//! [`error`]s, the memory of recent [`failure`]s and the [`report`] of `ftpsfs stats`.
+//! The rest lives in wings:
+//! - [`ops`]: its operations, one file per concern: names and attributes
+//!   ([`ops::namespace`]), directories (`ops::dirs`), opening and reading files
+//!   (`ops::files`), writing them ([`ops::writes`]);
+//! - [`meta`]: inode numbers, attributes, the cache of listings, names;
+//! - [`cache`]: file data in memory over a disk cache;
+//! - [`read`]: the reader, its read-ahead streams and parallel ranges;
+//! - [`write`]: uploads, staging files, and the cleaning up after failed uploads.
 
-pub mod attr;
-pub mod blockcache;
-pub mod dircache;
-mod dirs;
-pub mod diskcache;
+pub mod cache;
 pub mod error;
 pub mod failure;
-mod files;
 pub mod handles;
-pub mod inode;
-mod janitor;
-mod names;
-mod parallel;
+pub mod meta;
+pub mod ops;
+pub mod read;
+pub mod write;
 
-pub use parallel::ParallelReads;
-pub mod namespace;
-mod readahead;
-pub mod reader;
+pub use read::transfer::ParallelReads;
 pub mod report;
-mod staging;
-mod sweep;
-mod upload;
-pub mod writes;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,15 +36,17 @@ use std::time::{Duration, SystemTime};
 use crate::ftp::listing::{Entry, Timestamp};
 use crate::ftp::Pool;
 
-use attr::AttrPolicy;
-pub use attr::{Attr, NodeKind};
-use blockcache::{BlockCache, FileVersion};
-use dircache::DirCache;
+use cache::memory::BlockCache;
+use cache::version::FileVersion;
 pub use error::FsError;
 use handles::HandleTable;
-use inode::{InodeTable, Node, ROOT_INODE};
-pub use reader::ReadData;
-use reader::{ReadConfig, Reader};
+use meta::attr::AttrPolicy;
+pub use meta::attr::{Attr, NodeKind};
+use meta::dircache::DirCache;
+use meta::inode::{InodeTable, Node, ROOT_INODE};
+pub use read::reader::ReadData;
+use read::reader::Reader;
+use read::transfer::ReadConfig;
 
 /// Settings of the filesystem logic.
 #[derive(Debug, Clone)]
@@ -119,7 +111,7 @@ struct OpenedVersion {
     /// When the listing it came from was fetched.
     listing_fetched: std::time::Instant,
     /// The server's exact time under which the disk cache's blocks were found valid.
-    disk_time: Option<blockcache::Mtime>,
+    disk_time: Option<cache::version::Mtime>,
 }
 
 /// Result of opening a file.
@@ -165,7 +157,7 @@ pub struct FtpFs {
     cache: Arc<BlockCache>,
     reader: Arc<Reader>,
     /// Reads ahead the small files of directories read file after file.
-    siblings: readahead::SiblingReadAhead,
+    siblings: read::readahead::SiblingReadAhead,
     handles: HandleTable,
     attrs: AttrPolicy,
     /// The login directory (PWD), once asked (see `namespace.rs`).
@@ -173,12 +165,12 @@ pub struct FtpFs {
     /// What each inode was opened as last time (see [`OpenedVersion`]).
     opened_versions: Mutex<HashMap<u64, OpenedVersion>>,
     /// Files open for writing or with changes not yet uploaded, by inode.
-    writes: Mutex<HashMap<u64, Arc<writes::WriteFile>>>,
+    writes: Mutex<HashMap<u64, Arc<write::file::WriteFile>>>,
     /// The server refused to rename onto an existing file once: from then on the old
     /// file is moved aside first, without trying.
     refuses_overwrite: AtomicBool,
     /// Deletes the temporary files of uploads that did not land.
-    janitor: Arc<janitor::Janitor>,
+    janitor: Arc<write::janitor::Janitor>,
     /// When the filesystem was made, for the uptime in [`FtpFs::report`].
     started: std::time::Instant,
 }
@@ -215,12 +207,17 @@ impl FtpFs {
         let reader = Arc::new(reader);
         // Two connections stay free: one for the foreground reader, one for listings.
         let siblings =
-            readahead::SiblingReadAhead::new(reader.clone(), pool.limit().saturating_sub(2));
+            read::readahead::SiblingReadAhead::new(reader.clone(), pool.limit().saturating_sub(2));
         let server = pool.connect_options();
         let record = (!config.staging_dir.as_os_str().is_empty()).then(|| {
-            janitor::Record::new(&config.staging_dir, &server.host, server.port, &server.user)
+            write::janitor::Record::new(
+                &config.staging_dir,
+                &server.host,
+                server.port,
+                &server.user,
+            )
         });
-        let janitor = janitor::Janitor::new(pool.clone(), record);
+        let janitor = write::janitor::Janitor::new(pool.clone(), record);
         Self {
             pool,
             inodes: Mutex::new(InodeTable::new(root_path)),
@@ -253,7 +250,7 @@ impl FtpFs {
             return format!("?ino{ino}");
         };
         match name {
-            Some(name) => inode::join_path(&node.path, name)
+            Some(name) => meta::inode::join_path(&node.path, name)
                 .escape_ascii()
                 .to_string(),
             None => node.path.escape_ascii().to_string(),
@@ -510,18 +507,18 @@ impl FtpFs {
 
 /// The persistent block cache for this server, if `disk_cache=` asks for one. A cache
 /// that cannot be opened is only a slower mount: the mount goes on without it.
-fn open_disk_cache(pool: &Pool, config: &FsConfig) -> Option<Arc<diskcache::DiskCache>> {
+fn open_disk_cache(pool: &Pool, config: &FsConfig) -> Option<Arc<cache::disk::DiskCache>> {
     if config.disk_cache_size == 0 {
         return None;
     }
     let server = pool.connect_options();
-    let dir = diskcache::server_dir(
+    let dir = cache::disk::server_dir(
         &config.disk_cache_dir,
         &server.host,
         server.port,
         &server.user,
     );
-    match diskcache::DiskCache::open(dir.clone(), config.disk_cache_size, config.block_size) {
+    match cache::disk::DiskCache::open(dir.clone(), config.disk_cache_size, config.block_size) {
         Ok(disk) => Some(Arc::new(disk)),
         Err(e) => {
             tracing::warn!("disk cache off: cannot use {}: {e}", dir.display());
@@ -532,8 +529,8 @@ fn open_disk_cache(pool: &Pool, config: &FsConfig) -> Option<Arc<diskcache::Disk
 
 /// A disk cache counter, 0 with the disk cache off.
 fn disk_counter(
-    stats: Option<&diskcache::DiskStats>,
-    counter: impl Fn(&diskcache::DiskStats) -> &std::sync::atomic::AtomicU64,
+    stats: Option<&cache::disk::DiskStats>,
+    counter: impl Fn(&cache::disk::DiskStats) -> &std::sync::atomic::AtomicU64,
 ) -> u64 {
     stats.map_or(0, |stats| counter(stats).load(Ordering::Relaxed))
 }

@@ -5,7 +5,8 @@
 //!   connection still owes from an earlier transfer;
 //! - [`data`]: data connections (passive address, TLS resumption, transfer end and abort);
 //! - [`upload`]: uploads, and how they end;
-//! - [`commands`]: the FTP commands themselves, each verb with its retry policy.
+//! - [`commands`]: the FTP commands themselves, each verb with its retry policy;
+//! - [`reach`]: paths too long for one command line, sent relative to their directory.
 
 mod commands;
 mod data;

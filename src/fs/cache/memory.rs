@@ -4,44 +4,14 @@
 //! changed on the server is never served from the old file's blocks.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lru::LruCache;
 
-use super::diskcache::DiskCache;
-
-/// A modification time: seconds since 1970 and nanoseconds.
-pub type Mtime = (i64, u32);
-
-/// Which file, in which version; two versions never share blocks.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FileVersion {
-    /// Path on the server.
-    pub path: Arc<[u8]>,
-    /// Size in bytes from the listing.
-    pub size: u64,
-    /// Modification time from the listing (seconds, nanoseconds).
-    pub mtime: Mtime,
-}
-
-/// One block of one file version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockKey {
-    /// The file version.
-    pub version: Arc<FileVersion>,
-    /// Block number (offset / block size).
-    pub index: u64,
-}
-
-impl Hash for BlockKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.version.hash(state);
-        self.index.hash(state);
-    }
-}
+use crate::fs::cache::disk::DiskCache;
+use crate::fs::cache::version::{in_background, BlockKey, FileVersion, Mtime};
 
 /// Cached bytes of a block: all of it, or a part starting at `start` (a small head or
 /// random read does not fetch the whole block).
@@ -335,7 +305,7 @@ impl BlockCache {
                     let version = &persist_key.version;
                     disk.store(&version.path, version.size, time, persist_key.index, &data);
                 };
-                super::diskcache::in_background(write);
+                in_background(write);
             }
         }
         outcome

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use crate::ftp::listing::{Entry, EntryKind, ListingFormat, TimePrecision, Timestamp};
 use crate::ftp::Pool;
 
-use super::error::FsError;
-use super::failure::{Attempt, RecentFailure, RemembersFailure};
-use super::inode::join_path;
-use super::names::{is_ftpsfs_name, NAME_MAX};
-use super::sweep;
+use crate::fs::error::FsError;
+use crate::fs::failure::{Attempt, RecentFailure, RemembersFailure};
+use crate::fs::meta::inode::join_path;
+use crate::fs::meta::names::{is_ftpsfs_name, NAME_MAX};
+use crate::fs::write::sweep;
 
 /// One directory's entries as of one listing, with this mount's changes since.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ struct SlotState {
     /// The slot's change count that `listing` reflects: a change recorded while someone
     /// else held the lock could not be patched in, and makes the listing stale.
     generation: u64,
-    /// The last timeout; see [`FAILURE_MEMORY`](super::failure::FAILURE_MEMORY).
+    /// The last timeout; see [`FAILURE_MEMORY`](crate::fs::failure::FAILURE_MEMORY).
     failure: RecentFailure,
 }
 
@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn temporary_files_are_hidden_and_kept_apart() {
-        let temp = String::from_utf8(super::super::names::temp_name(b"a")).unwrap();
+        let temp = String::from_utf8(crate::fs::meta::names::temp_name(b"a")).unwrap();
         let listing = DirListing::new(vec![file("a", 1), file(&temp, 2)]);
         assert_eq!(listing.entries.len(), 1);
         assert!(listing.get(temp.as_bytes()).is_none());

@@ -1,263 +1,31 @@
-//! Files open for writing: what each will upload at close, and how.
-//!
-//! A file has one [`WriteFile`] while it is open for writing (by any number of handles)
-//! or has changes not yet on the server. Its content is one of:
-//! - what the server has ([`Content::Server`]): opened for writing, nothing changed yet;
-//! - zeros ([`Content::Zeros`]): new, truncated, or extended by truncate, nothing written;
-//! - an upload streaming as it is written ([`Content::Streaming`]): every write so far
-//!   came in order, so `cp` of a large file runs at network speed;
-//! - a local staging file ([`Content::Staged`]): anything else (random writes, appends
-//!   to an existing file, truncation, reads of a file being written).
-//!
-//! A stream that meets a write out of order becomes a staging file (filled from what it
-//! uploaded so far), so the program never sees an error for writing out of order.
-//! At close (flush) the content lands atomically (see `upload.rs`) and its result is
-//! the result of `close()`.
+//! Writing files: create, open for writing, write, truncate, set attributes, close,
+//! fsync; each acts on the file's [`WriteFile`] and lands its upload (see `upload.rs`).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use crate::ftp::listing::{Entry, EntryKind, TimePrecision, Timestamp};
+use crate::ftp::listing::{Entry, EntryKind};
 use crate::ftp::{FtpError, PooledConnection};
 
-use super::attr::Attr;
-use super::blockcache::FileVersion;
-use super::dircache::Change;
-use super::error::FsError;
-use super::handles::Handle;
-use super::inode::join_path;
-use super::names::{shown, temp_name};
-use super::reader::{OpenFile, ReadData};
-use super::staging::Staging;
-use super::upload::{self, Metadata, StreamUpload};
-use super::{FtpFs, Opened};
-
-/// What a file being written holds now; see the module documentation.
-pub enum Content {
-    /// What the server has (the state's `base`).
-    Server,
-    /// `size` zeros.
-    Zeros,
-    /// An upload receiving the writes as they come.
-    Streaming(StreamUpload),
-    /// The whole content, locally.
-    Staged(Staging),
-}
-
-/// What `stat` shows of a file being written, readable while an upload holds its state.
-#[derive(Debug, Clone, Copy)]
-pub struct Shown {
-    /// Bytes in the file now.
-    pub size: u64,
-    /// Modification time: the last write, or the time the program set.
-    pub mtime: SystemTime,
-    /// Permission bits, when known.
-    pub mode: Option<u32>,
-    /// Whether the file exists only here so far (created, not yet uploaded).
-    pub local_only: bool,
-}
-
-/// The write state of one file.
-pub struct WriteState {
-    content: Content,
-    /// Bytes in the file now.
-    size: u64,
-    /// The content differs from the server's: the next flush uploads it.
-    dirty: bool,
-    /// A write or truncate came since the last upload (not only the open's O_TRUNC,
-    /// which a shell's `>` closes once before the program writes anything).
-    written: bool,
-    /// The file exists on the server (it did when opened, or an upload of it landed).
-    on_server: bool,
-    /// The server's version, for reading and staging [`Content::Server`].
-    base: Option<Arc<FileVersion>>,
-    /// A reader of `base`, made on first use.
-    base_reader: Option<Arc<OpenFile>>,
-    /// Modification time the program set, to send with the next upload.
-    set_mtime: Option<SystemTime>,
-    /// Permission bits the program asked for, to send with the next upload.
-    set_mode: Option<u32>,
-    /// Mode of the server's file (from its listing).
-    mode: Option<u32>,
-    /// Nothing is uploaded any more: the file was deleted, or its writer was killed.
-    discarded: bool,
-    /// The last failed upload: the next writes and flushes of the handles open when it
-    /// failed report it (handles opened later start afresh, as with a local file's
-    /// write-back errors).
-    failure: Option<FsError>,
-    /// Uploads of this file that failed so far.
-    failures: u64,
-    /// Last change, shown as the modification time.
-    changed_at: SystemTime,
-}
-
-/// One file open for writing, or with changes not yet on the server.
-pub struct WriteFile {
-    /// The file's inode.
-    pub ino: u64,
-    state: tokio::sync::Mutex<WriteState>,
-    shown: Mutex<Shown>,
-    /// Handles open for writing (counted under the mount's map of write files).
-    opens: Mutex<usize>,
-}
-
-/// A handle on a file being written: the file, and how it was opened.
-pub struct WriteHandle {
-    /// The file.
-    pub file: Arc<WriteFile>,
-    /// Opened for reading (O_RDWR, or read-only while another handle writes).
-    pub readable: bool,
-    /// Opened for writing, and counted among the file's writers.
-    pub counted: bool,
-    /// The processes that opened the handle or wrote through it (see [`Closer`]).
-    writers: Mutex<Vec<u32>>,
-    /// The file's failed uploads when the handle was opened: later ones are its own.
-    failures_at_open: u64,
-}
-
-/// Processes remembered per handle: a program's threads, and the children it runs.
-const WRITERS_KEPT: usize = 64;
-
-impl WriteHandle {
-    /// A handle on `file` opened by process `pid`.
-    pub fn new(
-        file: Arc<WriteFile>,
-        failures_at_open: u64,
-        readable: bool,
-        counted: bool,
-        pid: u32,
-    ) -> Self {
-        Self {
-            file,
-            readable,
-            counted,
-            writers: Mutex::new(vec![pid]),
-            failures_at_open,
-        }
-    }
-
-    /// The failed upload this handle has to report, if one failed since it was opened.
-    fn failure(&self, state: &WriteState) -> Result<(), FsError> {
-        match &state.failure {
-            Some(failure) if state.failures > self.failures_at_open => Err(failure.clone()),
-            _ => Ok(()),
-        }
-    }
-
-    fn note_writer(&self, pid: u32) {
-        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-        if !writers.contains(&pid) && writers.len() < WRITERS_KEPT {
-            writers.push(pid);
-        }
-    }
-
-    fn is_writer(&self, pid: u32) -> bool {
-        self.writers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&pid)
-    }
-}
-
-/// How a file is opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OpenMode {
-    /// For reading.
-    pub read: bool,
-    /// For writing.
-    pub write: bool,
-    /// O_TRUNC.
-    pub truncate: bool,
-}
-
-/// Who closes a file. The kernel reports every close of every copy of a descriptor, and
-/// only the writer's own close means that the file is complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closer {
-    /// The program that opened or wrote the file, closing it.
-    Program,
-    /// The program closing one descriptor while another of its own still holds the file:
-    /// a shell's `>` or dd opens the file, dup2()s it onto stdout and closes the first
-    /// descriptor before writing anything.
-    ProgramKeepsOpen,
-    /// The kernel closing the files of a writer killed by a signal, whose half-written
-    /// file must not be taken for whole.
-    KilledProcess,
-    /// Another process closing its copy of the descriptor: a child that inherited it,
-    /// closing it as it runs another program (execve) or exits. The writer still has
-    /// the file open.
-    Bystander,
-}
-
-/// Attribute changes asked by `setattr`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SetAttr {
-    /// New size (truncate).
-    pub size: Option<u64>,
-    /// New modification time.
-    pub mtime: Option<SystemTime>,
-    /// New permission bits.
-    pub mode: Option<u32>,
-    /// New owner.
-    pub uid: Option<u32>,
-    /// New group.
-    pub gid: Option<u32>,
-}
-
-impl WriteFile {
-    fn new(ino: u64, state: WriteState) -> Self {
-        let shown = Shown {
-            size: state.size,
-            mtime: state.set_mtime.unwrap_or(state.changed_at),
-            mode: state.set_mode.or(state.mode),
-            local_only: !state.on_server,
-        };
-        Self {
-            ino,
-            state: tokio::sync::Mutex::new(state),
-            shown: Mutex::new(shown),
-            opens: Mutex::new(0),
-        }
-    }
-
-    /// Uploads of the file that failed so far.
-    pub(super) async fn failures(&self) -> u64 {
-        self.state.lock().await.failures
-    }
-
-    /// What `stat` shows now.
-    pub fn shown(&self) -> Shown {
-        *self.shown.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn publish(&self, state: &WriteState) {
-        let local_only = !state.on_server && !state.discarded;
-        *self.shown.lock().unwrap_or_else(|e| e.into_inner()) = Shown {
-            size: state.size,
-            mtime: state.set_mtime.unwrap_or(state.changed_at),
-            mode: state.set_mode.or(state.mode),
-            local_only,
-        };
-    }
-}
-
-/// A time as a listing entry holds it.
-pub(super) fn timestamp(time: SystemTime) -> Timestamp {
-    let (unix_seconds, nanos) = match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-        Err(e) => (-(e.duration().as_secs() as i64), 0),
-    };
-    Timestamp {
-        unix_seconds,
-        nanos,
-        precision: TimePrecision::Second,
-    }
-}
+use crate::fs::cache::version::FileVersion;
+use crate::fs::error::FsError;
+use crate::fs::handles::Handle;
+use crate::fs::meta::attr::Attr;
+use crate::fs::meta::dircache::Change;
+use crate::fs::meta::inode::join_path;
+use crate::fs::meta::names::{shown, temp_name};
+use crate::fs::read::reader::{OpenFile, ReadData};
+use crate::fs::write::file::{
+    timestamp, Closer, Content, OpenMode, SetAttr, Shown, WriteFile, WriteHandle, WriteState,
+};
+use crate::fs::write::staging::Staging;
+use crate::fs::write::upload::{self, Metadata, StreamUpload};
+use crate::fs::{FtpFs, Opened};
 
 impl FtpFs {
     /// Fails with EROFS on a read-only mount.
-    pub(super) fn writable(&self) -> Result<(), FsError> {
+    pub(in crate::fs) fn writable(&self) -> Result<(), FsError> {
         if self.config.read_only {
             Err(FsError::ReadOnly)
         } else {
@@ -266,7 +34,7 @@ impl FtpFs {
     }
 
     /// The write file of `ino`, if it is open for writing or has changes.
-    pub(super) fn write_file(&self, ino: u64) -> Option<Arc<WriteFile>> {
+    pub(in crate::fs) fn write_file(&self, ino: u64) -> Option<Arc<WriteFile>> {
         self.writes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -311,7 +79,7 @@ impl FtpFs {
     }
 
     /// The attributes of a file being written.
-    pub(super) fn written_attr(&self, ino: u64, shown: Shown) -> Attr {
+    pub(in crate::fs) fn written_attr(&self, ino: u64, shown: Shown) -> Attr {
         let mut attr = self.attrs.attr(
             ino,
             Some(&Entry {
@@ -338,7 +106,7 @@ impl FtpFs {
         pid: u32,
     ) -> Result<(Attr, Opened), FsError> {
         self.writable()?;
-        super::names::check_new_name(name)?;
+        crate::fs::meta::names::check_new_name(name)?;
         self.within(async {
             let (_, parent_entry) = self.entry(parent).await?;
             if parent_entry.is_some_and(|e| e.kind != EntryKind::Dir) {
@@ -392,7 +160,7 @@ impl FtpFs {
     }
 
     /// Opens `ino` for writing (and maybe reading).
-    pub(super) async fn open_for_write(
+    pub(in crate::fs) async fn open_for_write(
         &self,
         ino: u64,
         how: OpenMode,
@@ -412,9 +180,9 @@ impl FtpFs {
                     size: entry.size.unwrap_or(0),
                     mtime: entry.modified.map_or((0, 0), |t| (t.unix_seconds, t.nanos)),
                 });
-                let shown_mtime = entry
-                    .modified
-                    .map_or(SystemTime::now(), |t| super::attr::system_time(&t));
+                let shown_mtime = entry.modified.map_or(SystemTime::now(), |t| {
+                    crate::fs::meta::attr::system_time(&t)
+                });
                 self.open_write_file(ino, || WriteState {
                     content: Content::Server,
                     size: base.size,
@@ -558,7 +326,7 @@ impl FtpFs {
                             size: uploaded,
                             // A version no listing will ever show, so no stale block is
                             // hit.
-                            mtime: (-1, super::names::unique() as u32),
+                            mtime: (-1, crate::fs::meta::names::unique() as u32),
                         });
                         self.fill(&mut staging, version).await
                     }
@@ -626,7 +394,7 @@ impl FtpFs {
     }
 
     /// Reads `size` bytes at `offset` of a file being written.
-    pub(super) async fn read_written(
+    pub(in crate::fs) async fn read_written(
         &self,
         file: &WriteFile,
         offset: u64,
@@ -963,30 +731,40 @@ impl FtpFs {
 
     /// Closes a write handle; the last one uploads what no flush did (a file created or
     /// truncated and never written) and forgets the file's write state.
-    pub(super) async fn release_write(&self, write: Arc<WriteHandle>) {
+    pub(in crate::fs) async fn release_write(&self, write: Arc<WriteHandle>) {
         let file = write.file.clone();
         drop(write);
         if !self.close_write_file(&file) {
             return;
         }
-        {
+        if let Err(e) = self.after_last_close(&file).await {
+            tracing::warn!(
+                ino = file.ino,
+                "changes not uploaded at the last close: {e}"
+            );
+        }
+    }
+
+    /// What the last writer of `file` leaves: its changes landed, its stream closed, and
+    /// the write file forgotten (unless it was opened again meanwhile).
+    async fn after_last_close(&self, file: &Arc<WriteFile>) -> Result<(), FsError> {
+        let landed = {
             let mut state = file.state.lock().await;
             // Dirty after a failure means written since (a failure clears it).
-            if state.dirty && !state.discarded {
-                if let Err(e) = self.commit(&file, &mut state).await {
-                    tracing::warn!(
-                        ino = file.ino,
-                        "changes not uploaded at the last close: {e}"
-                    );
-                }
-            }
+            let landed = if state.dirty && !state.discarded {
+                self.commit(file, &mut state).await
+            } else {
+                Ok(())
+            };
             if let Content::Streaming(stream) =
                 std::mem::replace(&mut state.content, Content::Server)
             {
                 self.abandon(stream);
             }
-        }
-        self.forget_write_file(&file);
+            landed
+        };
+        self.forget_write_file(file);
+        landed
     }
 
     /// Changes attributes: size (truncate), modification time, permission bits; owner
@@ -1081,7 +859,9 @@ impl FtpFs {
         }
         .await;
         if temporary && self.close_write_file(&file) {
-            self.forget_write_file(&file);
+            let landed = self.after_last_close(&file).await;
+            result?;
+            return landed;
         }
         result
     }
@@ -1128,7 +908,7 @@ impl FtpFs {
 
     /// Forgets cached data of `ino` at `path`: its blocks, and the version the kernel's
     /// page cache was kept for.
-    pub(super) fn forget_file_data(&self, ino: u64, path: &[u8]) {
+    pub(in crate::fs) fn forget_file_data(&self, ino: u64, path: &[u8]) {
         self.cache.forget_path(path);
         self.reader.forget_on_disk(path);
         self.opened_versions
@@ -1140,7 +920,7 @@ impl FtpFs {
     /// Stops the pending changes of `ino` (it is being deleted or replaced): nothing of
     /// it is uploaded any more. Returns whether the server has the file, when `ino` had
     /// changes (it waits for an upload under way, which decides that).
-    pub(super) async fn discard_writes(&self, ino: u64) -> Option<bool> {
+    pub(in crate::fs) async fn discard_writes(&self, ino: u64) -> Option<bool> {
         let file = self.write_file(ino)?;
         let mut state = file.state.lock().await;
         self.discard(&mut state);
@@ -1149,7 +929,7 @@ impl FtpFs {
     }
 
     /// Uploads the pending changes of `ino` now (before it is renamed).
-    pub(super) async fn commit_writes(&self, ino: u64) -> Result<(), FsError> {
+    pub(in crate::fs) async fn commit_writes(&self, ino: u64) -> Result<(), FsError> {
         if let Some(file) = self.write_file(ino) {
             let mut state = file.state.lock().await;
             if let Some(failure) = &state.failure {

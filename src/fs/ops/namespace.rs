@@ -8,12 +8,12 @@
 
 use std::time::SystemTime;
 
-use super::dircache::Change;
-use super::error::FsError;
-use super::inode::{join_path, ROOT_INODE};
-use super::names::{check_new_name, NAME_MAX};
-use super::upload;
-use super::{Attr, FtpFs};
+use crate::fs::error::FsError;
+use crate::fs::meta::dircache::Change;
+use crate::fs::meta::inode::{join_path, ROOT_INODE};
+use crate::fs::meta::names::{check_new_name, NAME_MAX};
+use crate::fs::write::upload;
+use crate::fs::{Attr, FtpFs};
 use crate::ftp::listing::{Entry, EntryKind};
 use crate::ftp::FtpError;
 
@@ -102,7 +102,10 @@ impl FtpFs {
             };
             let link_dir = parent.path.strip_prefix(&*root).unwrap_or(&parent.path);
             let link_dir = link_dir.strip_prefix(b"/").unwrap_or(link_dir);
-            Ok(super::names::relative_target(&absolute_root, link_dir, &target).unwrap_or(target))
+            Ok(
+                crate::fs::meta::names::relative_target(&absolute_root, link_dir, &target)
+                    .unwrap_or(target),
+            )
         })
         .await
     }
@@ -232,7 +235,7 @@ impl FtpFs {
                 name: name.to_vec(),
                 kind: EntryKind::Dir,
                 size: None,
-                modified: Some(super::writes::timestamp(SystemTime::now())),
+                modified: Some(crate::fs::write::file::timestamp(SystemTime::now())),
                 mode: shown_mode,
                 link_target: None,
             };
@@ -513,5 +516,5 @@ impl FtpFs {
 
 /// The time a change made now shows on its directory.
 fn now() -> crate::ftp::listing::Timestamp {
-    super::writes::timestamp(SystemTime::now())
+    crate::fs::write::file::timestamp(SystemTime::now())
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ftp::{FtpError, Pool};
 
-use super::names::{shown, LEFTOVER_AGE};
+use crate::fs::meta::names::{shown, LEFTOVER_AGE};
 
 /// The first pause before trying a failed deletion again; it doubles up to
 /// [`LONGEST_PAUSE`].
@@ -224,7 +224,8 @@ pub struct Record {
 impl Record {
     /// The record of this mount of `host:port` as `user`, under `cache_dir`.
     pub fn new(cache_dir: &Path, host: &str, port: u16, user: &str) -> Self {
-        let hash = super::diskcache::fnv(&[host.as_bytes(), &port.to_le_bytes(), user.as_bytes()]);
+        let hash =
+            crate::fs::cache::disk::fnv(&[host.as_bytes(), &port.to_le_bytes(), user.as_bytes()]);
         let dir = cache_dir.join("leftovers").join(format!("{hash:016x}"));
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -11,7 +11,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::error::FsError;
+use crate::fs::error::FsError;
 
 /// Longest name a listing entry may have and still be shown (Linux NAME_MAX).
 pub const NAME_MAX: usize = 255;

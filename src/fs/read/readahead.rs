@@ -19,10 +19,10 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
-use super::blockcache::FileVersion;
-use super::dircache::DirListing;
-use super::inode::join_path;
-use super::reader::Reader;
+use crate::fs::cache::version::FileVersion;
+use crate::fs::meta::dircache::DirListing;
+use crate::fs::meta::inode::join_path;
+use crate::fs::read::reader::Reader;
 use crate::ftp::listing::{Entry, EntryKind};
 
 /// Files read ahead at most, past the one being read.

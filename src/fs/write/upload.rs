@@ -17,10 +17,10 @@ use tokio::task::JoinHandle;
 use crate::ftp::pool::worth_retrying;
 use crate::ftp::{ControlConnection, FtpError, Pool, PooledConnection, UploadConnection};
 
-use super::error::FsError;
-use super::inode::join_path;
-use super::names::{aside_name, shown};
-use super::staging::Staging;
+use crate::fs::error::FsError;
+use crate::fs::meta::inode::join_path;
+use crate::fs::meta::names::{aside_name, shown};
+use crate::fs::write::staging::Staging;
 
 /// Bytes sent per write to the data connection, from staging files and runs of zeros.
 const UPLOAD_CHUNK: usize = 1024 * 1024;

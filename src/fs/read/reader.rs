@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::ops::{Deref, Range};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,17 @@ use tokio::sync::Notify;
 use crate::ftp::pool::worth_retrying;
 use crate::ftp::{ControlConnection, DataConnection, FtpError, Pool, PooledConnection};
 
-use super::blockcache::{BlockCache, BlockKey, FileVersion, Mtime, Segment};
-use super::diskcache::{DiskCache, DiskStats};
-use super::error::FsError;
-use super::failure::{Attempt, RecentFailure, RemembersFailure};
-use super::parallel::{
-    Measured, ParallelRanges, ParallelReads, PartsGone, PartsJob, Plan, MIN_RANGE_BYTES,
+use crate::fs::cache::disk::{DiskCache, DiskStats};
+use crate::fs::cache::memory::{BlockCache, Segment};
+use crate::fs::cache::version::{BlockKey, FileVersion, Mtime};
+use crate::fs::error::FsError;
+use crate::fs::failure::{Attempt, RecentFailure, RemembersFailure};
+use crate::fs::read::parallel::{
+    Measured, ParallelRanges, PartsGone, PartsJob, Plan, MIN_RANGE_BYTES,
+};
+use crate::fs::read::transfer::{
+    expect_end, give_up_download, receive_block, Destination, ReadConfig, ReadStats, Received,
+    StreamSlot,
 };
 
 /// Alignment and minimum size of a ranged (non-streaming) fetch.
@@ -51,36 +56,6 @@ const CONNECTIONS_RESERVED_FOR_OTHERS: usize = 1;
 /// second of streaming at 150 ms; a reader slower than its stream (a player) never waits
 /// that far ahead.
 const SPLIT_AFTER_WAITS_AT_WINDOW: u64 = 8;
-
-/// How reads behave.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadConfig {
-    /// Cache block size in bytes.
-    pub block_size: u64,
-    /// Largest read-ahead window, in blocks.
-    pub max_window_blocks: u64,
-    /// Longest wait for a stream to deliver the next block.
-    pub data_timeout: Duration,
-    /// A stream whose reader asked for nothing this long gives its connection back.
-    pub stream_idle: Duration,
-    /// When a file is split into parallel ranges.
-    pub parallel: ParallelReads,
-}
-
-/// Counters for diagnostics and benchmarks.
-#[derive(Debug, Default)]
-pub struct ReadStats {
-    /// Streaming RETRs started.
-    pub streams: AtomicU64,
-    /// Ranged RETRs (head, random or fallback blocks).
-    pub range_fetches: AtomicU64,
-    /// Bytes received from the server.
-    pub bytes_fetched: AtomicU64,
-    /// Small files downloaded whole ahead of their reader (see `readahead.rs`).
-    pub files_read_ahead: AtomicU64,
-    /// Ranges fetched in parallel ahead of a sequential reader (see `parallel.rs`).
-    pub parallel_ranges: AtomicU64,
-}
 
 /// One open file: its version at open time and its reader state.
 pub struct OpenFile {
@@ -104,7 +79,7 @@ struct ReadState {
     /// Whether splitting the file into parallel ranges was considered (once per open).
     split_considered: bool,
     /// The last read of this open file that timed out; see
-    /// [`FAILURE_MEMORY`](super::failure::FAILURE_MEMORY).
+    /// [`FAILURE_MEMORY`](crate::fs::failure::FAILURE_MEMORY).
     failure: RecentFailure,
     /// The server's exact time for the data this open file has read: from its first
     /// download, or from the cached blocks it was first served.
@@ -912,87 +887,6 @@ async fn end_download(
     }
 }
 
-/// Where a download's blocks go.
-pub(super) struct Destination<'a> {
-    pub cache: &'a BlockCache,
-    pub stats: &'a ReadStats,
-    pub version: &'a Arc<FileVersion>,
-    /// The server's time for the file when the download was asked for.
-    pub server_time: Option<Mtime>,
-    /// When its RETR was sent.
-    pub requested: Instant,
-}
-
-/// What became of one block of a download.
-pub(super) enum Received {
-    /// In the cache.
-    Stored,
-    /// The data ended before the block did: shorter than listed, or cut off.
-    Short,
-    /// The cache holds blocks of this version downloaded at another server time.
-    OtherContent,
-}
-
-/// Ends a download whose block could not be stored (`received` is not `Stored`), and
-/// the error for its reader.
-pub(super) async fn give_up_download(
-    conn: &mut ControlConnection,
-    data: DataConnection,
-    received: Received,
-) -> FsError {
-    let ended = match received {
-        // The final reply tells a file that changed on the server (a complete transfer:
-        // 226 after close_notify) from a transfer that was cut off (no close_notify, or a
-        // 426), which is an error, never a short file.
-        Received::Short => conn.finish_data(data).await,
-        Received::Stored | Received::OtherContent => conn.abort_data(data).await,
-    };
-    match ended {
-        Ok(()) => FsError::Changed,
-        Err(e) => e.into(),
-    }
-}
-
-/// Reads block `index` from the download `data`, which is at its start, into the cache.
-pub(super) async fn receive_block(
-    data: &mut DataConnection,
-    into: &Destination<'_>,
-    index: u64,
-    block_size: u64,
-) -> Result<Received, FtpError> {
-    let len = block_size.min(into.version.size - index * block_size) as usize;
-    let mut buf = into.cache.buffer(len);
-    if data.read_full(&mut buf).await? < len {
-        return Ok(Received::Short);
-    }
-    into.stats
-        .bytes_fetched
-        .fetch_add(len as u64, Ordering::Relaxed);
-    let key = BlockKey {
-        version: into.version.clone(),
-        index,
-    };
-    let segment = Segment {
-        start: 0,
-        data: Arc::new(buf),
-    };
-    Ok(
-        match into
-            .cache
-            .insert_downloaded(key, segment, into.server_time, Some(into.requested))
-        {
-            Ok(()) => Received::Stored,
-            Err(_) => Received::OtherContent,
-        },
-    )
-}
-
-/// True when the data connection is at its end (the file is not longer than listed).
-pub(super) async fn expect_end(data: &mut DataConnection) -> Result<bool, FtpError> {
-    let mut probe = [0u8; 1];
-    Ok(data.read(&mut probe).await? == 0)
-}
-
 /// The bytes answering one read.
 ///
 /// A read within one block (almost all of them) is a view of the cached block, not a
@@ -1047,27 +941,6 @@ enum StreamGone {
     Failed(FsError),
     /// It stopped (idle, cancelled or finished) before this block; fetch another way.
     Ended,
-}
-
-/// One of the limited number of streams that may run at once; freed on drop.
-pub(super) struct StreamSlot(Arc<AtomicUsize>);
-
-impl StreamSlot {
-    /// A slot, if fewer than `max` are taken.
-    pub(super) fn take(running: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        running
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(running.clone()))
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 struct StreamJob {

@@ -21,43 +21,16 @@ use tokio::sync::Notify;
 use crate::ftp::pool::worth_retrying;
 use crate::ftp::{Pool, PooledConnection};
 
-use super::blockcache::{BlockCache, FileVersion, Mtime};
-use super::error::FsError;
-use super::reader::{
+use crate::fs::cache::memory::BlockCache;
+use crate::fs::cache::version::{FileVersion, Mtime};
+use crate::fs::error::FsError;
+use crate::fs::read::transfer::{
     expect_end, give_up_download, receive_block, Destination, ReadConfig, ReadStats, Received,
     StreamSlot,
 };
 
-/// When a sequential reader's file is split into parallel ranges (`parallel_reads=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParallelReads {
-    /// Where the round trip is at least [`MIN_ROUND_TRIP`].
-    Auto,
-    /// Wherever the stream is slower than its reader (a server that limits each
-    /// connection's speed).
-    Always,
-    /// Never.
-    Off,
-}
-
-impl ParallelReads {
-    /// The shortest round trip at which a file may be split; `None`: never.
-    pub fn min_round_trip(self) -> Option<Duration> {
-        match self {
-            ParallelReads::Auto => Some(MIN_ROUND_TRIP),
-            ParallelReads::Always => Some(Duration::ZERO),
-            ParallelReads::Off => None,
-        }
-    }
-}
-
 /// Shortest range worth its own data connection.
 pub const MIN_RANGE_BYTES: u64 = 8 << 20;
-
-/// A stream whose round trip is shorter than this is limited by the CPUs, not by TCP's
-/// window: on loopback one stream carries 385 MB/s, all that two cores decrypt, and more
-/// streams would only compete for them.
-pub const MIN_ROUND_TRIP: Duration = Duration::from_millis(2);
 
 /// How often a part waiting for a stream slot or a connection looks again.
 const SLOT_RETRY: Duration = Duration::from_millis(50);
@@ -522,6 +495,7 @@ async fn fetch_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::read::transfer::MIN_ROUND_TRIP;
 
     const MIB: u64 = 1 << 20;
 

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use super::blockcache::FileVersion;
-use super::dircache::DirListing;
-use super::error::FsError;
-use super::handles::Handle;
-use super::inode::ROOT_INODE;
-use super::reader::{OpenFile, ReadData};
-use super::writes::{OpenMode, WriteHandle};
-use super::{Attr, FtpFs, Opened, OpenedVersion};
+use crate::fs::cache::version::FileVersion;
+use crate::fs::error::FsError;
+use crate::fs::handles::Handle;
+use crate::fs::meta::dircache::DirListing;
+use crate::fs::meta::inode::ROOT_INODE;
+use crate::fs::read::reader::{OpenFile, ReadData};
+use crate::fs::write::file::{OpenMode, WriteHandle};
+use crate::fs::{Attr, FtpFs, Opened, OpenedVersion};
 use crate::ftp::listing::{Entry, EntryKind, TimePrecision};
 
 impl FtpFs {

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use lru::LruCache;
 
-use super::blockcache::Mtime;
+use crate::fs::cache::version::{in_background, Mtime};
 
 /// The format of a block file; another value is a miss.
 const MAGIC: &[u8; 8] = b"FTPSFSB2";
@@ -113,7 +113,7 @@ impl BlockName {
 }
 
 /// FNV-1a: names need spreading, not secrecy; the header holds the key itself.
-pub(super) fn fnv(parts: &[&[u8]]) -> u64 {
+pub(in crate::fs) fn fnv(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &byte in *part {
@@ -473,14 +473,6 @@ fn header(
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
-}
-
-/// Runs blocking disk work off the async workers when there are any, else here.
-pub fn in_background(work: impl FnOnce() + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(work)),
-        Err(_) => work(),
-    }
 }
 
 /// Whether the disk holding `dir` has less free space than it must keep.

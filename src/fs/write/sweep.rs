@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::ftp::listing::Entry;
 use crate::ftp::Pool;
 
-use super::inode::join_path;
-use super::names::{parse_leftover, shown, LEFTOVER_AGE};
+use crate::fs::meta::inode::join_path;
+use crate::fs::meta::names::{parse_leftover, shown, LEFTOVER_AGE};
 
 /// Connections a sweep leaves free: it is housekeeping, never in a user's way.
 const CONNECTIONS_RESERVED_FROM_SWEEP: usize = 1;
@@ -116,7 +116,7 @@ pub async fn clean(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::names::{aside_name, temp_name};
+    use crate::fs::meta::names::{aside_name, temp_name};
     use crate::ftp::listing::{EntryKind, TimePrecision, Timestamp};
 
     fn entry(name: &[u8], modified: i64) -> Entry {

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use super::error::FsError;
-use super::handles::Handle;
-use super::{Attr, DirEntry, FtpFs};
+use crate::fs::error::FsError;
+use crate::fs::handles::Handle;
+use crate::fs::{Attr, DirEntry, FtpFs};
 use crate::ftp::listing::EntryKind;
 
 impl FtpFs {

@@ -36,7 +36,7 @@ impl Staging {
             Ok(file) => file,
             // Filesystems without O_TMPFILE: a fresh name, unlinked at once.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
-                let path = dir.join(format!("staging-{:016x}", super::names::unique()));
+                let path = dir.join(format!("staging-{:016x}", crate::fs::meta::names::unique()));
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
