@@ -113,14 +113,19 @@ fn conformance(server: Server, label: &str) {
     let stdout = plain(&String::from_utf8_lossy(&out.stdout));
     let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     let mut wrong = Vec::new();
-    for line in stdout.lines() {
+    let mut lines = stdout.lines().peekable();
+    while let Some(line) = lines.next() {
         let Some((name, verdict)) = outcome(line) else {
             continue;
         };
         let group = name.split("::").next().unwrap_or(name);
         *counts.entry((group, verdict)).or_default() += 1;
         if matches!(verdict, "FAILED" | "passed unexpectedly") {
-            wrong.push(format!("{name}: {verdict}"));
+            // pjdfstest gives the failed assertion on the next line, indented.
+            let why = lines
+                .next_if(|l| l.starts_with('\t'))
+                .map_or("", |l| l.trim());
+            wrong.push(format!("{name}: {verdict} {why}"));
         }
     }
     let mut report = String::new();

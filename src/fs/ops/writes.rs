@@ -824,7 +824,10 @@ impl FtpFs {
         file: Option<Arc<WriteFile>>,
         size: u64,
     ) -> Result<(), FsError> {
-        let (file, temporary) = match file {
+        // Counted as one more writer while it truncates: a last close racing with this
+        // then leaves the upload to it, where it used to land its own changes and forget
+        // the file between this call's look-up and its truncation, losing the truncation.
+        let (file, temporary) = match file.and_then(|_| self.reopen_write_file(ino)) {
             Some(file) => (file, false),
             None => {
                 let opened = self
@@ -858,7 +861,8 @@ impl FtpFs {
             Ok(())
         }
         .await;
-        if temporary && self.close_write_file(&file) {
+        if self.close_write_file(&file) {
+            // The last writer: nobody else will land the truncation.
             let landed = self.after_last_close(&file).await;
             result?;
             return landed;
