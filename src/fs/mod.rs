@@ -29,7 +29,7 @@ pub mod report;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -164,11 +164,9 @@ pub struct FtpFs {
     login_dir: Mutex<Option<Vec<u8>>>,
     /// What each inode was opened as last time (see [`OpenedVersion`]).
     opened_versions: Mutex<HashMap<u64, OpenedVersion>>,
-    /// Files open for writing or with changes not yet uploaded, by inode.
-    writes: Mutex<HashMap<u64, Arc<write::file::WriteFile>>>,
-    /// The server refused to rename onto an existing file once: from then on the old
-    /// file is moved aside first, without trying.
-    refuses_overwrite: AtomicBool,
+    /// Files open for writing or with changes not yet uploaded, and what the server
+    /// refuses.
+    writer: write::writer::Writer,
     /// Deletes the temporary files of uploads that did not land.
     janitor: Arc<write::janitor::Janitor>,
     /// When the filesystem was made, for the uptime in [`FtpFs::report`].
@@ -234,8 +232,7 @@ impl FtpFs {
             attrs,
             opened_versions: Mutex::new(HashMap::new()),
             login_dir: Mutex::new(None),
-            writes: Mutex::new(HashMap::new()),
-            refuses_overwrite: AtomicBool::new(false),
+            writer: write::writer::Writer::new(),
             janitor,
             config,
             started: std::time::Instant::now(),
@@ -373,13 +370,7 @@ impl FtpFs {
         }
         // Files with an upload under way keep their numbers (the lock order is writes,
         // then inodes, never both at once).
-        let busy: std::collections::HashSet<u64> = self
-            .writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect();
+        let busy = self.writer.inodes();
         let gone = self
             .inodes
             .lock()
@@ -428,7 +419,7 @@ impl FtpFs {
     /// The attributes of `ino` with listing entry `entry` (None: the root), as changed by
     /// writes not yet uploaded.
     fn attr_of(&self, ino: u64, entry: Option<&Entry>) -> Attr {
-        match self.write_file(ino) {
+        match self.writer.file(ino) {
             Some(file) if entry.is_some() => self.written_attr(ino, file.shown()),
             _ => self.attrs.attr(ino, entry),
         }
@@ -437,11 +428,9 @@ impl FtpFs {
     /// Files created in the directory `dir` that are not on the server yet: (inode, name).
     fn local_only_children(&self, dir: u64) -> Vec<(u64, Vec<u8>)> {
         let files: Vec<u64> = self
-            .writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|file| file.shown().local_only)
+            .writer
+            .files_where(|file| file.shown().local_only)
+            .iter()
             .map(|file| file.ino)
             .collect();
         let inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
@@ -472,7 +461,6 @@ impl FtpFs {
         Ok((node, Some(entry)))
     }
 
-    /// Lists the root directory: proves the server, login and path work before mounting.
     /// At unmount: one more try, within `limit`, at deleting the temporary files of
     /// failed uploads; what is left is recorded for the next mount of this server.
     /// Returns how many are left.
@@ -489,6 +477,7 @@ impl FtpFs {
         Ok(())
     }
 
+    /// Lists the root directory: proves the server, login and path work before mounting.
     pub async fn probe(&self) -> Result<(), FsError> {
         let root = self.node(ROOT_INODE)?;
         // vsftpd lists a missing directory as empty: the path itself is asked first.

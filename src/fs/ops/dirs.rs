@@ -52,7 +52,7 @@ impl FtpFs {
                     if listing.get(&name).is_some() {
                         continue;
                     }
-                    let Some(file) = self.write_file(child) else {
+                    let Some(file) = self.writer.file(child) else {
                         continue;
                     };
                     entries.push(DirEntry {

@@ -18,7 +18,7 @@ impl FtpFs {
         if how.write || how.truncate {
             return self.open_for_write(ino, how, pid).await;
         }
-        if let Some(file) = self.write_file(ino) {
+        if let Some(file) = self.writer.file(ino) {
             // Being written here: reads see what was written, not what the server has.
             let failures = file.failures().await;
             let handle = self.handles.insert(Handle::Write(Arc::new(WriteHandle::new(

@@ -59,7 +59,7 @@ impl FtpFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .existing_child(parent, name)?;
-        let shown = self.write_file(ino)?.shown();
+        let shown = self.writer.file(ino)?.shown();
         shown.local_only.then(|| self.written_attr(ino, shown))
     }
 
@@ -428,9 +428,7 @@ impl FtpFs {
         }
         let from = join_path(&dir, name);
         let to = join_path(&new_dir, new_name);
-        let refuses = self
-            .refuses_overwrite
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let refuses = self.writer.refuses_overwrite();
         let target_exists = target.is_some() || target_local.is_some();
         let rename = || {
             self.within(async {
@@ -459,8 +457,7 @@ impl FtpFs {
         match renamed {
             Ok(refused) => {
                 if refused {
-                    self.refuses_overwrite
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.writer.note_refuses_overwrite();
                 }
             }
             Err(e)

@@ -1,7 +1,6 @@
 //! Writing files: create, open for writing, write, truncate, set attributes, close,
 //! fsync; each acts on the file's [`WriteFile`] and lands its upload (see `upload.rs`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -30,51 +29,6 @@ impl FtpFs {
             Err(FsError::ReadOnly)
         } else {
             Ok(())
-        }
-    }
-
-    /// The write file of `ino`, if it is open for writing or has changes.
-    pub(in crate::fs) fn write_file(&self, ino: u64) -> Option<Arc<WriteFile>> {
-        self.writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-            .cloned()
-    }
-
-    /// The write file of `ino` for a new write handle, made from `make` if there is
-    /// none; counts the handle.
-    fn open_write_file(&self, ino: u64, make: impl FnOnce() -> WriteState) -> Arc<WriteFile> {
-        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let file = writes
-            .entry(ino)
-            .or_insert_with(|| Arc::new(WriteFile::new(ino, make())))
-            .clone();
-        *file.opens.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        file
-    }
-
-    /// The write file of `ino` for one more write handle, if it has one.
-    fn reopen_write_file(&self, ino: u64) -> Option<Arc<WriteFile>> {
-        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let file = writes.get(&ino)?.clone();
-        *file.opens.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        Some(file)
-    }
-
-    /// Counts a write handle closed; true when it was the last.
-    fn close_write_file(&self, file: &WriteFile) -> bool {
-        let _writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut opens = file.opens.lock().unwrap_or_else(|e| e.into_inner());
-        *opens = opens.saturating_sub(1);
-        *opens == 0
-    }
-
-    /// Forgets the write file of `ino` once no handle has it open.
-    fn forget_write_file(&self, file: &WriteFile) {
-        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        if *file.opens.lock().unwrap_or_else(|e| e.into_inner()) == 0 {
-            writes.remove(&file.ino);
         }
     }
 
@@ -124,7 +78,7 @@ impl FtpFs {
         };
         let now = SystemTime::now();
         let requested = mode & 0o7777;
-        let file = self.open_write_file(ino, || WriteState {
+        let file = self.writer.open(ino, || WriteState {
             content: Content::Zeros,
             size: 0,
             dirty: true,
@@ -167,7 +121,7 @@ impl FtpFs {
         pid: u32,
     ) -> Result<Opened, FsError> {
         self.writable()?;
-        let file = match self.reopen_write_file(ino) {
+        let file = match self.writer.reopen(ino) {
             Some(file) => file,
             None => {
                 let (node, entry) = self.within(self.entry(ino)).await?;
@@ -183,7 +137,7 @@ impl FtpFs {
                 let shown_mtime = entry.modified.map_or(SystemTime::now(), |t| {
                     crate::fs::meta::attr::system_time(&t)
                 });
-                self.open_write_file(ino, || WriteState {
+                self.writer.open(ino, || WriteState {
                     content: Content::Server,
                     size: base.size,
                     dirty: false,
@@ -699,11 +653,11 @@ impl FtpFs {
                 path,
                 name,
                 target_exists,
-                self.refuses_overwrite.load(Ordering::Relaxed),
+                self.writer.refuses_overwrite(),
             )
             .await?;
             if refused {
-                self.refuses_overwrite.store(true, Ordering::Relaxed);
+                self.writer.note_refuses_overwrite();
             }
         }
         Ok((uploaded, applied))
@@ -734,7 +688,7 @@ impl FtpFs {
     pub(in crate::fs) async fn release_write(&self, write: Arc<WriteHandle>) {
         let file = write.file.clone();
         drop(write);
-        if !self.close_write_file(&file) {
+        if !self.writer.close(&file) {
             return;
         }
         if let Err(e) = self.after_last_close(&file).await {
@@ -763,7 +717,7 @@ impl FtpFs {
             }
             landed
         };
-        self.forget_write_file(file);
+        self.writer.forget(file);
         landed
     }
 
@@ -776,7 +730,7 @@ impl FtpFs {
         {
             return Err(FsError::NotPermitted("changing the owner or group"));
         }
-        let file = self.write_file(ino);
+        let file = self.writer.file(ino);
         if let Some(size) = changes.size {
             self.set_size(ino, file.clone(), size).await?;
         }
@@ -827,7 +781,7 @@ impl FtpFs {
         // Counted as one more writer while it truncates: a last close racing with this
         // then leaves the upload to it, where it used to land its own changes and forget
         // the file between this call's look-up and its truncation, losing the truncation.
-        let (file, temporary) = match file.and_then(|_| self.reopen_write_file(ino)) {
+        let (file, temporary) = match file.and_then(|_| self.writer.reopen(ino)) {
             Some(file) => (file, false),
             None => {
                 let opened = self
@@ -861,7 +815,7 @@ impl FtpFs {
             Ok(())
         }
         .await;
-        if self.close_write_file(&file) {
+        if self.writer.close(&file) {
             // The last writer: nobody else will land the truncation.
             let landed = self.after_last_close(&file).await;
             result?;
@@ -925,7 +879,7 @@ impl FtpFs {
     /// it is uploaded any more. Returns whether the server has the file, when `ino` had
     /// changes (it waits for an upload under way, which decides that).
     pub(in crate::fs) async fn discard_writes(&self, ino: u64) -> Option<bool> {
-        let file = self.write_file(ino)?;
+        let file = self.writer.file(ino)?;
         let mut state = file.state.lock().await;
         self.discard(&mut state);
         file.publish(&state);
@@ -934,7 +888,7 @@ impl FtpFs {
 
     /// Uploads the pending changes of `ino` now (before it is renamed).
     pub(in crate::fs) async fn commit_writes(&self, ino: u64) -> Result<(), FsError> {
-        if let Some(file) = self.write_file(ino) {
+        if let Some(file) = self.writer.file(ino) {
             let mut state = file.state.lock().await;
             if let Some(failure) = &state.failure {
                 return Err(failure.clone());

@@ -5,3 +5,4 @@ pub(in crate::fs) mod janitor;
 pub(in crate::fs) mod staging;
 pub(in crate::fs) mod sweep;
 pub(in crate::fs) mod upload;
+pub mod writer;

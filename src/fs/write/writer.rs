@@ -1,0 +1,170 @@
+//! The owner of the write path's shared state: the files being written (by inode, with
+//! their count of open handles), and what the server was found to refuse.
+//!
+//! A write file lives from its first open for writing until the last handle is closed
+//! and its changes have landed (or were dropped). Whoever closes last lands them: a
+//! handle's release, or a truncate(2) that counted itself as a writer while it ran.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::fs::write::file::{WriteFile, WriteState};
+
+/// Files open for writing or with changes not on the server yet, and what the write
+/// path learned of the server.
+#[derive(Default)]
+pub struct Writer {
+    files: Mutex<HashMap<u64, Arc<WriteFile>>>,
+    /// The server refused to rename onto an existing file once: from then on the old
+    /// file is moved aside first, without trying.
+    refuses_overwrite: AtomicBool,
+}
+
+impl Writer {
+    /// A writer with no file open.
+    pub fn new() -> Self {
+        Self {
+            files: Mutex::new(HashMap::new()),
+            refuses_overwrite: AtomicBool::new(false),
+        }
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<WriteFile>>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The write file of `ino`, if it is open for writing or has changes.
+    pub fn file(&self, ino: u64) -> Option<Arc<WriteFile>> {
+        self.files().get(&ino).cloned()
+    }
+
+    /// The write file of `ino` for a new writer, made from `make` if there is none;
+    /// counts the writer.
+    pub fn open(&self, ino: u64, make: impl FnOnce() -> WriteState) -> Arc<WriteFile> {
+        let mut files = self.files();
+        let file = files
+            .entry(ino)
+            .or_insert_with(|| Arc::new(WriteFile::new(ino, make())))
+            .clone();
+        *opens(&file) += 1;
+        file
+    }
+
+    /// The write file of `ino` for one more writer, if it has one.
+    pub fn reopen(&self, ino: u64) -> Option<Arc<WriteFile>> {
+        let files = self.files();
+        let file = files.get(&ino)?.clone();
+        *opens(&file) += 1;
+        Some(file)
+    }
+
+    /// Counts a writer gone; true when it was the last, which then lands the changes
+    /// and calls [`Self::forget`].
+    pub fn close(&self, file: &WriteFile) -> bool {
+        let _files = self.files();
+        let mut opens = opens(file);
+        *opens = opens.saturating_sub(1);
+        *opens == 0
+    }
+
+    /// Forgets `file` unless a writer opened it again meanwhile.
+    pub fn forget(&self, file: &WriteFile) {
+        let mut files = self.files();
+        if *opens(file) == 0 {
+            files.remove(&file.ino);
+        }
+    }
+
+    /// The inodes with a write file: their numbers must not be reused while it lives.
+    pub fn inodes(&self) -> std::collections::HashSet<u64> {
+        self.files().keys().copied().collect()
+    }
+
+    /// The write files for which `keep` holds.
+    pub fn files_where(&self, keep: impl Fn(&WriteFile) -> bool) -> Vec<Arc<WriteFile>> {
+        self.files().values().filter(|f| keep(f)).cloned().collect()
+    }
+
+    /// Whether the server was found to refuse renaming onto an existing file.
+    pub fn refuses_overwrite(&self) -> bool {
+        self.refuses_overwrite.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the server refuses renaming onto an existing file.
+    pub fn note_refuses_overwrite(&self) {
+        self.refuses_overwrite.store(true, Ordering::Relaxed);
+    }
+}
+
+fn opens(file: &WriteFile) -> std::sync::MutexGuard<'_, usize> {
+    file.opens.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::write::file::Content;
+    use std::time::SystemTime;
+
+    fn writer() -> Writer {
+        Writer::new()
+    }
+
+    fn new_file() -> WriteState {
+        WriteState {
+            content: Content::Zeros,
+            size: 0,
+            dirty: true,
+            written: false,
+            on_server: false,
+            base: None,
+            base_reader: None,
+            set_mtime: None,
+            set_mode: None,
+            mode: None,
+            discarded: false,
+            failure: None,
+            failures: 0,
+            changed_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn the_last_close_is_told_and_only_then_is_the_file_forgotten() {
+        let writer = writer();
+        let first = writer.open(7, new_file);
+        let second = writer.open(7, || panic!("a second writer shares the file"));
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(!writer.close(&first), "one writer is left");
+        writer.forget(&first);
+        assert!(writer.file(7).is_some(), "forgotten while open");
+        assert!(writer.close(&second));
+        writer.forget(&second);
+        assert!(writer.file(7).is_none());
+        assert!(writer.reopen(7).is_none());
+    }
+
+    #[test]
+    fn a_file_reopened_between_its_last_close_and_forgetting_is_kept() {
+        // The race a truncate(2) meets with a release: it counts itself in before the
+        // release forgets the file, and becomes the last writer itself.
+        let writer = writer();
+        let file = writer.open(3, new_file);
+        assert!(writer.close(&file));
+        let again = writer.reopen(3).expect("still known until forgotten");
+        writer.forget(&file);
+        assert!(writer.file(3).is_some(), "forgotten under a writer");
+        assert!(writer.close(&again));
+        writer.forget(&again);
+        assert!(writer.file(3).is_none());
+    }
+
+    #[test]
+    fn a_refused_overwrite_is_remembered() {
+        let writer = writer();
+        assert!(!writer.refuses_overwrite());
+        writer.note_refuses_overwrite();
+        assert!(writer.refuses_overwrite());
+    }
+}
