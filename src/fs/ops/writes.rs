@@ -732,7 +732,7 @@ impl FtpFs {
         }
         let file = self.writer.file(ino);
         if let Some(size) = changes.size {
-            self.set_size(ino, file.clone(), size).await?;
+            self.set_size(ino, size).await?;
         }
         if changes.mtime.is_some() || changes.mode.is_some() {
             let pending = match &file {
@@ -772,16 +772,11 @@ impl FtpFs {
 
     /// Truncates a file: one open for writing changes at its next flush; one that is not
     /// is uploaded now, so that truncate(2) reports the result.
-    async fn set_size(
-        &self,
-        ino: u64,
-        file: Option<Arc<WriteFile>>,
-        size: u64,
-    ) -> Result<(), FsError> {
+    async fn set_size(&self, ino: u64, size: u64) -> Result<(), FsError> {
         // Counted as one more writer while it truncates: a last close racing with this
         // then leaves the upload to it, where it used to land its own changes and forget
         // the file between this call's look-up and its truncation, losing the truncation.
-        let (file, temporary) = match file.and_then(|_| self.writer.reopen(ino)) {
+        let (file, temporary) = match self.writer.reopen(ino) {
             Some(file) => (file, false),
             None => {
                 let opened = self

@@ -24,10 +24,7 @@ pub struct Writer {
 impl Writer {
     /// A writer with no file open.
     pub fn new() -> Self {
-        Self {
-            files: Mutex::new(HashMap::new()),
-            refuses_overwrite: AtomicBool::new(false),
-        }
+        Self::default()
     }
 
     fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<WriteFile>>> {
@@ -107,10 +104,6 @@ mod tests {
     use crate::fs::write::file::Content;
     use std::time::SystemTime;
 
-    fn writer() -> Writer {
-        Writer::new()
-    }
-
     fn new_file() -> WriteState {
         WriteState {
             content: Content::Zeros,
@@ -132,7 +125,7 @@ mod tests {
 
     #[test]
     fn the_last_close_is_told_and_only_then_is_the_file_forgotten() {
-        let writer = writer();
+        let writer = Writer::new();
         let first = writer.open(7, new_file);
         let second = writer.open(7, || panic!("a second writer shares the file"));
         assert!(Arc::ptr_eq(&first, &second));
@@ -149,7 +142,7 @@ mod tests {
     fn a_file_reopened_between_its_last_close_and_forgetting_is_kept() {
         // The race a truncate(2) meets with a release: it counts itself in before the
         // release forgets the file, and becomes the last writer itself.
-        let writer = writer();
+        let writer = Writer::new();
         let file = writer.open(3, new_file);
         assert!(writer.close(&file));
         let again = writer.reopen(3).expect("still known until forgotten");
@@ -162,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_refused_overwrite_is_remembered() {
-        let writer = writer();
+        let writer = Writer::new();
         assert!(!writer.refuses_overwrite());
         writer.note_refuses_overwrite();
         assert!(writer.refuses_overwrite());
