@@ -107,6 +107,14 @@ impl DirListing {
     }
 
     /// Shows `entry`, replacing any entry of its name.
+    /// Applies a change this mount made.
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Upsert(entry) => self.upsert(entry),
+            Change::Remove(name) => self.remove(&name),
+        }
+    }
+
     fn upsert(&mut self, entry: Entry) {
         match self.index.get(&entry.name) {
             Some(&i) => self.entries[i] = entry,
@@ -175,7 +183,14 @@ struct Slot {
     /// Changes this mount made to the directory: a listing fetched while it moved may
     /// predate one of them.
     changes: AtomicU64,
+    /// The changes recorded while a listing was on its way, with their numbers: applied
+    /// to it when it arrives, so that it is never older than what this mount did.
+    /// (Background uploads land while directories are listed.)
+    during_listing: std::sync::Mutex<Vec<(u64, Change)>>,
 }
+
+/// Changes kept for a listing on its way; past this, it is fetched again instead.
+const MAX_CHANGES_DURING_LISTING: usize = 4096;
 
 /// Connections that listing ahead leaves free, so that what the user asks for now never
 /// waits behind a guess.
@@ -349,6 +364,11 @@ impl DirCache {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            // What was kept before belongs to no listing now on its way.
+            slot.during_listing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             let changes_before = slot.changes.load(Ordering::SeqCst);
             result = crate::with_connection!(pool, |conn| conn.list(path).await)
                 .await
@@ -357,10 +377,34 @@ impl DirCache {
             if result.is_ok() {
                 self.listings.fetch_add(1, Ordering::Relaxed);
             }
-            let changed = slot.changes.load(Ordering::SeqCst) != changes_before;
+            let changes_after = slot.changes.load(Ordering::SeqCst);
+            let mut changed = changes_after != changes_before;
+            if changed {
+                if let Ok(listing) = &mut result {
+                    // Every change made meanwhile was kept (the lock is held): the
+                    // listing with them applied is as new as this mount's own view.
+                    let during = std::mem::take(
+                        &mut *slot
+                            .during_listing
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()),
+                    );
+                    let meanwhile: Vec<&(u64, Change)> = during
+                        .iter()
+                        .filter(|(n, _)| *n > changes_before && *n <= changes_after)
+                        .collect();
+                    if meanwhile.len() as u64 == changes_after - changes_before {
+                        let listing = Arc::make_mut(listing);
+                        for (_, change) in meanwhile {
+                            listing.apply(change.clone());
+                        }
+                        changed = false;
+                    }
+                }
+            }
             if !changed {
                 attempt.state.listing = result.as_ref().ok().cloned();
-                attempt.state.generation = changes_before;
+                attempt.state.generation = changes_after;
                 if let Ok(listing) = &result {
                     self.stored(listing);
                 }
@@ -465,18 +509,27 @@ impl DirCache {
         }
         let slot = self.slot(dir);
         let generation = slot.changes.fetch_add(1, Ordering::SeqCst) + 1;
-        // When the lock is held (a listing on its way, or a reader), the change is only
-        // counted: the cached listing no longer matches the count and is fetched again.
-        if let Ok(mut state) = slot.state.try_lock() {
-            if let Some(listing) = state.listing.as_mut() {
-                let listing = Arc::make_mut(listing);
-                match change {
-                    Change::Upsert(entry) => listing.upsert(entry),
-                    Change::Remove(name) => listing.remove(&name),
+        // When the lock is held (a listing on its way, or a reader), the change is
+        // counted, and kept for the listing on its way: a cached listing no longer
+        // matches the count and is fetched again.
+        let locked = slot.state.try_lock();
+        match locked {
+            Ok(mut state) => {
+                if let Some(listing) = state.listing.as_mut() {
+                    Arc::make_mut(listing).apply(change);
+                }
+                if state.generation + 1 == generation {
+                    state.generation = generation;
                 }
             }
-            if state.generation + 1 == generation {
-                state.generation = generation;
+            Err(_) => {
+                let mut during = slot
+                    .during_listing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if during.len() < MAX_CHANGES_DURING_LISTING {
+                    during.push((generation, change));
+                }
             }
         };
     }
