@@ -10,9 +10,10 @@
 #                  minutes, for development. Its report is not written to docs/.
 #   --runs N       runs per figure (default 3); every figure is the median of the runs.
 #   --rtt LIST     added round-trip times in ms (default "0 20").
-#   --systems LIST any of: ftpsfs rclone-off rclone-writes rclone-full raw (default: all),
-#                  and ftpsfs-base: the binary FTPSFS_BASE_BIN (an earlier build), mounted
-#                  as ftpsfs is, to compare two builds in one run.
+#   --systems LIST any of: ftpsfs ftpsfs-wb rclone-off rclone-writes rclone-full raw
+#                  (default: all), and ftpsfs-base: the binary FTPSFS_BASE_BIN (an earlier
+#                  build), mounted as ftpsfs is, to compare two builds in one run.
+#                  ftpsfs-wb is ftpsfs with -o writeback, on the write workloads only.
 #                  rclone-writes (--vfs-cache-mode writes) runs only the write workloads,
 #                  rclone-full only the read ones. raw is the limit of the protocol: curl
 #                  for whole files, and a minimal client (scripts/bench/ftp-raw.py) for
@@ -61,7 +62,7 @@ DATA=$BENCH/data
 
 RUNS=3
 LATENCIES="0 20"
-SYSTEMS="ftpsfs rclone-off rclone-writes rclone-full raw"
+SYSTEMS="ftpsfs ftpsfs-wb rclone-off rclone-writes rclone-full raw"
 WORKLOADS="seq par rand meta small remount wcp wsmall"
 WRITE_SERVERS="vsftpd proftpd"
 QUICK=0
@@ -107,7 +108,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive number"
 for s in $SYSTEMS; do
-    case $s in ftpsfs | ftpsfs-base | rclone-off | rclone-writes | rclone-full | raw) ;; *) die "unknown system $s" ;; esac
+    case $s in ftpsfs | ftpsfs-base | ftpsfs-wb | rclone-off | rclone-writes | rclone-full | raw) ;; *) die "unknown system $s" ;; esac
     if [[ $s == ftpsfs-base && ! -x ${FTPSFS_BASE_BIN:-} ]]; then
         die "ftpsfs-base needs FTPSFS_BASE_BIN, an ftpsfs binary to compare with (an earlier build)"
     fi

@@ -178,6 +178,9 @@ impl Timing {
 pub const STATS_XATTR: &str = "user.ftpsfs.stats";
 /// See [`STATS_XATTR`].
 pub const STATS_JSON_XATTR: &str = "user.ftpsfs.stats.json";
+/// Setting this extended attribute of the mount's root asks the write-back queue to
+/// `retry [PATH]` or `discard PATH` (what `ftpsfs queue` does).
+pub const QUEUE_XATTR: &str = "user.ftpsfs.queue";
 
 /// Errors returned to programs so far, by errno. One process serves one mount.
 static ERRORS_RETURNED: Mutex<BTreeMap<i32, u64>> = Mutex::new(BTreeMap::new());
@@ -854,6 +857,38 @@ impl Filesystem for FuseAdapter {
         } else {
             reply.data(text.as_bytes());
         }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if ino.0 != crate::fs::meta::inode::ROOT_INODE || name.as_bytes() != QUEUE_XATTR.as_bytes()
+        {
+            reply.error(Errno::from_i32(libc::ENOTSUP));
+            return;
+        }
+        let fs = self.fs.clone();
+        let request = value.to_vec();
+        let span = self.span("queue", ino.0, None);
+        self.empty_reply("setxattr", span, reply, async move {
+            let touched = fs.queue_request(&request).await?;
+            tracing::info!(
+                request = %request.escape_ascii(),
+                items = touched,
+                "write-back queue request"
+            );
+            if touched == 0 {
+                return Err(crate::fs::FsError::NotFound);
+            }
+            Ok(())
+        });
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -17,6 +17,7 @@ use ftpsfs::settings::{Scope, Setting, Settings, SETTINGS};
 /// ftpsfs URL MOUNTPOINT [-f] [-o opt[,opt...]]   mount (unmount: fusermount3 -u MOUNTPOINT)
 /// ftpsfs check URL                               diagnose a server
 /// ftpsfs stats MOUNTPOINT [--json]               what a mount is doing now
+/// ftpsfs queue MOUNTPOINT --retry [PATH] | --discard PATH   retry or drop write-back uploads
 #[derive(Parser)]
 #[command(
     version,
@@ -79,6 +80,19 @@ enum Command {
         /// Print JSON (one object) instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Act on a mount's write-back queue (`-o writeback`): retry the uploads the server
+    /// refused (all, or PATH's), or give up PATH's queued upload (the server's file
+    /// stays as it is). `ftpsfs stats` lists the queue.
+    Queue {
+        /// Where ftpsfs is mounted.
+        mountpoint: PathBuf,
+        /// Retry refused uploads: all, or only PATH's (relative to the mountpoint).
+        #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "", conflicts_with = "discard")]
+        retry: Option<String>,
+        /// Give up the queued upload of PATH (relative to the mountpoint).
+        #[arg(long, value_name = "PATH")]
+        discard: Option<String>,
     },
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -249,6 +263,11 @@ fn main() -> ExitCode {
             runtime.block_on(check(url, options, data_connections, write_test.as_deref()))
         }
         Some(Command::Stats { mountpoint, json }) => stats(&mountpoint, json),
+        Some(Command::Queue {
+            mountpoint,
+            retry,
+            discard,
+        }) => queue(&mountpoint, retry, discard),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "ftpsfs", &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -273,11 +292,15 @@ fn mount_command(verbose: u8, args: MountArgs) -> ExitCode {
         return ExitCode::from(2);
     };
     let mut settings = Settings::default();
-    let applied = args.flags.apply(&mut settings).and_then(|()| {
-        args.options
-            .iter()
-            .try_for_each(|list| settings.apply_options(list))
-    });
+    let applied = args
+        .flags
+        .apply(&mut settings)
+        .and_then(|()| {
+            args.options
+                .iter()
+                .try_for_each(|list| settings.apply_options(list))
+        })
+        .and_then(|()| settings.check_combinations());
     if let Err(e) = applied {
         eprintln!("ftpsfs: {e}");
         return ExitCode::from(2);
@@ -375,6 +398,54 @@ fn stats(mountpoint: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ftpsfs queue`: sends a request to the mount's write-back queue as an extended
+/// attribute of its root.
+fn queue(mountpoint: &std::path::Path, retry: Option<String>, discard: Option<String>) -> ExitCode {
+    use std::os::unix::ffi::OsStrExt;
+    let request = match (retry, discard) {
+        (Some(path), None) if path.is_empty() => "retry".to_string(),
+        (Some(path), None) => format!("retry {path}"),
+        (None, Some(path)) => format!("discard {path}"),
+        _ => {
+            eprintln!("ftpsfs: queue: say --retry [PATH] or --discard PATH");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
+        eprintln!("ftpsfs: queue: bad mountpoint");
+        return ExitCode::FAILURE;
+    };
+    let name = std::ffi::CString::new(ftpsfs::fuse::QUEUE_XATTR).expect("no NUL");
+    // SAFETY: the strings are NUL-terminated and the value is valid for its length.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        println!(
+            "ftpsfs: {request}: done (see `ftpsfs stats {}`)",
+            mountpoint.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let e = std::io::Error::last_os_error();
+    let cause = match e.raw_os_error() {
+        Some(libc::ENOENT) => "nothing queued matches".to_string(),
+        Some(libc::EINVAL) => "the mount has no write-back queue (-o writeback)".to_string(),
+        Some(libc::ENOTSUP) | Some(libc::ENODATA) => {
+            "not an ftpsfs mount, or not its root".to_string()
+        }
+        _ => e.to_string(),
+    };
+    eprintln!("ftpsfs: queue {}: {cause}", mountpoint.display());
+    ExitCode::FAILURE
 }
 
 /// The value of the extended attribute `name` of `path`.

@@ -135,6 +135,10 @@ pub fn serve(
     if let Err(e) = runtime.block_on(fs.start()) {
         return fail(&mut ready, format!("connecting and listing {source}: {e}"));
     }
+    {
+        let _runtime = runtime.enter();
+        fs.run_writeback();
+    }
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(source.to_string()),
@@ -193,6 +197,9 @@ pub fn serve(
     // server delays the exit by at most that; what is left is recorded for the next mount.
     let cleanup_limit =
         (settings.connection.timeouts.reply).min(std::time::Duration::from_secs(10));
+    if let Some(writeback) = &settings.fs_config().writeback {
+        runtime.block_on(fs.drain_queue(writeback.drain));
+    }
     runtime.block_on(fs.finish(cleanup_limit));
     runtime.block_on(pool.close());
     let stats = fs.stats();

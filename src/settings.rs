@@ -66,6 +66,14 @@ pub struct Settings {
     pub kernel_flags: KernelFlags,
     /// `transform_symlinks`: absolute symlink targets inside the mount made relative.
     pub transform_symlinks: bool,
+    /// `writeback`: closes return once the content is durable locally; uploads follow.
+    pub writeback: bool,
+    /// `writeback_drain=`: longest wait for the write-back queue at unmount.
+    pub writeback_drain: Duration,
+    /// `writeback_size=`: most bytes queued before closes wait for uploads.
+    pub writeback_size: u64,
+    /// `writeback_uploads=`: uploads of the write-back queue at once.
+    pub writeback_uploads: usize,
 }
 
 /// The standard mount flags that mean something to the kernel for any filesystem
@@ -153,6 +161,10 @@ impl Default for Settings {
             atomic_uploads: true,
             kernel_flags: KernelFlags::default(),
             transform_symlinks: false,
+            writeback: false,
+            writeback_drain: Duration::from_secs(60),
+            writeback_size: 1 << 30,
+            writeback_uploads: 4,
         }
     }
 }
@@ -657,7 +669,7 @@ pub const SETTINGS: &[Setting] = &[
         value: Some("DIR"),
         short: None,
         default: WhenUnset::Otherwise("`$XDG_CACHE_HOME/ftpsfs`, or `~/.cache/ftpsfs`"),
-        meaning: "where a file being changed other than in order is kept while it is written (in `DIR/staging`, in files that have no name), and the disk cache (`DIR/blocks`)",
+        meaning: "where a file being changed other than in order is kept while it is written (in `DIR/staging`, in files that have no name), the disk cache (`DIR/blocks`), and the write-back journal (`DIR/writeback`)",
         reason: "a per-user cache directory, as the XDG base directories prescribe; files written in order never touch it",
         scope: Scope::Mount,
         apply: |s, v| {
@@ -695,6 +707,62 @@ pub const SETTINGS: &[Setting] = &[
                 "no" => false,
                 _ => return Err("expected yes or no".into()),
             };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "writeback",
+        value: None,
+        short: None,
+        default: WhenUnset::Otherwise("off"),
+        meaning: "`close()` returns once the file is durable on local disk (synced, with a journal record in `cache_dir/writeback`); uploads follow in the background, several at once, and a crash or remount resumes them; `fsync()` waits for the file's upload and returns its error; a file another client changed meanwhile is kept, and ours lands beside it as `NAME.conflict-HOST-YYYYMMDD-HHMMSS` (see docs/SEMANTICS.md)",
+        reason: "off, `close()` returns the upload's result, which is what programs that check it expect; on, writing many files to a distant server runs at the link's pace and the program does not wait",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            flag(v)?;
+            s.writeback = true;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "writeback_drain",
+        value: Some("SECONDS"),
+        short: None,
+        default: WhenUnset::Value("60"),
+        meaning: "at unmount, how long to wait for the write-back queue (logging progress); what is left stays in the journal for the next mount",
+        reason: "within systemd's 90 s stop timeout, with room for the rest of the unmount",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.writeback_drain = seconds(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "writeback_size",
+        value: Some("SIZE"),
+        short: None,
+        default: WhenUnset::Value("1G"),
+        meaning: "most bytes the write-back queue holds; past it, closes wait for uploads (a single larger file still goes)",
+        reason: "a copy faster than the link waits instead of filling the disk",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.writeback_size = size(v, "1G")?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "writeback_uploads",
+        value: Some("N"),
+        short: None,
+        default: WhenUnset::Value("4"),
+        meaning: "uploads of the write-back queue at once (at most `connections` - 1: one connection stays for listings and reads)",
+        reason: "small files at a distance cost round trips, not bandwidth: four at once hide most of them without crowding the server",
+        scope: Scope::Mount,
+        apply: |s, v| {
+            s.writeback_uploads = number(v, "a number of uploads")?;
+            if s.writeback_uploads == 0 {
+                return Err("at least 1".into());
+            }
             Ok(())
         },
     },
@@ -781,6 +849,23 @@ impl Settings {
             .map_err(|why| ConfigError::Option(format!("--{}: {why}", setting.flag())))
     }
 
+    /// Refuses options that cannot go together.
+    pub fn check_combinations(&self) -> Result<(), ConfigError> {
+        if self.writeback && !self.atomic_uploads {
+            // Without a temporary name, an upload overwrites the file before it can be
+            // checked for another client's change.
+            return Err(ConfigError::Option(
+                "writeback needs atomic_upload=yes: a queued upload must never overwrite another client's change".into(),
+            ));
+        }
+        if self.writeback && self.read_only {
+            return Err(ConfigError::Option(
+                "writeback on a read-only mount (ro)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// What the filesystem layer needs of these settings.
     pub fn fs_config(&self) -> FsConfig {
         let timeouts = self.connection.timeouts;
@@ -808,6 +893,18 @@ impl Settings {
             disk_cache_size: self.disk_cache,
             atomic_uploads: self.atomic_uploads,
             transform_symlinks: self.transform_symlinks,
+            writeback: self
+                .writeback
+                .then(|| crate::fs::write::queue::WritebackConfig {
+                    dir: self.cache_dir.join("writeback"),
+                    drain: self.writeback_drain,
+                    max_bytes: self.writeback_size,
+                    // One connection stays for listings and reads.
+                    uploads: self
+                        .writeback_uploads
+                        .min(self.connections.saturating_sub(1))
+                        .max(1),
+                }),
         }
     }
 }

@@ -20,6 +20,7 @@ END = "<!-- bench:results:end -->"
 SYSTEMS = [
     ("ftpsfs", "ftpsfs"),
     ("ftpsfs-base", "ftpsfs<br>earlier build"),
+    ("ftpsfs-wb", "ftpsfs<br>writeback"),
     ("rclone-off", "rclone<br>cache off"),
     ("rclone-writes", "rclone<br>cache writes"),
     ("rclone-full", "rclone<br>cache full"),
@@ -292,6 +293,12 @@ def write_checks(meta, runs, lat):
                   f"({best.replace('rclone-', 'cache ')}, {rclones[best]:.1f} s; needs ≤ 0.5×)")
         elif f is not None:
             out.append(f"- n/a: {name}: rclone failed the small-file upload in every run of both modes")
+        wb, rw = m("ftpsfs-wb", wsmall), m("rclone-writes", wsmall)
+        wb_ret, rw_ret = m("ftpsfs-wb", f"wsmall_close_s_{server}"), m("rclone-writes", f"wsmall_close_s_{server}")
+        if wb is not None and rw:
+            check(wb <= 0.5 * rw, f"{name}: `rsync -a` with `-o writeback`: all on the server in {wb:.1f} s, {wb / rw:.2f}× rclone's writes mode ({rw:.1f} s; needs ≤ 0.5×)")
+        if wb_ret is not None and rw_ret:
+            check(wb_ret <= 1.5 * rw_ret, f"{name}: `rsync -a` with `-o writeback` returned in {wb_ret:.2f} s, {wb_ret / rw_ret:.2f}× rclone's writes mode ({rw_ret:.2f} s; needs ≤ 1.5×)")
         for metric in (f"wcp_corrupt_{server}", f"wsmall_corrupt_{server}"):
             for system, _ in SYSTEMS:
                 bad = runs.get((lat, system, metric))

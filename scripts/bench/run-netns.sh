@@ -277,11 +277,16 @@ mount_fs() {
     MOUNT_SEQ=$((MOUNT_SEQ + 1))
     MOUNT_LOG=$LOGS/$SYS-$SRV-rtt$LAT-run$RUN-$MOUNT_SEQ.log
     case $SYS in
-    ftpsfs | ftpsfs-base)
-        local bin=$FTPSFS_BIN
+    ftpsfs | ftpsfs-base | ftpsfs-wb)
+        local bin=$FTPSFS_BIN extra=
         [[ $SYS == ftpsfs-base ]] && bin=$FTPSFS_BASE_BIN
+        # Write-back, with a journal of its own that each mount starts empty.
+        if [[ $SYS == ftpsfs-wb ]]; then
+            rm -rf "$BENCH/wb-cache"
+            extra=",writeback,cache_dir=$BENCH/wb-cache"
+        fi
         "$bin" "ftp://$BENCH_USER@$HOST:$SRV_PORT/" "$dir" -f \
-            -o "ca_file=$CA,password_file=$PASSWORD_FILE,cache_size=$FTPSFS_CACHE,log_file=$MOUNT_LOG${FTPSFS_OPTIONS:+,$FTPSFS_OPTIONS}" \
+            -o "ca_file=$CA,password_file=$PASSWORD_FILE,cache_size=$FTPSFS_CACHE,log_file=$MOUNT_LOG$extra${FTPSFS_OPTIONS:+,$FTPSFS_OPTIONS}" \
             </dev/null >>"$LOGS/ftpsfs.stderr" 2>&1 &
         ;;
     rclone-off | rclone-writes | rclone-full)
@@ -884,7 +889,7 @@ for LAT in $LATENCIES; do
                 wants rand && r_rand "$n_rand"
                 wants meta && r_meta "$tree"
                 wants small && r_small "$n_small"
-            elif [[ $SYS != rclone-writes ]]; then
+            elif [[ $SYS != rclone-writes && $SYS != ftpsfs-wb ]]; then
                 wants seq && m_seq
                 wants par && m_par
                 wants rand && m_rand "$n_rand"

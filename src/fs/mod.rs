@@ -86,6 +86,8 @@ pub struct FsConfig {
     pub atomic_uploads: bool,
     /// Show absolute symlink targets inside the mount as relative ones.
     pub transform_symlinks: bool,
+    /// Write-back (`-o writeback`): closes return once the content is durable locally.
+    pub writeback: Option<write::queue::WritebackConfig>,
 }
 
 /// One entry of a directory handle.
@@ -171,6 +173,13 @@ pub struct FtpFs {
     janitor: Arc<write::janitor::Janitor>,
     /// When the filesystem was made, for the uptime in [`FtpFs::report`].
     started: std::time::Instant,
+    /// The write-back queue, with `-o writeback`.
+    queue: Option<Arc<write::queue::Queue>>,
+    /// Why the write-back journal cannot be used: the mount refuses to start.
+    queue_error: Option<String>,
+    /// Items for the background uploaders (see `ops/writeback.rs`).
+    upload_requests: tokio::sync::mpsc::UnboundedSender<u64>,
+    upload_receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>,
 }
 
 impl FtpFs {
@@ -216,6 +225,35 @@ impl FtpFs {
             )
         });
         let janitor = write::janitor::Janitor::new(pool.clone(), record);
+        let (queue, queue_error) = match &config.writeback {
+            None => (None, None),
+            Some(writeback) => {
+                // One journal per server and user, as the disk cache.
+                let server_id = cache::disk::fnv(&[
+                    server.host.as_bytes(),
+                    &server.port.to_le_bytes(),
+                    server.user.as_bytes(),
+                ]);
+                let dir = writeback.dir.join(format!("{server_id:016x}"));
+                match write::journal::Journal::open(dir.clone()) {
+                    Ok(journal) => (
+                        Some(Arc::new(write::queue::Queue::new(
+                            journal,
+                            writeback.clone(),
+                        ))),
+                        None,
+                    ),
+                    Err(e) => (
+                        None,
+                        Some(format!(
+                            "cannot use the write-back journal {}: {e}",
+                            dir.display()
+                        )),
+                    ),
+                }
+            }
+        };
+        let (upload_requests, upload_receiver) = tokio::sync::mpsc::unbounded_channel();
         Self {
             pool,
             inodes: Mutex::new(InodeTable::new(root_path)),
@@ -236,6 +274,10 @@ impl FtpFs {
             janitor,
             config,
             started: std::time::Instant::now(),
+            queue,
+            queue_error,
+            upload_requests,
+            upload_receiver: Mutex::new(Some(upload_receiver)),
         }
     }
 
@@ -286,6 +328,7 @@ impl FtpFs {
             inodes: self.inodes.lock().unwrap_or_else(|e| e.into_inner()).len(),
             open_handles: self.handles.len(),
             temporaries_waiting: self.janitor.waiting() as u64,
+            writeback: self.queue.as_ref().map(|queue| queue.report()),
             errors: Default::default(),
         }
     }
@@ -472,8 +515,14 @@ impl FtpFs {
     /// and takes over the temporary files earlier mounts of this server recorded as
     /// left, to delete them.
     pub async fn start(&self) -> Result<(), FsError> {
+        if let Some(why) = &self.queue_error {
+            return Err(FsError::Staging(Arc::new(std::io::Error::other(
+                why.clone(),
+            ))));
+        }
         self.probe().await?;
         self.janitor.take_over_recorded();
+        self.recover_queue()?;
         Ok(())
     }
 

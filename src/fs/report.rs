@@ -32,6 +32,8 @@ pub struct Report {
     pub open_handles: usize,
     /// Temporary files of failed uploads still to delete.
     pub temporaries_waiting: u64,
+    /// The write-back queue, with `-o writeback`.
+    pub writeback: Option<crate::fs::write::queue::QueueReport>,
     /// Errors returned to programs, by errno name.
     pub errors: BTreeMap<String, u64>,
 }
@@ -181,6 +183,34 @@ impl Report {
                 self.temporaries_waiting
             );
         }
+        if let Some(w) = &self.writeback {
+            let _ = writeln!(
+                out,
+                "write-back: {} files queued ({}), {} landed, {} landed beside another client's change",
+                w.queued,
+                bytes(w.queued_bytes),
+                w.landed,
+                w.conflicts
+            );
+            for (path, size, age, error, stopped) in &w.items {
+                let state = match (error, stopped) {
+                    (None, _) => "waiting".to_string(),
+                    (Some(e), true) => {
+                        format!("refused, waiting for `ftpsfs queue --retry`: {e}")
+                    }
+                    (Some(e), false) => format!("retrying after: {e}"),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {path}: {}, queued {}s ago, {state}",
+                    bytes(*size),
+                    age.as_secs()
+                );
+            }
+            for damaged in &w.damaged {
+                let _ = writeln!(out, "  damaged, not uploaded: {damaged}");
+            }
+        }
         if self.errors.is_empty() {
             let _ = writeln!(out, "errors returned: none");
         } else {
@@ -264,6 +294,35 @@ impl Report {
             ",\"listings\":{},\"inodes\":{},\"open_handles\":{},\"temporaries_waiting\":{}",
             self.listings, self.inodes, self.open_handles, self.temporaries_waiting
         );
+        if let Some(w) = &self.writeback {
+            let _ = write!(
+                out,
+                ",\"writeback\":{{\"queued\":{},\"queued_bytes\":{},\"landed\":{},\"conflicts\":{},\"items\":[",
+                w.queued, w.queued_bytes, w.landed, w.conflicts
+            );
+            for (i, (path, size, age, error, stopped)) in w.items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(
+                    out,
+                    "{{\"path\":{},\"size\":{},\"age_s\":{},\"error\":{},\"stopped\":{}}}",
+                    json_string(path),
+                    size,
+                    age.as_secs(),
+                    error.as_deref().map_or("null".into(), json_string),
+                    stopped
+                );
+            }
+            out.push_str("],\"damaged\":[");
+            for (i, damaged) in w.damaged.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&json_string(damaged));
+            }
+            out.push_str("]}");
+        }
         out.push_str(",\"errors\":{");
         for (i, (name, count)) in self.errors.iter().enumerate() {
             if i > 0 {
@@ -356,6 +415,7 @@ mod tests {
             inodes: 10,
             open_handles: 1,
             temporaries_waiting: 0,
+            writeback: None,
             errors: BTreeMap::from([("ENOENT".to_string(), 4)]),
         }
     }

@@ -302,6 +302,7 @@ fn build_fs(port: u16, staging: &Path, config: &LocalConfig) -> FtpFs {
             disk_cache_size: config.disk_cache_size,
             atomic_uploads: config.atomic_uploads,
             transform_symlinks: false,
+            writeback: None,
         },
     )
 }

@@ -68,12 +68,23 @@ pub fn aside_name(name: &[u8]) -> Vec<u8> {
     leftover_name(ASIDE_PREFIX, name)
 }
 
+/// The temporary name of the upload of write-back item `id` (its number is the
+/// microsecond it was queued): the same on every try, so that a try after a crash
+/// overwrites what the one before left.
+pub fn item_temp_name(name: &[u8], id: u64) -> Vec<u8> {
+    named_leftover(TEMP_PREFIX, name, id / 1_000_000, id)
+}
+
 fn leftover_name(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    named_leftover(prefix, name, seconds, unique())
+}
+
+fn named_leftover(prefix: &[u8], name: &[u8], seconds: u64, number: u64) -> Vec<u8> {
     let mut out = prefix.to_vec();
-    out.extend_from_slice(format!("{seconds:x}.{:016x}", unique()).as_bytes());
+    out.extend_from_slice(format!("{seconds:x}.{number:016x}").as_bytes());
     // The original name ends it, cut to fit (at a character boundary when it is UTF-8),
     // so that a person looking at the server can tell what it was; `~` instead of `.`
     // says it was cut.

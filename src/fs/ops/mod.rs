@@ -3,4 +3,5 @@
 pub(in crate::fs) mod dirs;
 pub(in crate::fs) mod files;
 pub mod namespace;
+pub mod writeback;
 pub mod writes;

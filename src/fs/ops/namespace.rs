@@ -408,9 +408,20 @@ impl FtpFs {
         if dir == new_dir && name == new_name {
             return Ok(());
         }
+        if !source_is_dir
+            && target.as_ref().is_none_or(|t| t.kind != EntryKind::Dir)
+            && self
+                .fold_rename(ino, new_parent, new_name, target.as_ref())
+                .await?
+        {
+            return Ok(());
+        }
         // Changes not uploaded yet go up first, under the old name, so that the server
         // renames what the program wrote (a file created here gets to the server so).
         self.commit_writes(ino).await?;
+        if source_is_dir {
+            self.land_queued_under(&join_path(&dir, name)).await?;
+        }
         let source = match source {
             Some(source) => source,
             None => self

@@ -13,11 +13,12 @@ use crate::fs::handles::Handle;
 use crate::fs::meta::attr::Attr;
 use crate::fs::meta::dircache::Change;
 use crate::fs::meta::inode::join_path;
-use crate::fs::meta::names::{shown, temp_name};
+use crate::fs::meta::names::{item_temp_name, shown, temp_name};
 use crate::fs::read::reader::{OpenFile, ReadData};
 use crate::fs::write::file::{
     timestamp, Closer, Content, OpenMode, SetAttr, Shown, WriteFile, WriteHandle, WriteState,
 };
+use crate::fs::write::journal::Item;
 use crate::fs::write::staging::Staging;
 use crate::fs::write::upload::{self, Metadata, StreamUpload};
 use crate::fs::{FtpFs, Opened};
@@ -94,6 +95,8 @@ impl FtpFs {
             failure: None,
             failures: 0,
             changed_at: now,
+            queued: None,
+            shares_queued: false,
         });
         if let Ok(dir) = self.node(parent) {
             self.dirs.touch(&dir.path, timestamp(now));
@@ -122,7 +125,19 @@ impl FtpFs {
     ) -> Result<Opened, FsError> {
         self.writable()?;
         let file = match self.writer.reopen(ino) {
-            Some(file) => file,
+            Some(file) => {
+                let stopped = {
+                    let state = file.state.lock().await;
+                    state.queued.and(state.failure.clone())
+                };
+                if let Some(failure) = stopped {
+                    // Its queued upload was refused for good: said until retried or
+                    // discarded (`ftpsfs queue`).
+                    self.writer.close(&file);
+                    return Err(failure);
+                }
+                file
+            }
             None => {
                 let (node, entry) = self.within(self.entry(ino)).await?;
                 let entry = entry.ok_or(FsError::IsADirectory)?;
@@ -152,6 +167,8 @@ impl FtpFs {
                     failure: None,
                     failures: 0,
                     changed_at: shown_mtime,
+                    queued: None,
+                    shares_queued: false,
                 })
             }
         };
@@ -214,7 +231,9 @@ impl FtpFs {
             state.size = state.size.max(end);
             return Ok(());
         }
-        if matches!(state.content, Content::Zeros) && state.size <= offset {
+        // Under write-back a file is staged whole: a close makes it durable locally.
+        if matches!(state.content, Content::Zeros) && state.size <= offset && self.queue().is_none()
+        {
             let path = self.upload_path(ino)?;
             tracing::debug!(ino, path = %shown(&path), "streaming the upload as it is written");
             state.content = Content::Streaming(StreamUpload::start(
@@ -233,6 +252,7 @@ impl FtpFs {
             }
             tracing::debug!(ino, offset, "a write out of order: staging the file");
         }
+        self.unshare_queued(state)?;
         let staging = self.staged(ino, state).await?;
         staging.write_at(offset, &data)?;
         state.size = staging.len();
@@ -242,10 +262,20 @@ impl FtpFs {
     /// Where an upload of `ino` goes: a fresh temporary name beside it, or its own name
     /// without atomic uploads.
     fn upload_path(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        self.upload_path_of(ino, None)
+    }
+
+    /// [`Self::upload_path`] of the write-back item `item`, if it is one: its own
+    /// temporary name (see [`item_temp_name`]).
+    fn upload_path_of(&self, ino: u64, item: Option<u64>) -> Result<Vec<u8>, FsError> {
         let node = self.node(ino)?;
         let parent = self.node(node.parent)?;
         Ok(if self.config.atomic_uploads {
-            join_path(&parent.path, &temp_name(node.name()))
+            let temporary = match item {
+                Some(id) => item_temp_name(node.name(), id),
+                None => temp_name(node.name()),
+            };
+            join_path(&parent.path, &temporary)
         } else {
             node.path.to_vec()
         })
@@ -253,7 +283,7 @@ impl FtpFs {
 
     /// The staging file of a file being written, made now if need be: filled from what
     /// the server has, or from what a stream uploaded so far.
-    async fn staged<'s>(
+    pub(in crate::fs) async fn staged<'s>(
         &self,
         ino: u64,
         state: &'s mut WriteState,
@@ -329,6 +359,7 @@ impl FtpFs {
         match &state.content {
             // Nothing of the old content is needed.
             _ if size == 0 => {
+                state.shares_queued = false;
                 if let Content::Streaming(stream) =
                     std::mem::replace(&mut state.content, Content::Zeros)
                 {
@@ -340,6 +371,7 @@ impl FtpFs {
             // Growing a stream: zeros follow at its end.
             Content::Streaming(stream) if size >= stream.position => {}
             Content::Server | Content::Streaming(_) | Content::Staged(_) => {
+                self.unshare_queued(state)?;
                 self.staged(ino, state).await?.set_len(size)?;
             }
         }
@@ -432,6 +464,22 @@ impl FtpFs {
         }
         let mut state = file.state.lock().await;
         if closer == Closer::KilledProcess {
+            if let (Some(queue), Some(id)) = (self.queue(), state.queued) {
+                if state.written && !state.discarded {
+                    // What was closed before stays queued; the killed writer's changes go.
+                    tracing::info!(
+                        ino = file.ino,
+                        "the writer was killed: the content closed before it stays queued"
+                    );
+                    let staging = Staging::adopt(&queue.journal.data_path(id))?;
+                    state.size = staging.len();
+                    state.content = Content::Staged(staging);
+                    state.shares_queued = true;
+                    state.written = false;
+                    file.publish(&state);
+                }
+                return Ok(());
+            }
             if state.dirty && !state.discarded {
                 tracing::info!(
                     ino = file.ino,
@@ -451,7 +499,13 @@ impl FtpFs {
         // written or the last close: a shell's `>` closes its copy before the program
         // writes.
         if state.written || (!state.on_server && closer != Closer::ProgramKeepsOpen) {
-            self.commit(&file, &mut state).await?;
+            if self.queue().is_some() {
+                if state.written || state.queued.is_none() {
+                    self.queue_write(&file, &mut state).await?;
+                }
+            } else {
+                self.commit(&file, &mut state).await?;
+            }
         }
         Ok(())
     }
@@ -464,7 +518,20 @@ impl FtpFs {
         let file = write.file.clone();
         let mut state = file.state.lock().await;
         write.failure(&state)?;
-        self.commit(&file, &mut state).await
+        if self.queue().is_none() {
+            return self.commit(&file, &mut state).await;
+        }
+        // Under write-back: made durable, then landed now, its error returned; a failed
+        // upload stays queued.
+        if state.dirty && !state.discarded && (state.written || state.queued.is_none()) {
+            self.queue_write(&file, &mut state).await?;
+        }
+        let queued = state.queued;
+        drop(state);
+        match queued {
+            Some(id) => self.land_queued(file.ino, id).await,
+            None => Ok(()),
+        }
     }
 
     /// Drops the changes of a file: a new file disappears, and an existing one keeps what
@@ -476,6 +543,10 @@ impl FtpFs {
         state.discarded = true;
         state.dirty = false;
         state.written = false;
+        state.shares_queued = false;
+        if let Some(id) = state.queued.take() {
+            self.drop_item(id);
+        }
     }
 
     /// Uploads a file's content if it changed, atomically (see `upload.rs`).
@@ -483,7 +554,10 @@ impl FtpFs {
         if !state.dirty || state.discarded {
             return Ok(());
         }
-        let result = self.upload_and_land(file.ino, state).await;
+        let result = self
+            .upload_and_land(file.ino, state, None)
+            .await
+            .map(|_| ());
         match &result {
             Ok(()) => {}
             Err(e) => self.fail(state, e.clone()),
@@ -492,11 +566,19 @@ impl FtpFs {
         result
     }
 
-    async fn upload_and_land(&self, ino: u64, state: &mut WriteState) -> Result<(), FsError> {
+    /// Uploads the file's content and lands it under its name; with `expect` (the
+    /// version a queued upload replaces), beside it instead when another client changed
+    /// it meanwhile: returns that name then.
+    pub(in crate::fs) async fn upload_and_land(
+        &self,
+        ino: u64,
+        state: &mut WriteState,
+        expect: Option<&Item>,
+    ) -> Result<Option<Vec<u8>>, FsError> {
         let node = self.node(ino)?;
         let parent = self.node(node.parent)?;
-        let (dir, name) = (parent.path, node.name().to_vec());
-        let final_path = join_path(&dir, &name);
+        let (dir, mut name) = (parent.path, node.name().to_vec());
+        let mut final_path = join_path(&dir, &name);
         let metadata = Metadata {
             mtime: state.set_mtime,
             mode: state.set_mode,
@@ -526,7 +608,7 @@ impl FtpFs {
                 }
             }
             Content::Staged(staging) => {
-                let path = self.upload_path(ino)?;
+                let path = self.upload_path_of(ino, expect.map(|item| item.id))?;
                 match upload::upload(&self.pool, &path, Some(staging), 0).await {
                     Ok((conn, uploaded)) => (conn, uploaded, path),
                     Err(e) => return Err(self.discard_after(e, path)),
@@ -541,10 +623,34 @@ impl FtpFs {
             }
             Content::Server => {
                 state.dirty = false;
-                return Ok(());
+                return Ok(None);
             }
         };
-        let target_exists = state.on_server || self.dirs.cached_entry(&dir, &name).is_some();
+        let mut conflict = None;
+        if let Some(item) = expect.filter(|item| item.base.is_some()) {
+            match self.changed_since(&mut conn, &final_path, item).await {
+                Ok(None) => {}
+                Ok(Some((size, time))) => {
+                    let beside = self.conflict_name_now(&name);
+                    tracing::debug!(
+                        path = %shown(&final_path),
+                        expected = ?item.base,
+                        size,
+                        time = ?time,
+                        "changed on the server since it was queued"
+                    );
+                    final_path = join_path(&dir, &beside);
+                    name = beside.clone();
+                    conflict = Some(beside);
+                }
+                Err(e) => {
+                    drop(conn);
+                    return Err(self.discard_after(e.into(), path));
+                }
+            }
+        }
+        let target_exists = conflict.is_none()
+            && (state.on_server || self.dirs.cached_entry(&dir, &name).is_some());
         let mut landed = self
             .land(
                 &mut conn,
@@ -628,7 +734,7 @@ impl FtpFs {
         state.set_mtime = None;
         state.set_mode = None;
         state.mode = mode;
-        Ok(())
+        Ok(conflict)
     }
 
     /// Checks an uploaded temporary file `path` (its size, with `metadata` set on it)
@@ -705,19 +811,30 @@ impl FtpFs {
         let landed = {
             let mut state = file.state.lock().await;
             // Dirty after a failure means written since (a failure clears it).
-            let landed = if state.dirty && !state.discarded {
+            let landed = if !state.dirty || state.discarded {
+                Ok(())
+            } else if self.queue().is_none() {
                 self.commit(file, &mut state).await
+            } else if state.written || state.queued.is_none() {
+                self.queue_write(file, &mut state).await
             } else {
                 Ok(())
             };
-            if let Content::Streaming(stream) =
-                std::mem::replace(&mut state.content, Content::Server)
-            {
-                self.abandon(stream);
+            if matches!(state.content, Content::Streaming(_)) {
+                if let Content::Streaming(stream) =
+                    std::mem::replace(&mut state.content, Content::Server)
+                {
+                    self.abandon(stream);
+                }
             }
-            landed
+            // A queued file stays known until its upload lands: it is what `stat` and
+            // `read` show meanwhile.
+            (landed, state.queued.is_some())
         };
-        self.writer.forget(file);
+        let (landed, queued) = landed;
+        if !queued {
+            self.writer.forget(file);
+        }
         landed
     }
 
@@ -745,6 +862,9 @@ impl FtpFs {
                         }
                         if let Some(mode) = changes.mode {
                             state.set_mode = Some(mode & 0o7777);
+                        }
+                        if !state.written {
+                            self.record_queued_metadata(&state);
                         }
                         file.publish(&state);
                     }
@@ -805,7 +925,11 @@ impl FtpFs {
             file.publish(&state);
             cut?;
             if temporary {
-                self.commit(&file, &mut state).await?;
+                if self.queue().is_some() {
+                    self.queue_write(&file, &mut state).await?;
+                } else {
+                    self.commit(&file, &mut state).await?;
+                }
             }
             Ok(())
         }
@@ -887,6 +1011,17 @@ impl FtpFs {
             let mut state = file.state.lock().await;
             if let Some(failure) = &state.failure {
                 return Err(failure.clone());
+            }
+            if self.queue().is_some() {
+                if state.written || (state.dirty && !state.on_server && state.queued.is_none()) {
+                    self.queue_write(&file, &mut state).await?;
+                }
+                let queued = state.queued;
+                drop(state);
+                if let Some(id) = queued {
+                    self.land_queued(ino, id).await?;
+                }
+                return Ok(());
             }
             if state.written || (state.dirty && !state.on_server) {
                 self.commit(&file, &mut state).await?;

@@ -82,6 +82,12 @@ pub struct WriteState {
     pub(in crate::fs) failures: u64,
     /// Last change, shown as the modification time.
     pub(in crate::fs) changed_at: SystemTime,
+    /// The journal number of the queued upload of the content last closed
+    /// (`-o writeback`), until it lands.
+    pub(in crate::fs) queued: Option<u64>,
+    /// The staging file is the queued item's data (a link to it): the next change
+    /// copies it first, so that what was acknowledged stays as it was.
+    pub(in crate::fs) shares_queued: bool,
 }
 
 /// One file open for writing, or with changes not yet on the server.

@@ -2,6 +2,8 @@
 
 pub mod file;
 pub(in crate::fs) mod janitor;
+pub mod journal;
+pub mod queue;
 pub(in crate::fs) mod staging;
 pub(in crate::fs) mod sweep;
 pub(in crate::fs) mod upload;

@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -86,6 +87,69 @@ impl Staging {
         Ok(buf)
     }
 
+    /// A staging file over the existing file at `path` (a queued item's data, taken back
+    /// after a restart).
+    pub fn adopt(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self { file, len })
+    }
+
+    /// Gives the content the name `path` too (in the same filesystem: a hard link, no
+    /// copy; elsewhere, or for a file that lost its name, a copy), synced to disk.
+    pub fn persist(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        self.file.sync_all()?;
+        let source = std::ffi::CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))?;
+        let target = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: both are valid NUL-terminated strings; linkat touches nothing else.
+        let linked = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                source.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if linked == 0 {
+            return Ok(());
+        }
+        let mut copy = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut offset = 0;
+        while offset < self.len {
+            let chunk = self.read_at(offset, 1 << 20)?;
+            if chunk.is_empty() {
+                break;
+            }
+            std::io::Write::write_all(&mut copy, &chunk)?;
+            offset += chunk.len() as u64;
+        }
+        copy.set_len(self.len)?;
+        copy.sync_all()
+    }
+
+    /// A private copy of the content, in a new staging file in `dir`: what a write to a
+    /// queued file changes, so that the queued content stays as it was acknowledged.
+    pub fn duplicate(&self, dir: &Path) -> io::Result<Self> {
+        let mut copy = Self::create(dir)?;
+        let mut offset = 0;
+        while offset < self.len {
+            let chunk = self.read_at(offset, 1 << 20)?;
+            if chunk.is_empty() {
+                break;
+            }
+            copy.write_at(offset, &chunk)?;
+            offset += chunk.len() as u64;
+        }
+        copy.set_len(self.len)?;
+        Ok(copy)
+    }
+
     /// Cuts or extends (with zeros) the file to `len` bytes.
     pub fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
@@ -112,6 +176,19 @@ mod tests {
         assert_eq!(staging.read_at(2, 100).unwrap(), b"l\0\0\0");
         assert_eq!(staging.read_at(6, 10).unwrap(), b"");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no names");
+        let named = dir.join("named");
+        staging.persist(&named).unwrap();
+        assert_eq!(std::fs::read(&named).unwrap(), b"hel\0\0\0");
+        let mut copy = staging.duplicate(&dir).unwrap();
+        copy.write_at(0, b"H").unwrap();
+        assert_eq!(
+            std::fs::read(&named).unwrap(),
+            b"hel\0\0\0",
+            "the copy is apart"
+        );
+        let adopted = Staging::adopt(&named).unwrap();
+        assert_eq!(adopted.read_at(0, 100).unwrap(), b"hel\0\0\0");
+        std::fs::remove_file(&named).unwrap();
         drop(staging);
         std::fs::remove_dir(&dir).unwrap();
     }

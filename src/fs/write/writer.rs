@@ -120,6 +120,8 @@ mod tests {
             failure: None,
             failures: 0,
             changed_at: SystemTime::now(),
+            queued: None,
+            shares_queued: false,
         }
     }
 

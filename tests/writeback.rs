@@ -1,0 +1,427 @@
+//! Write-back (`-o writeback`) on real servers through real mounts: closes return once
+//! the data is durable locally, and everything acknowledged reaches the server, whole,
+//! after `kill -9` of the mount, after the server refused it for a while, and beside a
+//! file another client changed meanwhile. Every check looks at the server's own disk.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use common::mount::{force_unmount, run, scratch_dir, MountConfig, Mounted, ServerScratch};
+use common::{Server, Tls};
+use openssl::sha::Sha256;
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn sh(script: &str) -> String {
+    let out = run(
+        Command::new("bash")
+            .arg("-euo")
+            .arg("pipefail")
+            .arg("-c")
+            .arg(script)
+            .env("LC_ALL", "C"),
+        COMMAND_TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "{script}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha256(path: &Path) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(&fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    common::hex(&hasher.finish())
+}
+
+/// Every file under `root`: relative path → (size, mtime, sha-256), directories as None.
+fn tree(root: &Path) -> BTreeMap<PathBuf, Option<(u64, i64, String)>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(root).unwrap().to_path_buf();
+            // An upload landing renames its temporary file meanwhile: not a file yet.
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".ftpsfs-")
+            {
+                continue;
+            }
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                out.insert(relative, None);
+                stack.push(path);
+            } else {
+                out.insert(relative, Some((meta.len(), meta.mtime(), sha256(&path))));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until `check` holds, at most `limit`.
+fn eventually(what: &str, limit: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not after {limit:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The journal's records and data files under `cache`.
+fn journal_files(cache: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(servers) = fs::read_dir(cache.join("writeback")) else {
+        return found;
+    };
+    for server in servers.flatten() {
+        for entry in fs::read_dir(server.path()).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with(suffix) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// ftpsfs's temporary files left on the server's disk under `dir`.
+fn temporaries(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".ftpsfs-") {
+                found.push(name);
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Small files of many sizes, with old modification times (rsync -a keeps them), in
+/// two directories.
+fn make_source(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = root.join(if i % 2 == 0 { "a" } else { "b/c" });
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("file {i}.bin"));
+        fs::write(&path, common::content((i as u64 * 977) % 40_000, i as u64)).unwrap();
+        let when = UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i as u64 * 61);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+}
+
+fn ftpsfs(args: &[&str]) -> std::process::Output {
+    run(
+        Command::new(env!("CARGO_BIN_EXE_ftpsfs")).args(args),
+        COMMAND_TIMEOUT,
+    )
+}
+
+fn writeback_config(
+    server: Server,
+    scratch: &ServerScratch,
+    cache: &Path,
+    mnt: &Path,
+) -> MountConfig {
+    MountConfig::new(server, Tls::V13)
+        .remote_dir(&scratch.name)
+        .mountpoint(mnt)
+        .option("writeback")
+        .option(&format!("cache_dir={}", cache.display()))
+        .env("RUST_LOG", "ftpsfs=debug")
+}
+
+/// rsync and cp into the mount, `kill -9` of the mount as soon as they return, and a
+/// new mount with the same cache directory: every file lands, byte for byte, with its
+/// time, and the journal empties.
+fn lands_everything_after_kill_9(server: Server) {
+    let scratch = ServerScratch::new();
+    let local = scratch_dir("wb-kill9");
+    let (source, cache, mnt) = (local.join("src"), local.join("cache"), local.join("mnt"));
+    fs::create_dir(&mnt).unwrap();
+    make_source(&source, 160);
+    let config = || writeback_config(server, &scratch, &cache, &mnt);
+    let mut m = Mounted::with(config());
+    let started = Instant::now();
+    sh(&format!(
+        "rsync -a {}/ {}/rsync/",
+        source.display(),
+        mnt.display()
+    ));
+    sh(&format!("cp -r {} {}/cp", source.display(), mnt.display()));
+    let returned = started.elapsed();
+    m.signal(libc::SIGKILL);
+    m.wait_exit(Duration::from_secs(10))
+        .expect("ftpsfs still alive after SIGKILL");
+    let queued = journal_files(&cache, ".item").len();
+    assert!(
+        queued > 0,
+        "nothing was queued when the mount was killed: the test proves nothing"
+    );
+    force_unmount(&mnt);
+
+    let m2 = Mounted::with(config());
+    let expected = tree(&source);
+    eventually("every file on the server", Duration::from_secs(120), || {
+        tree(&scratch.local("rsync")) == expected
+            && tree(&scratch.local("cp")).len() == expected.len()
+    });
+    // cp keeps no times: only the content is compared.
+    for (path, file) in &expected {
+        if let Some((size, _, sum)) = file {
+            let copied = scratch.local("cp").join(path);
+            assert_eq!(fs::metadata(&copied).unwrap().len(), *size);
+            assert_eq!(&sha256(&copied), sum, "{}", path.display());
+        }
+    }
+    eventually("the journal empty", Duration::from_secs(10), || {
+        journal_files(&cache, ".item").is_empty() && journal_files(&cache, ".data").is_empty()
+    });
+    eventually("no temporary files", Duration::from_secs(10), || {
+        temporaries(&scratch.dir).is_empty()
+    });
+    assert!(
+        m2.log().contains("taken back"),
+        "the second mount did not take the journal back"
+    );
+    eprintln!(
+        "{server:?}: rsync + cp of {} files returned in {returned:?}; {queued} were still queued at kill -9, all landed after the remount",
+        expected.len()
+    );
+    drop(m2);
+    drop(m);
+    let _ = fs::remove_dir_all(&local);
+}
+
+#[test]
+fn proftpd_writeback_lands_everything_after_kill_9() {
+    lands_everything_after_kill_9(Server::Proftpd);
+}
+
+#[test]
+fn vsftpd_writeback_lands_everything_after_kill_9() {
+    lands_everything_after_kill_9(Server::Vsftpd);
+}
+
+/// A directory the server refuses to write in: closes still succeed (the data is safe
+/// locally), the mount shows the files as written, rsync's renames are folded into the
+/// queued uploads, fsync reports the refusal, `ftpsfs stats` lists the items. A file
+/// another client changes meanwhile is kept, ours lands beside it. A data file torn
+/// while the mount is down is reported and never uploaded. Once the directory is
+/// writable again, `ftpsfs queue --retry` lands the rest, one STOR each.
+fn refused_then_retried(server: Server) {
+    let scratch = ServerScratch::new();
+    let local = scratch_dir("wb-refused");
+    let (source, cache, mnt) = (local.join("src"), local.join("cache"), local.join("mnt"));
+    fs::create_dir(&mnt).unwrap();
+    make_source(&source, 12);
+    let shared = scratch.local("ro/shared.txt");
+    let config = || writeback_config(server, &scratch, &cache, &mnt);
+    let mut m = Mounted::with(config());
+    fs::create_dir(mnt.join("ro")).unwrap();
+    fs::write(mnt.join("ro/shared.txt"), b"version one").unwrap();
+    eventually("shared.txt on the server", Duration::from_secs(20), || {
+        fs::read(&shared).is_ok_and(|d| d == b"version one")
+    });
+    let ro = scratch.local("ro");
+    // Directories are made on the server at once; the files in them are refused.
+    fs::create_dir_all(mnt.join("ro/a")).unwrap();
+    fs::create_dir_all(mnt.join("ro/b/c")).unwrap();
+    let writable = |on: bool| {
+        for dir in ["", "a", "b", "b/c"] {
+            let mode = if on { 0o755 } else { 0o555 };
+            fs::set_permissions(ro.join(dir), fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    writable(false);
+
+    sh(&format!(
+        "rsync -a {}/ {}/ro/",
+        source.display(),
+        mnt.display()
+    ));
+    fs::write(mnt.join("ro/shared.txt"), b"our version, longer").unwrap();
+    let mut open = File::options()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(mnt.join("ro/synced.txt"))
+        .unwrap();
+    open.write_all(b"fsync me").unwrap();
+    let refused = open
+        .sync_all()
+        .expect_err("fsync of a file the server refuses succeeded");
+    drop(open);
+
+    // Read your writes: the mount shows what was written, the server has none of it.
+    let expected = tree(&source);
+    let shown = tree(&mnt.join("ro"));
+    for (path, file) in &expected {
+        assert_eq!(
+            shown.get(path),
+            Some(file),
+            "{} through the mount",
+            path.display()
+        );
+        if file.is_some() {
+            assert!(
+                !ro.join(path).exists(),
+                "{} reached the server",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(
+        fs::read(mnt.join("ro/shared.txt")).unwrap(),
+        b"our version, longer"
+    );
+    assert_eq!(fs::read(&shared).unwrap(), b"version one");
+    let stats =
+        || String::from_utf8_lossy(&ftpsfs(&["stats", mnt.to_str().unwrap()]).stdout).into_owned();
+    eventually(
+        "stats listing the refused upload",
+        Duration::from_secs(20),
+        || {
+            let stats = stats();
+            stats.contains("ro/shared.txt") && stats.contains("refused")
+        },
+    );
+
+    // The mount dies; one queued file's data is torn; another client changes shared.txt.
+    m.signal(libc::SIGKILL);
+    m.wait_exit(Duration::from_secs(10))
+        .expect("alive after SIGKILL");
+    force_unmount(&mnt);
+    let records = journal_files(&cache, ".item");
+    let torn_record = records
+        .iter()
+        .find(|r| {
+            fs::read_to_string(r)
+                .unwrap()
+                .contains(&common::hex(b"file 3.bin"))
+        })
+        .expect("file 3.bin's record");
+    let torn_data = torn_record.with_extension("data");
+    File::options()
+        .write(true)
+        .open(&torn_data)
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    fs::write(&shared, b"their version").unwrap();
+
+    let m2 = Mounted::with(config());
+    let stats =
+        String::from_utf8_lossy(&ftpsfs(&["stats", mnt.to_str().unwrap()]).stdout).into_owned();
+    assert!(stats.contains("damaged, not uploaded"), "stats:\n{stats}");
+    writable(true);
+    let retried = ftpsfs(&["queue", mnt.to_str().unwrap(), "--retry"]);
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    eventually("the queue empty", Duration::from_secs(60), || {
+        journal_files(&cache, ".item").len() == 1
+    });
+    // Everything landed, with rsync's times, except the torn file.
+    let landed = tree(&ro);
+    for (path, file) in &expected {
+        if path.ends_with("file 3.bin") {
+            assert!(!ro.join(path).exists(), "the torn file was uploaded");
+        } else {
+            assert_eq!(
+                landed.get(path),
+                Some(file),
+                "{} on the server",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(fs::read(ro.join("synced.txt")).unwrap(), b"fsync me");
+    assert_eq!(
+        fs::read(&shared).unwrap(),
+        b"their version",
+        "the other client's change"
+    );
+    let beside: Vec<String> = fs::read_dir(&ro)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("shared.txt.conflict-"))
+        .collect();
+    assert_eq!(beside.len(), 1, "{beside:?}");
+    assert_eq!(
+        fs::read(ro.join(&beside[0])).unwrap(),
+        b"our version, longer"
+    );
+    assert!(
+        temporaries(&scratch.dir).is_empty(),
+        "{:?}",
+        temporaries(&scratch.dir)
+    );
+    // rsync's temporary names never reached the server: one STOR per file, none of
+    // them to a `.file N.bin.XXXXXX` name.
+    // (A STOR the server refused before the retry may have gone out more than once.)
+    let retry_log = m2.log();
+    let landed = retry_log
+        .lines()
+        .filter(|l| l.contains("upload landed") && l.contains(".bin"))
+        .count();
+    let rsync_files = expected.values().filter(|f| f.is_some()).count();
+    assert_eq!(landed, rsync_files - 1, "uploads landed after the retry");
+    let stors: Vec<&str> = retry_log.lines().filter(|l| l.contains("-> STOR ")).collect();
+    assert!(
+        !stors.iter().any(|l| l.contains("..file ")),
+        "an upload went to an rsync temporary name:\n{}",
+        stors.join("\n")
+    );
+    let log = m.log() + &retry_log;
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("-> RNFR") && l.contains("/.file ")),
+        "an rsync temporary name was renamed on the server"
+    );
+    eprintln!("{server:?}: fsync of a refused file: {refused}");
+    drop(m2);
+    let _ = fs::remove_dir_all(&local);
+}
+
+#[test]
+fn proftpd_writeback_keeps_refused_files_and_other_clients_changes() {
+    refused_then_retried(Server::Proftpd);
+}
+
+#[test]
+fn vsftpd_writeback_keeps_refused_files_and_other_clients_changes() {
+    refused_then_retried(Server::Vsftpd);
+}
