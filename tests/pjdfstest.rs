@@ -83,7 +83,7 @@ fn plain(text: &str) -> String {
     out
 }
 
-fn conformance(server: Server, label: &str) {
+fn conformance(server: Server, label: &str, writeback: bool) {
     let binary = pjdfstest_binary();
     let config = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/pjdfstest")
@@ -93,12 +93,17 @@ fn conformance(server: Server, label: &str) {
     // noexec skips the two ETXTBSY checks, which race on any FUSE mount: pjdfstest
     // opens the program for writing as soon as spawn returns, while the kernel may
     // still be reading it through the mount (1 run in 4 here); docs/SEMANTICS.md.
-    let m = Mounted::with(
-        MountConfig::new(server, Tls::V13)
-            .remote_dir(&scratch.name)
-            .option("allow_other")
-            .option("noexec"),
-    );
+    let mut mount = MountConfig::new(server, Tls::V13)
+        .remote_dir(&scratch.name)
+        .option("allow_other")
+        .option("noexec");
+    let cache = common::mount::scratch_dir("pjdfstest-cache");
+    if writeback {
+        mount = mount
+            .option("writeback")
+            .option(&format!("cache_dir={}", cache.display()));
+    }
+    let m = Mounted::with(mount);
     let out = run(
         Command::new(&binary)
             .arg("-c")
@@ -140,6 +145,11 @@ fn conformance(server: Server, label: &str) {
             count("passed unexpectedly"),
         ));
     }
+    let label = if writeback {
+        format!("{label} with -o writeback")
+    } else {
+        label.to_string()
+    };
     eprintln!("pjdfstest on {label}:\n{report}");
     let summary = stdout
         .lines()
@@ -164,12 +174,19 @@ fn conformance(server: Server, label: &str) {
 
 #[test]
 fn pjdfstest_on_vsftpd() {
-    conformance(Server::Vsftpd, "vsftpd")
+    conformance(Server::Vsftpd, "vsftpd", false)
+}
+
+/// The same checks, the same expected failures: write-back changes when data reaches the
+/// server, not what the mount shows.
+#[test]
+fn pjdfstest_on_vsftpd_with_writeback() {
+    conformance(Server::Vsftpd, "vsftpd", true)
 }
 
 #[test]
 fn pjdfstest_on_proftpd() {
-    conformance(Server::Proftpd, "proftpd")
+    conformance(Server::Proftpd, "proftpd", false)
 }
 
 #[test]

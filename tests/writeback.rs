@@ -399,7 +399,10 @@ fn refused_then_retried(server: Server) {
         .count();
     let rsync_files = expected.values().filter(|f| f.is_some()).count();
     assert_eq!(landed, rsync_files - 1, "uploads landed after the retry");
-    let stors: Vec<&str> = retry_log.lines().filter(|l| l.contains("-> STOR ")).collect();
+    let stors: Vec<&str> = retry_log
+        .lines()
+        .filter(|l| l.contains("-> STOR "))
+        .collect();
     assert!(
         !stors.iter().any(|l| l.contains("..file ")),
         "an upload went to an rsync temporary name:\n{}",

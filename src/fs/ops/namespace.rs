@@ -398,7 +398,15 @@ impl FtpFs {
                 (false, true) => return Err(FsError::IsADirectory),
                 (true, true) => {
                     let inside = self.dirs.get(pool, &join_path(&new_dir, new_name)).await?;
-                    if !inside.entries.is_empty() {
+                    // Files created there and not uploaded yet count too.
+                    let local = self
+                        .inodes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .existing_child(new_parent, new_name);
+                    if !inside.entries.is_empty()
+                        || local.is_some_and(|dir| self.has_local_only_children(dir))
+                    {
                         return Err(FsError::NotEmpty);
                     }
                 }
