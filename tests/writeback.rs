@@ -428,3 +428,92 @@ fn proftpd_writeback_keeps_refused_files_and_other_clients_changes() {
 fn vsftpd_writeback_keeps_refused_files_and_other_clients_changes() {
     refused_then_retried(Server::Vsftpd);
 }
+
+fn strict_server(root: &Path, port: u16) -> common::strict_server::StrictServer {
+    let env = common::env();
+    let mut options = common::strict_server::StrictServerOptions::new(
+        root,
+        env.certs.join("server.pem"),
+        env.certs.join("server.key"),
+        common::strict_server::TlsVersion::Tls13,
+        env.user.clone(),
+        &env.password,
+    );
+    options.writable = true;
+    options.port = port;
+    common::strict_server::StrictServer::start(options).expect("start the strict server")
+}
+
+/// The server goes away with files queued, and so does the mount (`kill -9`): the
+/// copy still completes (into a directory listed before), nothing reaches the server
+/// meanwhile, and once the server is back a new mount lands every file.
+#[test]
+fn strict_writeback_lands_everything_after_a_server_outage_and_kill_9() {
+    let local = scratch_dir("wb-outage");
+    let (root, source, cache, mnt) = (
+        local.join("served"),
+        local.join("src"),
+        local.join("cache"),
+        local.join("mnt"),
+    );
+    fs::create_dir_all(root.join("in")).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    make_source(&source, 20);
+    let mut server = strict_server(&root, 0);
+    let port = server.port();
+    let config = || {
+        MountConfig::new(Server::External, Tls::V13)
+            .port(port)
+            .mountpoint(&mnt)
+            .option("writeback")
+            .option(&format!("cache_dir={}", cache.display()))
+            .env("RUST_LOG", "ftpsfs=debug")
+    };
+    let mut m = Mounted::with(config());
+    assert!(fs::read_dir(mnt.join("in")).unwrap().next().is_none());
+    server.stop();
+    let started = Instant::now();
+    // Directories are made on the server at once: the files go into one listed before.
+    sh(&format!(
+        "cp -p {}/a/* {}/in/",
+        source.display(),
+        mnt.display()
+    ));
+    let returned = started.elapsed();
+    let expected = tree(&source.join("a"));
+    assert_eq!(tree(&mnt.join("in")), expected, "the mount shows the copy");
+    assert!(
+        tree(&root.join("in")).is_empty(),
+        "something reached a stopped server"
+    );
+    eventually(
+        "stats saying the uploads are retried",
+        Duration::from_secs(20),
+        || {
+            let out = ftpsfs(&["stats", mnt.to_str().unwrap()]);
+            String::from_utf8_lossy(&out.stdout).contains("retrying after")
+        },
+    );
+    m.signal(libc::SIGKILL);
+    m.wait_exit(Duration::from_secs(10))
+        .expect("alive after SIGKILL");
+    force_unmount(&mnt);
+    assert!(!journal_files(&cache, ".item").is_empty());
+
+    let _server = strict_server(&root, port);
+    let m2 = Mounted::with(config());
+    eventually("every file on the server", Duration::from_secs(60), || {
+        tree(&root.join("in")) == expected
+    });
+    eventually("the journal empty", Duration::from_secs(10), || {
+        journal_files(&cache, ".item").is_empty()
+    });
+    assert!(temporaries(&root).is_empty(), "{:?}", temporaries(&root));
+    eprintln!(
+        "cp of {} files with the server down returned in {returned:?}; all landed after it came back",
+        expected.len()
+    );
+    drop(m2);
+    drop(m);
+    let _ = fs::remove_dir_all(&local);
+}

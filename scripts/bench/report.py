@@ -368,7 +368,7 @@ def report(meta, runs):
                 parts.append("")
         writes = table(meta, runs, lat, write_rows(meta))
         if writes:
-            parts.append(f"Writes at RTT {lat} ms, on each server (TLS 1.3 on both):")
+            parts.append(f"Writes at RTT {lat} ms, on each server (TLS 1.3 on both; rclone on vsftpd with `--ftp-disable-tls13`, since it cannot upload there over TLS 1.3):")
             parts.append("")
             parts.append(writes)
             parts.append("")

@@ -340,6 +340,37 @@ impl DirCache {
             .clone()
     }
 
+    /// Applies to the cached listing the changes recorded while someone read it (the
+    /// lock was held, so they were only kept), when every one of them was kept: it then
+    /// holds every change again, without a listing. (Background uploads land while
+    /// `ls` and `rsync` look names up.)
+    fn catch_up(slot: &Slot, state: &mut SlotState) {
+        let now = slot.changes.load(Ordering::SeqCst);
+        if state.generation == now || state.listing.is_none() {
+            return;
+        }
+        let mut during = slot
+            .during_listing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let since = state.generation;
+        let missing: Vec<&(u64, Change)> = during
+            .iter()
+            .filter(|(n, _)| *n > since && *n <= now)
+            .collect();
+        if missing.len() as u64 != now - since {
+            return;
+        }
+        if let Some(listing) = state.listing.as_mut() {
+            let listing = Arc::make_mut(listing);
+            for (_, change) in missing {
+                listing.apply(change.clone());
+            }
+        }
+        state.generation = now;
+        during.retain(|(n, _)| *n > now);
+    }
+
     /// The cached listing if it is young enough and holds every change this mount made.
     fn fresh(&self, slot: &Slot, state: &SlotState) -> Option<Arc<DirListing>> {
         let listing = state.listing.as_ref()?;
@@ -352,7 +383,8 @@ impl DirCache {
         let slot = self.slot(path);
         // Holding the slot's lock while listing makes concurrent callers wait for this
         // one listing instead of sending their own.
-        let cached = slot.state.lock().await;
+        let mut cached = slot.state.lock().await;
+        Self::catch_up(&slot, &mut cached);
         if let Some(listing) = self.fresh(&slot, &cached) {
             return Ok(listing);
         }

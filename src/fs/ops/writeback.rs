@@ -647,10 +647,12 @@ impl FtpFs {
 
     /// The inode of the server path `path` below the mounted directory `root`.
     fn inode_of_path(&self, root: &[u8], path: &[u8]) -> Option<u64> {
-        let rest = if root == b"/" {
-            path.strip_prefix(b"/")?
-        } else {
-            path.strip_prefix(root)?.strip_prefix(b"/")?
+        // The root is the login directory (empty: paths are relative to it), `/`, or a
+        // directory's path.
+        let rest = match root {
+            b"" => path,
+            b"/" => path.strip_prefix(b"/")?,
+            _ => path.strip_prefix(root)?.strip_prefix(b"/")?,
         };
         let mut inodes = self.inodes.lock().unwrap_or_else(|e| e.into_inner());
         let mut ino = ROOT_INODE;

@@ -59,20 +59,45 @@ pub struct Damaged {
     pub why: String,
 }
 
-/// The journal of one server and mounted directory.
+/// The journal of one server and user.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
+    /// Holds the journal's lock for as long as the mount lives: two mounts uploading
+    /// the same items would take each other's landings for other clients' changes.
+    _lock: File,
 }
 
 impl Journal {
-    /// Opens (creating it, private to the user) the journal in `dir`.
+    /// Opens (creating it, private to the user) the journal in `dir`, and locks it;
+    /// fails when another process holds it.
     pub fn open(dir: PathBuf) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
-        Ok(Self { dir })
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join("lock"))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = fs::read_to_string(dir.join("lock")).unwrap_or_default();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another ftpsfs mount (pid {}) uses this write-back journal; give this one another cache_dir=",
+                    holder.trim()
+                ),
+            ));
+        }
+        lock.set_len(0)?;
+        write!(lock, "{}", std::process::id())?;
+        Ok(Self { dir, _lock: lock })
     }
 
     /// Its directory.
@@ -414,8 +439,28 @@ mod tests {
         assert!(!journal.data_path(9).exists());
         journal.remove(1).unwrap();
         journal.remove(1).unwrap();
-        assert_eq!(fs::read_dir(journal.dir()).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(journal.dir()).unwrap().count(),
+            1,
+            "the lock only"
+        );
         fs::remove_dir_all(journal.dir()).unwrap();
+    }
+
+    #[test]
+    fn one_process_at_a_time_holds_a_journal() {
+        let first = journal("locked");
+        // flock locks belong to open files: a second open, even in this process, waits.
+        let second = Journal::open(first.dir().to_path_buf()).unwrap_err();
+        assert!(
+            second.to_string().contains("another ftpsfs mount"),
+            "{second}"
+        );
+        let dir = first.dir().to_path_buf();
+        drop(first);
+        let again = Journal::open(dir.clone()).unwrap();
+        drop(again);
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
