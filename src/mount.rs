@@ -126,7 +126,7 @@ pub fn serve(
     let pool = Pool::new(
         connect,
         PoolOptions {
-            max_connections: settings.connections,
+            max_connections: settings.pool_connections(),
             ..PoolOptions::default()
         },
     );

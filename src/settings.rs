@@ -33,6 +33,8 @@ pub struct Settings {
     pub max_readahead: u64,
     /// `connections=`: control connections in the pool.
     pub connections: usize,
+    /// Whether `connections=` was given (write-back raises the default otherwise).
+    pub connections_given: bool,
     /// `dir_prefetch=`: subdirectories listed ahead when a directory is opened.
     pub dir_prefetch: usize,
     /// `parallel_reads=`: when a sequential reader's file is split into parallel ranges.
@@ -145,6 +147,7 @@ impl Default for Settings {
             block_size: 1 << 20,
             max_readahead: 128 << 20,
             connections: PoolOptions::default().max_connections,
+            connections_given: false,
             dir_prefetch: 64,
             parallel_reads: ParallelReads::Auto,
             uid,
@@ -164,7 +167,7 @@ impl Default for Settings {
             writeback: false,
             writeback_drain: Duration::from_secs(60),
             writeback_size: 1 << 30,
-            writeback_uploads: 4,
+            writeback_uploads: 6,
         }
     }
 }
@@ -454,7 +457,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "connections",
         value: Some("N"),
         short: None,
-        default: WhenUnset::Value("5"),
+        default: WhenUnset::Otherwise("5; with `writeback`, `writeback_uploads` + 2 (8)"),
         meaning: "control connections to the server, 1 to 64: up to 4 read-ahead streams, and one always left for listings. A server that refuses more (421) gets fewer",
         reason: "four parallel readers each get a stream: four parallel copies at 20 ms RTT ran at 209 MB/s with four connections and 294 MB/s with five",
         scope: Scope::Mount,
@@ -463,6 +466,7 @@ pub const SETTINGS: &[Setting] = &[
                 .ok()
                 .filter(|n| (1..=64).contains(n))
                 .ok_or("expected 1 to 64")?;
+            s.connections_given = true;
             Ok(())
         },
     },
@@ -754,9 +758,9 @@ pub const SETTINGS: &[Setting] = &[
         key: "writeback_uploads",
         value: Some("N"),
         short: None,
-        default: WhenUnset::Value("4"),
-        meaning: "uploads of the write-back queue at once (at most `connections` - 1: one connection stays for listings and reads)",
-        reason: "small files at a distance cost round trips, not bandwidth: four at once hide most of them without crowding the server",
+        default: WhenUnset::Value("6"),
+        meaning: "uploads of the write-back queue at once; without `connections=`, the pool gets N + 2 connections (listings and reads keep two), with it at most `connections` - 1 uploads run",
+        reason: "small files at a distance cost round trips, not bandwidth: at 150 ms, 100 small files reached ProFTPD in 34.3 s with 4 uploads at once and 22.9 s with 7",
         scope: Scope::Mount,
         apply: |s, v| {
             s.writeback_uploads = number(v, "a number of uploads")?;
@@ -866,6 +870,16 @@ impl Settings {
         Ok(())
     }
 
+    /// Control connections in the pool: `connections=`, or with write-back and no
+    /// `connections=`, enough for its uploads and two more (listings, reads).
+    pub fn pool_connections(&self) -> usize {
+        if self.writeback && !self.connections_given {
+            self.connections.max(self.writeback_uploads + 2).min(64)
+        } else {
+            self.connections
+        }
+    }
+
     /// What the filesystem layer needs of these settings.
     pub fn fs_config(&self) -> FsConfig {
         let timeouts = self.connection.timeouts;
@@ -899,10 +913,10 @@ impl Settings {
                     dir: self.cache_dir.join("writeback"),
                     drain: self.writeback_drain,
                     max_bytes: self.writeback_size,
-                    // One connection stays for listings and reads.
+                    // One connection at least stays for listings and reads.
                     uploads: self
                         .writeback_uploads
-                        .min(self.connections.saturating_sub(1))
+                        .min(self.pool_connections().saturating_sub(1))
                         .max(1),
                 }),
         }
@@ -1067,6 +1081,28 @@ mod tests {
                 setting.key
             );
         }
+    }
+
+    #[test]
+    fn writeback_widens_the_pool_unless_connections_are_given() {
+        let uploads = |s: &Settings| s.fs_config().writeback.map(|w| w.uploads);
+        let mut settings = Settings::default();
+        assert_eq!((settings.pool_connections(), uploads(&settings)), (5, None));
+        settings.apply_options("writeback").unwrap();
+        assert_eq!(
+            (settings.pool_connections(), uploads(&settings)),
+            (8, Some(6))
+        );
+        settings.apply_options("connections=3").unwrap();
+        assert_eq!(
+            (settings.pool_connections(), uploads(&settings)),
+            (3, Some(2))
+        );
+        let mut settings = Settings::default();
+        settings
+            .apply_options("writeback,atomic_upload=no")
+            .unwrap();
+        assert!(settings.check_combinations().is_err());
     }
 
     #[test]

@@ -190,6 +190,7 @@ fn lands_everything_after_kill_9(server: Server) {
     );
     force_unmount(&mnt);
 
+    let remounted = Instant::now();
     let m2 = Mounted::with(config());
     let expected = tree(&source);
     eventually("every file on the server", Duration::from_secs(120), || {
@@ -215,8 +216,9 @@ fn lands_everything_after_kill_9(server: Server) {
         "the second mount did not take the journal back"
     );
     eprintln!(
-        "{server:?}: rsync + cp of {} files returned in {returned:?}; {queued} were still queued at kill -9, all landed after the remount",
-        expected.len()
+        "{server:?}: rsync + cp of {} files returned in {returned:?}; {queued} were still queued at kill -9, all landed {:?} after the remount began",
+        expected.len(),
+        remounted.elapsed()
     );
     drop(m2);
     drop(m);

@@ -68,11 +68,15 @@ pub fn aside_name(name: &[u8]) -> Vec<u8> {
     leftover_name(ASIDE_PREFIX, name)
 }
 
-/// The temporary name of the upload of write-back item `id` (its number is the
-/// microsecond it was queued): the same on every try, so that a try after a crash
-/// overwrites what the one before left.
-pub fn item_temp_name(name: &[u8], id: u64) -> Vec<u8> {
-    named_leftover(TEMP_PREFIX, name, id / 1_000_000, id)
+/// The temporary name of the uploads of write-back item `id` (its number is the
+/// microsecond it was queued) by the mount `mount` (a number of its own): the same on
+/// every try of that mount, and known to the next mount from the item's record, which
+/// deletes it. (Not the same for every mount: a server may still hold the name locked
+/// for an upload the dead mount began, as vsftpd does until its data connection times
+/// out.)
+pub fn item_temp_name(name: &[u8], id: u64, mount: u32) -> Vec<u8> {
+    let number = id.rotate_left(32) ^ u64::from(mount);
+    named_leftover(TEMP_PREFIX, name, id / 1_000_000, number)
 }
 
 fn leftover_name(prefix: &[u8], name: &[u8]) -> Vec<u8> {

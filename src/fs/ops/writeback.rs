@@ -166,6 +166,7 @@ impl FtpFs {
             mode: state.set_mode,
             queued_at: split_time(SystemTime::now()).0,
             failed: None,
+            tries: Vec::new(),
         };
         if let Err(e) = queue.journal.record(&item) {
             let _ = std::fs::remove_file(&data);
@@ -324,10 +325,29 @@ impl FtpFs {
         Ok(())
     }
 
+    /// Hands the temporary names the tries of `item` for which `whose` holds (by mount
+    /// number) may have left to the janitor.
+    fn delete_temporaries_of(&self, item: &Item, whose: impl Fn(u32) -> bool) {
+        let at = item.path.iter().rposition(|&b| b == b'/');
+        let (dir, name) = match at {
+            Some(at) => (&item.path[..at], &item.path[at + 1..]),
+            None => (&b""[..], &item.path[..]),
+        };
+        for &mount in item.tries.iter().filter(|&&m| whose(m)) {
+            let temporary = crate::fs::meta::names::item_temp_name(name, item.id, mount);
+            self.janitor
+                .delete(crate::fs::meta::inode::join_path(dir, &temporary));
+        }
+    }
+
     /// Removes item `id` from the journal and the queue, not landed (superseded or
     /// discarded).
     pub(in crate::fs) fn drop_item(&self, id: u64) {
         if let Some(queue) = self.queue() {
+            if let Some(item) = queue.get(id) {
+                // Its tries may have left temporary files; no try comes any more.
+                self.delete_temporaries_of(&item.record, |_| true);
+            }
             if let Err(e) = queue.journal.remove(id) {
                 tracing::warn!(id, "cannot remove a write-back item from the journal: {e}");
             }
@@ -481,6 +501,14 @@ impl FtpFs {
         let Some(item) = queue.get(id).map(|queued| queued.record) else {
             return Ok(());
         };
+        if !item.tries.contains(&queue.mount) {
+            // Recorded before the first try, so that the next mount deletes what this
+            // one may leave.
+            let updated = queue.update_record(id, |item| item.tries.push(queue.mount));
+            if let Some(updated) = updated {
+                queue.journal.record(&updated)?;
+            }
+        }
         let result = self.upload_and_land(ino, &mut state, Some(&item)).await;
         match result {
             Ok(conflict) => {
@@ -581,6 +609,9 @@ impl FtpFs {
             if self.writer.file(ino).is_some() {
                 continue;
             }
+            // What the tries of earlier mounts left (a server may even hold it locked
+            // for an upload a dead mount began): this mount's tries use names of its own.
+            self.delete_temporaries_of(&item, |_| true);
             let staging = match Staging::adopt(&queue.journal.data_path(item.id)) {
                 Ok(staging) => staging,
                 Err(e) => {

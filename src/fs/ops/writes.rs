@@ -272,7 +272,7 @@ impl FtpFs {
         let parent = self.node(node.parent)?;
         Ok(if self.config.atomic_uploads {
             let temporary = match item {
-                Some(id) => item_temp_name(node.name(), id),
+                Some(id) => item_temp_name(node.name(), id, self.queue().map_or(0, |q| q.mount)),
                 None => temp_name(node.name()),
             };
             join_path(&parent.path, &temporary)
@@ -611,14 +611,14 @@ impl FtpFs {
                 let path = self.upload_path_of(ino, expect.map(|item| item.id))?;
                 match upload::upload(&self.pool, &path, Some(staging), 0).await {
                     Ok((conn, uploaded)) => (conn, uploaded, path),
-                    Err(e) => return Err(self.discard_after(e, path)),
+                    Err(e) => return Err(self.discard_after_upload(e, path, expect.is_some())),
                 }
             }
             Content::Zeros => {
                 let path = self.upload_path(ino)?;
                 match upload::upload(&self.pool, &path, None, size).await {
                     Ok((conn, uploaded)) => (conn, uploaded, path),
-                    Err(e) => return Err(self.discard_after(e, path)),
+                    Err(e) => return Err(self.discard_after_upload(e, path, expect.is_some())),
                 }
             }
             Content::Server => {
@@ -645,7 +645,7 @@ impl FtpFs {
                 }
                 Err(e) => {
                     drop(conn);
-                    return Err(self.discard_after(e.into(), path));
+                    return Err(self.discard_after_upload(e.into(), path, expect.is_some()));
                 }
             }
         }
@@ -673,7 +673,7 @@ impl FtpFs {
             drop(conn);
             conn = match self.pool.get().await {
                 Ok(conn) => conn,
-                Err(e) => return Err(self.discard_after(e.into(), path)),
+                Err(e) => return Err(self.discard_after_upload(e.into(), path, expect.is_some())),
             };
             if path != final_path && conn.size(&path).await.ok() == Some(sent) {
                 tracing::debug!(path = %shown(&final_path), "landing the upload again, one command at a time");
@@ -695,7 +695,7 @@ impl FtpFs {
             Ok(landed) => landed,
             Err(e) => {
                 drop(conn);
-                return Err(self.discard_after(e, path));
+                return Err(self.discard_after_upload(e, path, expect.is_some()));
             }
         };
         tracing::debug!(ino, path = %shown(&final_path), bytes = uploaded, "upload landed");
@@ -767,6 +767,17 @@ impl FtpFs {
             }
         }
         Ok((uploaded, applied))
+    }
+
+    /// After a failed upload to `path`: deletes it when it is a temporary file, unless
+    /// it is a write-back item's, whose next try overwrites it under the same name (a
+    /// deletion still on its way could take that try's file; the item's removal hands
+    /// its name to the janitor).
+    fn discard_after_upload(&self, error: FsError, path: Vec<u8>, item: bool) -> FsError {
+        if item {
+            return error;
+        }
+        self.discard_after(error, path)
     }
 
     /// After a failed upload to `path`: deletes it when it is a temporary file.

@@ -48,6 +48,9 @@ pub struct Item {
     pub queued_at: i64,
     /// The server's refusal that stopped it, when it failed for good.
     pub failed: Option<String>,
+    /// The mounts that tried to upload it (their numbers, see `item_temp_name`): the
+    /// temporary files they may have left.
+    pub tries: Vec<u32>,
 }
 
 /// A record or data file that cannot be trusted, found when the journal is read.
@@ -253,6 +256,10 @@ fn encode(item: &Item) -> Vec<u8> {
     if let Some(failed) = &item.failed {
         text.push_str(&format!("failed={}\n", hex(failed.as_bytes())));
     }
+    if !item.tries.is_empty() {
+        let tries: Vec<String> = item.tries.iter().map(|t| format!("{t:08x}")).collect();
+        text.push_str(&format!("tries={}\n", tries.join(",")));
+    }
     let crc = crc32fast::hash(text.as_bytes());
     text.push_str(&format!("crc={crc:08x}\n"));
     text.into_bytes()
@@ -336,6 +343,13 @@ fn decode(bytes: &[u8]) -> Result<Item, String> {
                 String::from_utf8_lossy(&unhex(value).ok_or_else(|| bad("failed"))?).into_owned(),
             ),
         },
+        tries: match fields.get("tries") {
+            None => Vec::new(),
+            Some(value) => value
+                .split(',')
+                .map(|t| u32::from_str_radix(t, 16).map_err(|_| bad("tries")))
+                .collect::<Result<_, _>>()?,
+        },
     })
 }
 
@@ -367,6 +381,7 @@ mod tests {
             mode: Some(0o640),
             queued_at: 1_800_000_000 + id as i64,
             failed: None,
+            tries: vec![7, 0xdead_beef],
         }
     }
 

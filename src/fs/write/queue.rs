@@ -75,6 +75,9 @@ pub struct Queue {
     pub journal: Journal,
     /// The settings.
     pub config: WritebackConfig,
+    /// This mount's number, in the temporary names of its uploads (see
+    /// `item_temp_name`).
+    pub mount: u32,
     items: Mutex<BTreeMap<u64, Queued>>,
     damaged: Mutex<Vec<Damaged>>,
     landed: AtomicU64,
@@ -89,6 +92,7 @@ impl Queue {
         Self {
             journal,
             config,
+            mount: crate::fs::meta::names::unique() as u32,
             items: Mutex::new(BTreeMap::new()),
             damaged: Mutex::new(Vec::new()),
             landed: AtomicU64::new(0),
@@ -306,6 +310,7 @@ mod tests {
                 mode: None,
                 queued_at: 0,
                 failed: None,
+                tries: Vec::new(),
             },
             error: None,
             stopped: false,
