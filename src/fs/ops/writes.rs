@@ -609,14 +609,14 @@ impl FtpFs {
             }
             Content::Staged(staging) => {
                 let path = self.upload_path_of(ino, expect.map(|item| item.id))?;
-                match upload::upload(&self.pool, &path, Some(staging), 0).await {
+                match upload::upload(&self.pool, &path, Some(staging), 0, expect.is_some()).await {
                     Ok((conn, uploaded)) => (conn, uploaded, path),
                     Err(e) => return Err(self.discard_after_upload(e, path, expect.is_some())),
                 }
             }
             Content::Zeros => {
                 let path = self.upload_path(ino)?;
-                match upload::upload(&self.pool, &path, None, size).await {
+                match upload::upload(&self.pool, &path, None, size, false).await {
                     Ok((conn, uploaded)) => (conn, uploaded, path),
                     Err(e) => return Err(self.discard_after_upload(e, path, expect.is_some())),
                 }

@@ -31,15 +31,21 @@ const STREAM_QUEUE: usize = 8;
 
 /// Starts an upload to `path` (STOR) on a pooled connection. A connection that breaks
 /// before STOR goes out (no TLS ticket left, a stale connection) is replaced: nothing has
-/// happened on the server yet.
+/// happened on the server yet. A `background` upload leaves the last idle connection
+/// to the program (see [`Pool::get_leaving_one_idle`]).
 pub async fn start(
     pool: &Pool,
     path: &[u8],
+    background: bool,
 ) -> Result<(PooledConnection, UploadConnection), FtpError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let mut conn = pool.get().await?;
+        let mut conn = if background {
+            pool.get_leaving_one_idle().await?
+        } else {
+            pool.get().await?
+        };
         match conn.store(path).await {
             Ok(upload) => return Ok((conn, upload)),
             // STOR goes to a name of this upload's own, so sending it again after a
@@ -122,19 +128,21 @@ async fn send_zeros(upload: &mut UploadConnection, mut len: u64) -> Result<(), F
 }
 
 /// Uploads `len` zeros, or the staging file when there is one, to `path`; returns the
-/// connection (for the check and rename that follow) and the bytes sent.
+/// connection (for the check and rename that follow) and the bytes sent. `background`:
+/// see [`start`].
 pub async fn upload(
     pool: &Pool,
     path: &[u8],
     staging: Option<&Staging>,
     len: u64,
+    background: bool,
 ) -> Result<(PooledConnection, u64), FsError> {
     /// Why sending stopped.
     enum Stopped {
         Network(FtpError),
         Staging(std::io::Error),
     }
-    let (mut conn, mut upload) = start(pool, path).await?;
+    let (mut conn, mut upload) = start(pool, path, background).await?;
     let sent = async {
         match staging {
             None => send_zeros(&mut upload, len).await.map_err(Stopped::Network),
@@ -189,7 +197,7 @@ impl StreamUpload {
         let task_pool = pool.clone();
         let task_path = path.clone();
         let task = tokio::spawn(async move {
-            let (mut conn, mut upload) = start(&task_pool, &task_path).await?;
+            let (mut conn, mut upload) = start(&task_pool, &task_path, false).await?;
             while let Some(data) = writes.recv().await {
                 if let Err(e) = upload.write_all(&data).await {
                     return Err(conn.failed_upload(upload, e).await.into());
