@@ -189,6 +189,24 @@ struct Slot {
     during_listing: std::sync::Mutex<Vec<(u64, Change)>>,
 }
 
+/// Applies to `listing` the kept changes numbered after `since` up to `now`, if every
+/// one of them was kept; returns whether it did.
+fn apply_kept(listing: &mut Arc<DirListing>, kept: &[(u64, Change)], since: u64, now: u64) -> bool {
+    let missing: Vec<&Change> = kept
+        .iter()
+        .filter(|(n, _)| *n > since && *n <= now)
+        .map(|(_, change)| change)
+        .collect();
+    if missing.len() as u64 != now - since {
+        return false;
+    }
+    let listing = Arc::make_mut(listing);
+    for change in missing {
+        listing.apply(change.clone());
+    }
+    true
+}
+
 /// Changes kept for a listing on its way; past this, it is fetched again instead.
 const MAX_CHANGES_DURING_LISTING: usize = 4096;
 
@@ -354,21 +372,12 @@ impl DirCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let since = state.generation;
-        let missing: Vec<&(u64, Change)> = during
-            .iter()
-            .filter(|(n, _)| *n > since && *n <= now)
-            .collect();
-        if missing.len() as u64 != now - since {
-            return;
-        }
         if let Some(listing) = state.listing.as_mut() {
-            let listing = Arc::make_mut(listing);
-            for (_, change) in missing {
-                listing.apply(change.clone());
+            if apply_kept(listing, &during, since, now) {
+                state.generation = now;
+                during.retain(|(n, _)| *n > now);
             }
         }
-        state.generation = now;
-        during.retain(|(n, _)| *n > now);
     }
 
     /// The cached listing if it is young enough and holds every change this mount made.
@@ -421,17 +430,7 @@ impl DirCache {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner()),
                     );
-                    let meanwhile: Vec<&(u64, Change)> = during
-                        .iter()
-                        .filter(|(n, _)| *n > changes_before && *n <= changes_after)
-                        .collect();
-                    if meanwhile.len() as u64 == changes_after - changes_before {
-                        let listing = Arc::make_mut(listing);
-                        for (_, change) in meanwhile {
-                            listing.apply(change.clone());
-                        }
-                        changed = false;
-                    }
+                    changed = !apply_kept(listing, &during, changes_before, changes_after);
                 }
             }
             if !changed {

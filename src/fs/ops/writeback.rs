@@ -87,11 +87,10 @@ fn host_name() -> String {
     }
 }
 
+/// Seconds and nanoseconds since 1970, as journal records hold times.
 fn split_time(time: SystemTime) -> (i64, u32) {
-    match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-        Err(e) => (-(e.duration().as_secs() as i64), 0),
-    }
+    let stamp = crate::fs::write::file::timestamp(time);
+    (stamp.unix_seconds, stamp.nanos)
 }
 
 fn join_time((seconds, nanos): (i64, u32)) -> SystemTime {

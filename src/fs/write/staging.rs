@@ -115,38 +115,35 @@ impl Staging {
         if linked == 0 {
             return Ok(());
         }
-        let mut copy = OpenOptions::new()
+        let copy = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)?;
+        self.copy_to(&copy)?;
+        copy.sync_all()
+    }
+
+    /// Writes the content into `file`, of the same length.
+    fn copy_to(&self, file: &File) -> io::Result<()> {
         let mut offset = 0;
         while offset < self.len {
             let chunk = self.read_at(offset, 1 << 20)?;
             if chunk.is_empty() {
                 break;
             }
-            std::io::Write::write_all(&mut copy, &chunk)?;
+            file.write_all_at(&chunk, offset)?;
             offset += chunk.len() as u64;
         }
-        copy.set_len(self.len)?;
-        copy.sync_all()
+        file.set_len(self.len)
     }
 
     /// A private copy of the content, in a new staging file in `dir`: what a write to a
     /// queued file changes, so that the queued content stays as it was acknowledged.
     pub fn duplicate(&self, dir: &Path) -> io::Result<Self> {
         let mut copy = Self::create(dir)?;
-        let mut offset = 0;
-        while offset < self.len {
-            let chunk = self.read_at(offset, 1 << 20)?;
-            if chunk.is_empty() {
-                break;
-            }
-            copy.write_at(offset, &chunk)?;
-            offset += chunk.len() as u64;
-        }
-        copy.set_len(self.len)?;
+        self.copy_to(&copy.file)?;
+        copy.len = self.len;
         Ok(copy)
     }
 
