@@ -273,6 +273,8 @@ fn refused_then_retried(server: Server) {
         mnt.display()
     ));
     fs::write(mnt.join("ro/shared.txt"), b"our version, longer").unwrap();
+    // A new file here, whose name another client takes on the server meanwhile.
+    fs::write(mnt.join("ro/fresh.txt"), b"our new file").unwrap();
     let mut open = File::options()
         .create(true)
         .truncate(true)
@@ -341,6 +343,7 @@ fn refused_then_retried(server: Server) {
         .set_len(3)
         .unwrap();
     fs::write(&shared, b"their version").unwrap();
+    fs::write(ro.join("fresh.txt"), b"their new file").unwrap();
 
     let m2 = Mounted::with(config());
     let stats =
@@ -376,16 +379,23 @@ fn refused_then_retried(server: Server) {
         b"their version",
         "the other client's change"
     );
-    let beside: Vec<String> = fs::read_dir(&ro)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("shared.txt.conflict-"))
-        .collect();
-    assert_eq!(beside.len(), 1, "{beside:?}");
     assert_eq!(
-        fs::read(ro.join(&beside[0])).unwrap(),
-        b"our version, longer"
+        fs::read(ro.join("fresh.txt")).unwrap(),
+        b"their new file",
+        "the file another client created under our new file's name"
     );
+    for (name, ours) in [
+        ("shared.txt", b"our version, longer".as_slice()),
+        ("fresh.txt", b"our new file"),
+    ] {
+        let beside: Vec<String> = fs::read_dir(&ro)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{name}.conflict-")))
+            .collect();
+        assert_eq!(beside.len(), 1, "{beside:?}");
+        assert_eq!(fs::read(ro.join(&beside[0])).unwrap(), ours);
+    }
     assert!(
         temporaries(&scratch.dir).is_empty(),
         "{:?}",
@@ -518,4 +528,119 @@ fn strict_writeback_lands_everything_after_a_server_outage_and_kill_9() {
     drop(m2);
     drop(m);
     let _ = fs::remove_dir_all(&local);
+}
+
+/// A big file written in order goes up while it is written (its upload is on the
+/// server's disk before the close), lands as that one upload, and a file written out of
+/// order after its upload began, or killed right after its close, still lands whole.
+fn big_files_upload_while_written(server: Server) {
+    const BIG: u64 = 24 * 1024 * 1024;
+    let scratch = ServerScratch::new();
+    let local = scratch_dir("wb-follow");
+    let (cache, mnt) = (local.join("cache"), local.join("mnt"));
+    fs::create_dir(&mnt).unwrap();
+    let config = || writeback_config(server, &scratch, &cache, &mnt);
+    let mut m = Mounted::with(config());
+    let write_in_order = |name: &str, seed: u64| -> (File, Vec<u8>) {
+        let data = common::content(BIG, seed);
+        let mut file = File::create(mnt.join(name)).unwrap();
+        for chunk in data.chunks(1 << 20) {
+            file.write_all(chunk).unwrap();
+        }
+        (file, data)
+    };
+    let sum = |data: &[u8]| {
+        let mut hasher = Sha256::new();
+        hasher.update(data);
+        common::hex(&hasher.finish())
+    };
+    let on_server = |name: &str, data: &[u8]| {
+        let path = scratch.local(name);
+        path.exists()
+            && fs::metadata(&path).unwrap().len() == data.len() as u64
+            && sha256(&path) == sum(data)
+    };
+
+    // In order: the upload is under way before the close.
+    let (open, followed) = write_in_order("followed.bin", 1);
+    eventually(
+        "an upload of followed.bin on the server before its close",
+        Duration::from_secs(30),
+        || {
+            fs::read_dir(&scratch.dir).unwrap().flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(".ftpsfs-")
+                    && name.ends_with("followed.bin")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            })
+        },
+    );
+    drop(open);
+    eventually(
+        "followed.bin on the server",
+        Duration::from_secs(60),
+        || on_server("followed.bin", &followed),
+    );
+
+    // Out of order after the upload began: given up, and the file lands as written.
+    let (open, mut rewritten) = write_in_order("rewritten.bin", 2);
+    eventually(
+        "rewritten.bin's upload begun",
+        Duration::from_secs(30),
+        || {
+            m.log()
+                .matches("uploading while the file is written")
+                .count()
+                >= 2
+        },
+    );
+    use std::os::unix::fs::FileExt;
+    open.write_all_at(b"changed near the start", 4096).unwrap();
+    rewritten[4096..4096 + 22].copy_from_slice(b"changed near the start");
+    drop(open);
+    eventually(
+        "rewritten.bin on the server",
+        Duration::from_secs(60),
+        || on_server("rewritten.bin", &rewritten),
+    );
+    assert!(m
+        .log()
+        .contains("the upload following the writes is given up"));
+
+    // Killed right after the close: the next mount lands it and deletes the follower's.
+    let (open, killed) = write_in_order("killed.bin", 3);
+    drop(open);
+    m.signal(libc::SIGKILL);
+    m.wait_exit(Duration::from_secs(10))
+        .expect("alive after SIGKILL");
+    force_unmount(&mnt);
+    let log = m.log();
+    let m2 = Mounted::with(config());
+    eventually("killed.bin on the server", Duration::from_secs(60), || {
+        on_server("killed.bin", &killed)
+    });
+    eventually("no temporary files", Duration::from_secs(20), || {
+        temporaries(&scratch.dir).is_empty()
+    });
+    eventually("the journal empty", Duration::from_secs(10), || {
+        journal_files(&cache, ".item").is_empty()
+    });
+    // followed.bin went up once: the upload that followed its writes.
+    let stors = log
+        .lines()
+        .filter(|l| l.contains("-> STOR ") && l.contains("followed.bin"))
+        .count();
+    assert_eq!(stors, 1, "uploads of followed.bin");
+    drop(m2);
+    let _ = fs::remove_dir_all(&local);
+}
+
+#[test]
+fn vsftpd_writeback_uploads_big_files_while_they_are_written() {
+    big_files_upload_while_written(Server::Vsftpd);
+}
+
+#[test]
+fn proftpd_writeback_uploads_big_files_while_they_are_written() {
+    big_files_upload_while_written(Server::Proftpd);
 }

@@ -15,8 +15,8 @@ pub mod transport;
 
 pub use activity::ConnectionReport;
 pub use control::{
-    verb, ControlConnection, DataConnection, Retry, Standing, TlsSummary, UploadCheck,
-    UploadConnection, Verb,
+    verb, ControlConnection, DataConnection, Retry, Standing, StoredVersion, TlsSummary,
+    UploadCheck, UploadConnection, Verb,
 };
 pub use error::FtpError;
 pub use options::{ConnectOptions, Secret, Security, Timeouts};

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::ftp::listing::TimePrecision;
+use crate::ftp::StoredVersion;
 
 use crate::fs::cache::version::FileVersion;
 use crate::fs::error::FsError;
@@ -75,6 +76,32 @@ pub fn conflict_name(name: &[u8], host: &str, when: SystemTime) -> Vec<u8> {
     out
 }
 
+/// Whether the server's file at a queued item's path, `now` (None: there is none), is
+/// another client's change: it is not the version the item replaces (its base: no file
+/// at all for a new file) and not the item itself (landed before a crash kept its
+/// record). Sizes and times are compared as far as the server tells them.
+pub(in crate::fs) fn changed_by_another(item: &Item, now: Option<&StoredVersion>) -> bool {
+    let Some(now) = now else {
+        // Deleted meanwhile (or never there): ours lands as a new file, nothing is lost.
+        return false;
+    };
+    let seconds = now.modified.map(|t| t.unix_seconds);
+    let already_ours = now.size == Some(item.size)
+        && matches!((item.mtime, seconds), (Some((ours, _)), Some(now)) if ours == now);
+    if already_ours {
+        return false;
+    }
+    let Some(base) = &item.base else {
+        return true;
+    };
+    let same_size = now.size.is_none_or(|size| size == base.size);
+    let same_time = match (base.mtime, seconds) {
+        (Some((then, _)), Some(now)) => then == now,
+        _ => true,
+    };
+    !(same_size && same_time)
+}
+
 /// This machine's name, for conflict names.
 fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -124,8 +151,17 @@ impl FtpFs {
         let parent = self.node(node.parent)?;
         let size = state.size;
         queue.wait_for_room(size).await;
+        // An upload following the writes is this item's first try, under its number.
+        if state.follower.as_ref().is_some_and(|f| f.is_complete()) {
+            // It was an earlier item's.
+            state.follower = None;
+        }
+        let id = state
+            .follower
+            .as_ref()
+            .map_or_else(|| queue.next_id(), |f| f.id);
+        let followed = state.follower.is_some();
         let staging = self.staged(file.ino, state).await?;
-        let id = queue.next_id();
         let data = queue.journal.data_path(id);
         let persisted = staging
             .persist(&data)
@@ -165,7 +201,12 @@ impl FtpFs {
             mode: state.set_mode,
             queued_at: split_time(SystemTime::now()).0,
             failed: None,
-            tries: Vec::new(),
+            // A follower's upload is a try already: the next mount deletes what it left.
+            tries: if followed {
+                vec![queue.mount]
+            } else {
+                Vec::new()
+            },
         };
         if let Err(e) = queue.journal.record(&item) {
             let _ = std::fs::remove_file(&data);
@@ -173,6 +214,9 @@ impl FtpFs {
         }
         if let Some(old) = state.queued.replace(id) {
             self.drop_item(old);
+        }
+        if let Some(follower) = &state.follower {
+            follower.complete(size);
         }
         state.set_mtime = Some(mtime);
         state.shares_queued = true;
@@ -360,6 +404,9 @@ impl FtpFs {
         if !state.shares_queued {
             return Ok(());
         }
+        // The queued item's upload, if one follows its writes, is of what stays queued;
+        // the item is replaced at the next close.
+        state.follower = None;
         if let Content::Staged(staging) = &state.content {
             state.content = Content::Staged(staging.duplicate(&self.config.staging_dir)?);
         }
@@ -542,38 +589,6 @@ impl FtpFs {
         }
     }
 
-    /// Whether another client changed the file at `path` since `item`'s base version
-    /// (its size and time now, then). A file that already is `item` (it landed before a
-    /// crash kept its record) is not a change.
-    pub(in crate::fs) async fn changed_since(
-        &self,
-        conn: &mut crate::ftp::ControlConnection,
-        path: &[u8],
-        item: &Item,
-    ) -> Result<Option<(u64, Option<i64>)>, crate::ftp::FtpError> {
-        let Some(base) = &item.base else {
-            return Ok(None);
-        };
-        let size = match conn.size(path).await {
-            Ok(size) => size,
-            // Deleted meanwhile: ours lands as a new file, nothing of theirs is lost.
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let time = match (base.mtime, item.mtime) {
-            (None, None) => None,
-            _ => Some(conn.modified(path).await?.unix_seconds),
-        };
-        let as_based = size == base.size
-            && match (base.mtime, time) {
-                (Some((expected, _)), Some(now)) => expected == now,
-                _ => true,
-            };
-        let already_ours = size == item.size
-            && matches!((item.mtime, time), (Some((ours, _)), Some(now)) if ours == now);
-        Ok((!as_based && !already_ours).then_some((size, time)))
-    }
-
     /// The conflict name for `name` now.
     pub(in crate::fs) fn conflict_name_now(&self, name: &[u8]) -> Vec<u8> {
         conflict_name(name, &host_name(), SystemTime::now())
@@ -645,6 +660,8 @@ impl FtpFs {
                 changed_at: item.mtime.map_or_else(SystemTime::now, join_time),
                 queued: Some(item.id),
                 shares_queued: true,
+                in_order: false,
+                follower: None,
             });
             self.writer.close(&file);
             let stopped = item.failed.is_some();
@@ -774,6 +791,7 @@ impl FtpFs {
                 state.dirty = false;
                 state.written = false;
                 state.failure = None;
+                state.follower = None;
                 if !state.on_server {
                     state.discarded = true;
                 }
@@ -792,6 +810,100 @@ impl FtpFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(base: Option<Base>, size: u64, mtime: i64) -> Item {
+        Item {
+            id: 1,
+            path: b"/a".to_vec(),
+            base,
+            size,
+            data_crc: 0,
+            mtime: Some((mtime, 5)),
+            mode: None,
+            queued_at: 0,
+            failed: None,
+            tries: Vec::new(),
+        }
+    }
+
+    fn on_server(size: Option<u64>, seconds: Option<i64>) -> StoredVersion {
+        StoredVersion {
+            size,
+            modified: seconds.map(|unix_seconds| crate::ftp::listing::Timestamp {
+                unix_seconds,
+                nanos: 0,
+                precision: TimePrecision::Second,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_new_file_lands_over_nothing_but_itself() {
+        let new = item(None, 10, 1000);
+        assert!(!changed_by_another(&new, None));
+        // Another client created the name meanwhile: whatever its size and time.
+        assert!(changed_by_another(
+            &new,
+            Some(&on_server(Some(3), Some(900)))
+        ));
+        assert!(changed_by_another(
+            &new,
+            Some(&on_server(Some(10), Some(999)))
+        ));
+        assert!(changed_by_another(&new, Some(&on_server(None, None))));
+        // Our own upload, landed before a crash kept the record.
+        assert!(!changed_by_another(
+            &new,
+            Some(&on_server(Some(10), Some(1000)))
+        ));
+    }
+
+    #[test]
+    fn a_replacement_lands_over_its_base_only() {
+        let base = Base {
+            size: 7,
+            mtime: Some((500, 0)),
+        };
+        let replacing = item(Some(base), 10, 1000);
+        assert!(!changed_by_another(&replacing, None));
+        assert!(!changed_by_another(
+            &replacing,
+            Some(&on_server(Some(7), Some(500)))
+        ));
+        assert!(changed_by_another(
+            &replacing,
+            Some(&on_server(Some(8), Some(500)))
+        ));
+        assert!(changed_by_another(
+            &replacing,
+            Some(&on_server(Some(7), Some(501)))
+        ));
+        // What the server does not tell is not held against it.
+        assert!(!changed_by_another(
+            &replacing,
+            Some(&on_server(None, Some(500)))
+        ));
+        assert!(!changed_by_another(
+            &replacing,
+            Some(&on_server(Some(7), None))
+        ));
+        let inexact = item(
+            Some(Base {
+                size: 7,
+                mtime: None,
+            }),
+            10,
+            1000,
+        );
+        assert!(!changed_by_another(
+            &inexact,
+            Some(&on_server(Some(7), Some(777)))
+        ));
+        assert!(changed_by_another(
+            &inexact,
+            Some(&on_server(Some(6), Some(777)))
+        ));
+    }
 
     #[test]
     fn conflict_names_say_whose_and_when() {

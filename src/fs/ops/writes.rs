@@ -14,14 +14,24 @@ use crate::fs::meta::attr::Attr;
 use crate::fs::meta::dircache::Change;
 use crate::fs::meta::inode::join_path;
 use crate::fs::meta::names::{item_temp_name, shown, temp_name};
+use crate::fs::ops::writeback::changed_by_another;
 use crate::fs::read::reader::{OpenFile, ReadData};
 use crate::fs::write::file::{
     timestamp, Closer, Content, OpenMode, SetAttr, Shown, WriteFile, WriteHandle, WriteState,
 };
+use crate::fs::write::follower::{Follower, FOLLOW_FROM};
 use crate::fs::write::journal::Item;
 use crate::fs::write::staging::Staging;
 use crate::fs::write::upload::{self, Metadata, StreamUpload};
 use crate::fs::{FtpFs, Opened};
+
+/// An upload landed: the size stored, what of its metadata was set, and the name it
+/// landed under instead of its own when another client had changed the file.
+struct Landed {
+    size: u64,
+    applied: Metadata,
+    conflict: Option<Vec<u8>>,
+}
 
 impl FtpFs {
     /// Fails with EROFS on a read-only mount.
@@ -97,6 +107,8 @@ impl FtpFs {
             changed_at: now,
             queued: None,
             shares_queued: false,
+            in_order: true,
+            follower: None,
         });
         if let Ok(dir) = self.node(parent) {
             self.dirs.touch(&dir.path, timestamp(now));
@@ -169,6 +181,8 @@ impl FtpFs {
                     changed_at: shown_mtime,
                     queued: None,
                     shares_queued: false,
+                    in_order: false,
+                    follower: None,
                 })
             }
         };
@@ -226,6 +240,11 @@ impl FtpFs {
         state.written = true;
         state.changed_at = SystemTime::now();
         let end = offset + data.len() as u64;
+        if offset < state.size {
+            // Bytes a follower may have sent change.
+            state.in_order = false;
+            state.follower = None;
+        }
         if state.discarded {
             // Deleted while open: the writes go nowhere, as on a local disk.
             state.size = state.size.max(end);
@@ -256,6 +275,37 @@ impl FtpFs {
         let staging = self.staged(ino, state).await?;
         staging.write_at(offset, &data)?;
         state.size = staging.len();
+        self.follow_writes(ino, state)?;
+        Ok(())
+    }
+
+    /// Under write-back, tells the upload following a file's writes that it grew, or
+    /// starts one once a file written in order is big enough (see [`Follower`]).
+    fn follow_writes(&self, ino: u64, state: &mut WriteState) -> Result<(), FsError> {
+        if let Some(follower) = &state.follower {
+            follower.grown(state.size);
+            return Ok(());
+        }
+        let Some(queue) = self.queue() else {
+            return Ok(());
+        };
+        if !state.in_order || state.size < FOLLOW_FROM || !self.config.atomic_uploads {
+            return Ok(());
+        }
+        let Content::Staged(staging) = &state.content else {
+            return Ok(());
+        };
+        let id = queue.next_id();
+        let path = self.upload_path_of(ino, Some(id))?;
+        tracing::debug!(ino, path = %shown(&path), id, "write-back: uploading while the file is written");
+        state.follower = Some(Follower::start(
+            &self.pool,
+            &self.janitor,
+            staging,
+            id,
+            path,
+            state.size,
+        )?);
         Ok(())
     }
 
@@ -356,6 +406,9 @@ impl FtpFs {
         state.dirty = true;
         state.written = true;
         state.changed_at = SystemTime::now();
+        // What a follower sent may be cut; a file emptied is written in order afresh.
+        state.follower = None;
+        state.in_order = size == 0;
         match &state.content {
             // Nothing of the old content is needed.
             _ if size == 0 => {
@@ -544,6 +597,7 @@ impl FtpFs {
         state.dirty = false;
         state.written = false;
         state.shares_queued = false;
+        state.follower = None;
         if let Some(id) = state.queued.take() {
             self.drop_item(id);
         }
@@ -609,9 +663,43 @@ impl FtpFs {
             }
             Content::Staged(staging) => {
                 let path = self.upload_path_of(ino, expect.map(|item| item.id))?;
-                match upload::upload(&self.pool, &path, Some(staging), 0, expect.is_some()).await {
-                    Ok((conn, uploaded)) => (conn, uploaded, path),
-                    Err(e) => return Err(self.discard_after_upload(e, path, expect.is_some())),
+                let follower = state
+                    .follower
+                    .take()
+                    .filter(|f| expect.is_some_and(|item| item.id == f.id && f.is_complete()));
+                let followed = match follower {
+                    Some(follower) => {
+                        let followed_path = follower.path.clone();
+                        match follower.finish().await {
+                            Ok((conn, sent)) if sent == size => Some((conn, sent, followed_path)),
+                            outcome => {
+                                tracing::debug!(
+                                    path = %shown(&followed_path),
+                                    "the upload that followed the writes did not complete ({}); uploading again",
+                                    outcome.err().map_or_else(|| "short".to_string(), |e| e.to_string())
+                                );
+                                if followed_path != path {
+                                    // Renamed since: the next try goes to another name.
+                                    self.janitor.delete(followed_path);
+                                }
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                match followed {
+                    Some(followed) => followed,
+                    None => {
+                        match upload::upload(&self.pool, &path, Some(staging), 0, expect.is_some())
+                            .await
+                        {
+                            Ok((conn, uploaded)) => (conn, uploaded, path),
+                            Err(e) => {
+                                return Err(self.discard_after_upload(e, path, expect.is_some()))
+                            }
+                        }
+                    }
                 }
             }
             Content::Zeros => {
@@ -626,41 +714,16 @@ impl FtpFs {
                 return Ok(None);
             }
         };
-        let mut conflict = None;
-        if let Some(item) = expect.filter(|item| item.base.is_some()) {
-            match self.changed_since(&mut conn, &final_path, item).await {
-                Ok(None) => {}
-                Ok(Some((size, time))) => {
-                    let beside = self.conflict_name_now(&name);
-                    tracing::debug!(
-                        path = %shown(&final_path),
-                        expected = ?item.base,
-                        size,
-                        time = ?time,
-                        "changed on the server since it was queued"
-                    );
-                    final_path = join_path(&dir, &beside);
-                    name = beside.clone();
-                    conflict = Some(beside);
-                }
-                Err(e) => {
-                    drop(conn);
-                    return Err(self.discard_after_upload(e.into(), path, expect.is_some()));
-                }
-            }
-        }
-        let target_exists = conflict.is_none()
-            && (state.on_server || self.dirs.cached_entry(&dir, &name).is_some());
         let mut landed = self
             .land(
                 &mut conn,
                 &path,
-                &final_path,
                 &dir,
                 &name,
                 sent,
                 metadata,
-                target_exists,
+                state.on_server,
+                expect,
             )
             .await;
         if landed
@@ -681,23 +744,31 @@ impl FtpFs {
                     .land(
                         &mut conn,
                         &path,
-                        &final_path,
                         &dir,
                         &name,
                         sent,
                         metadata,
-                        target_exists,
+                        state.on_server,
+                        expect,
                     )
                     .await;
             }
         }
-        let (uploaded, applied) = match landed {
+        let Landed {
+            size: uploaded,
+            applied,
+            conflict,
+        } = match landed {
             Ok(landed) => landed,
             Err(e) => {
                 drop(conn);
                 return Err(self.discard_after_upload(e, path, expect.is_some()));
             }
         };
+        if let Some(beside) = &conflict {
+            final_path = join_path(&dir, beside);
+            name = beside.clone();
+        }
         tracing::debug!(ino, path = %shown(&final_path), bytes = uploaded, "upload landed");
         let mtime = applied.mtime.unwrap_or(state.changed_at);
         // A mode the server could not set is not shown: the file has the server's.
@@ -738,26 +809,50 @@ impl FtpFs {
     }
 
     /// Checks an uploaded temporary file `path` (its size, with `metadata` set on it)
-    /// and renames it onto `name` in `dir`; returns the size and what was set.
+    /// and renames it onto `name` in `dir`. A queued item (`expect`) is compared with
+    /// the file it replaces in the same round trip, and lands beside it when another
+    /// client changed that file (see [`changed_by_another`]).
     #[allow(clippy::too_many_arguments)]
     async fn land(
         &self,
         conn: &mut PooledConnection,
         path: &[u8],
-        final_path: &[u8],
         dir: &[u8],
         name: &[u8],
         sent: u64,
         metadata: Metadata,
-        target_exists: bool,
-    ) -> Result<(u64, Metadata), FsError> {
-        let (uploaded, applied) = upload::check_and_apply(conn, path, sent, metadata).await?;
-        if path != final_path {
+        on_server: bool,
+        expect: Option<&Item>,
+    ) -> Result<Landed, FsError> {
+        let final_path = join_path(dir, name);
+        let atomic = path != final_path.as_slice();
+        let compare = expect.filter(|_| atomic).map(|_| final_path.as_slice());
+        let checked = upload::check_and_apply(conn, path, sent, metadata, compare).await?;
+        let mut conflict = None;
+        let target_exists = match (expect, checked.compared) {
+            (Some(item), Some(now)) => {
+                if changed_by_another(item, now.as_ref()) {
+                    tracing::debug!(
+                        path = %shown(&final_path),
+                        expected = ?item.base,
+                        now = ?now,
+                        "changed on the server since it was queued"
+                    );
+                    conflict = Some(self.conflict_name_now(name));
+                    false
+                } else {
+                    now.is_some()
+                }
+            }
+            _ => on_server || self.dirs.cached_entry(dir, name).is_some(),
+        };
+        if atomic {
+            let target = conflict.as_deref().unwrap_or(name);
             let refused = upload::rename_replacing(
                 conn,
                 dir,
                 path,
-                name,
+                target,
                 target_exists,
                 self.writer.refuses_overwrite(),
             )
@@ -766,7 +861,11 @@ impl FtpFs {
                 self.writer.note_refuses_overwrite();
             }
         }
-        Ok((uploaded, applied))
+        Ok(Landed {
+            size: checked.size,
+            applied: checked.applied,
+            conflict,
+        })
     }
 
     /// After a failed upload to `path`: deletes it when it is a temporary file, unless

@@ -22,6 +22,7 @@ use crate::ftp::listing::{TimePrecision, Timestamp};
 use crate::fs::cache::version::FileVersion;
 use crate::fs::error::FsError;
 use crate::fs::read::reader::OpenFile;
+use crate::fs::write::follower::Follower;
 use crate::fs::write::staging::Staging;
 use crate::fs::write::upload::StreamUpload;
 
@@ -88,6 +89,11 @@ pub struct WriteState {
     /// The staging file is the queued item's data (a link to it): the next change
     /// copies it first, so that what was acknowledged stays as it was.
     pub(in crate::fs) shares_queued: bool,
+    /// Every write since the content was emptied came at its end (`-o writeback`: such
+    /// a file may be uploaded while it is written, see [`Follower`]).
+    pub(in crate::fs) in_order: bool,
+    /// The upload following the writes of a big file written in order (`-o writeback`).
+    pub(in crate::fs) follower: Option<Follower>,
 }
 
 /// One file open for writing, or with changes not yet on the server.

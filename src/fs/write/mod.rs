@@ -1,6 +1,7 @@
 //! Writing files to the server: uploads, staging files, cleaning up what failed uploads leave.
 
 pub mod file;
+pub(in crate::fs) mod follower;
 pub(in crate::fs) mod janitor;
 pub mod journal;
 pub mod queue;

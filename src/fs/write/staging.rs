@@ -69,6 +69,11 @@ impl Staging {
         Ok(())
     }
 
+    /// A second handle on the content, for reading while this one writes.
+    pub fn reader(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Up to `size` bytes at `offset` (fewer at the end).
     pub fn read_at(&self, offset: u64, size: usize) -> io::Result<Vec<u8>> {
         let end = self.len.min(offset.saturating_add(size as u64));

@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::ftp::pool::worth_retrying;
-use crate::ftp::{ControlConnection, FtpError, Pool, PooledConnection, UploadConnection};
+use crate::ftp::{
+    ControlConnection, FtpError, Pool, PooledConnection, StoredVersion, UploadConnection,
+};
 
 use crate::fs::error::FsError;
 use crate::fs::meta::inode::join_path;
@@ -23,7 +25,7 @@ use crate::fs::meta::names::{aside_name, shown};
 use crate::fs::write::staging::Staging;
 
 /// Bytes sent per write to the data connection, from staging files and runs of zeros.
-const UPLOAD_CHUNK: usize = 1024 * 1024;
+pub(in crate::fs) const UPLOAD_CHUNK: usize = 1024 * 1024;
 
 /// Writes a streamed upload may have queued before the writer waits: with the kernel's
 /// writes of up to 1 MiB, at most this many MiB of a file are in memory at once.
@@ -79,18 +81,37 @@ pub async fn finish(conn: &mut PooledConnection, upload: UploadConnection) -> Re
     Ok(sent)
 }
 
+/// What [`check_and_apply`] found: the size stored, what of the metadata was set, and
+/// the version of the file compared (None: there is none), when one was.
+pub struct Checked {
+    /// The size the server stores.
+    pub size: u64,
+    /// What of the metadata asked for was set.
+    pub applied: Metadata,
+    /// The compared file's version, when one was asked for; None inside: no such file.
+    pub compared: Option<Option<StoredVersion>>,
+}
+
 /// Checks that the server stores all `sent` bytes of the just uploaded `path`, and sets
 /// `metadata` on it in the same round trip (on the temporary name, so a failed check
-/// leaves nothing behind). Returns the size and what of `metadata` was set.
+/// leaves nothing behind); with `compare`, that file's version is asked for in the same
+/// round trip too.
 pub async fn check_and_apply(
     conn: &mut ControlConnection,
     path: &[u8],
     sent: u64,
     metadata: Metadata,
-) -> Result<(u64, Metadata), FsError> {
+    compare: Option<&[u8]>,
+) -> Result<Checked, FsError> {
     let check = conn
-        .check_upload(path, metadata.mtime.map(unix_seconds), metadata.mode)
+        .check_upload(
+            path,
+            metadata.mtime.map(unix_seconds),
+            metadata.mode,
+            compare,
+        )
         .await?;
+    let compared = check.compared.transpose()?;
     let size = match check.size {
         Some(size) if size == sent => size,
         Some(size) => {
@@ -106,14 +127,18 @@ pub async fn check_and_apply(
         }
     };
     let applied = what_was_set(path, Target::File, metadata, check.time_set, check.mode_set)?;
-    Ok((size, applied))
+    Ok(Checked {
+        size,
+        applied,
+        compared,
+    })
 }
 
 /// Checks that the server stores all `sent` bytes of `path` (see [`check_and_apply`]).
 pub async fn verify(conn: &mut ControlConnection, path: &[u8], sent: u64) -> Result<u64, FsError> {
-    check_and_apply(conn, path, sent, Metadata::default())
+    check_and_apply(conn, path, sent, Metadata::default(), None)
         .await
-        .map(|(size, _)| size)
+        .map(|checked| checked.size)
 }
 
 /// Sends `len` zeros.

@@ -122,6 +122,8 @@ mod tests {
             changed_at: SystemTime::now(),
             queued: None,
             shares_queued: false,
+            in_order: true,
+            follower: None,
         }
     }
 

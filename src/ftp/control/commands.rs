@@ -266,14 +266,35 @@ impl ControlConnection {
     /// After an upload to `path`: the size the server stores (SIZE, or MLST's size fact),
     /// and the modification time and mode set, when asked for, all in one round trip
     /// where the server's way of setting times is known.
+    ///
+    /// With `compare`, the size and time of that file (the upload's final name) are
+    /// asked for in the same round trip: what the upload is about to replace.
     pub async fn check_upload(
         &mut self,
         path: &[u8],
         unix_seconds: Option<i64>,
         mode: Option<u32>,
+        compare: Option<&[u8]>,
     ) -> Result<UploadCheck, FtpError> {
-        let path = &self.reach(path).await?;
+        let (path, compare) = match compare {
+            Some(other) => {
+                let (path, other) = self.reach_both(path, other).await?;
+                (path, Some(other))
+            }
+            None => (self.reach(path).await?, None),
+        };
+        let path = &path;
         let size = Command::with_arg(&verb::SIZE, path)?;
+        // Two SIZE replies cannot be told apart, but a server that swapped them cannot
+        // mislead: the upload's check passes only when its reply is the size sent, so a
+        // swap that passes it carried equal sizes both ways.
+        let compared = match &compare {
+            Some(other) => Some([
+                Command::with_arg(&verb::SIZE, other)?,
+                Command::with_arg(&verb::MDTM, other)?,
+            ]),
+            None => None,
+        };
         let time = match unix_seconds {
             Some(seconds) => self.time_command_for(path, seconds)?,
             None => None,
@@ -294,6 +315,7 @@ impl ControlConnection {
             .into_iter()
             .chain([chmod.as_ref().filter(|_| !same_verb)])
             .flatten()
+            .chain(compared.iter().flatten())
             .collect();
         let mut replies = self.mutate_all(&together).await?;
         if let (true, Some(chmod)) = (same_verb, &chmod) {
@@ -305,7 +327,15 @@ impl ControlConnection {
         };
         let size_reply = outcome(&size);
         let time_set = time.as_ref().map(|c| outcome(c).map(drop));
-        let mode_set = chmod.as_ref().map(|c| outcome(c).map(drop));
+        let mode_set = chmod
+            .as_ref()
+            .filter(|_| !same_verb)
+            .map(|c| outcome(c).map(drop));
+        let compared = compared.map(|[size, time]| stored_version(outcome(&size), outcome(&time)));
+        let mode_set = match (same_verb, &chmod) {
+            (true, Some(c)) => Some(outcome(c).map(drop)),
+            _ => mode_set,
+        };
         let stored = match size_reply {
             Ok(reply) => Some(size_of(&reply)?),
             Err(e) if e.is_unsupported() => self.stored_size_without_size(path).await?,
@@ -320,6 +350,7 @@ impl ControlConnection {
             size: stored,
             time_set,
             mode_set,
+            compared,
         })
     }
 
@@ -815,6 +846,43 @@ pub struct UploadCheck {
     pub time_set: Option<Result<(), FtpError>>,
     /// Whether the mode was set, when one was asked for.
     pub mode_set: Option<Result<(), FtpError>>,
+    /// The file compared, when one was asked for: None when there is no such file.
+    pub compared: Option<Result<Option<StoredVersion>, FtpError>>,
+}
+
+/// A file's size and time on the server, as far as it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// Its size (SIZE); None when the server does not say.
+    pub size: Option<u64>,
+    /// Its modification time (MDTM); None when the server does not say.
+    pub modified: Option<Timestamp>,
+}
+
+/// The version told by the replies to SIZE and MDTM of one path: None when both say
+/// there is no such file (550). Any other refusal of both is an error: a busy file
+/// (450) or a closing server is no proof that the file is gone.
+fn stored_version(
+    size: Result<Reply, FtpError>,
+    time: Result<Reply, FtpError>,
+) -> Result<Option<StoredVersion>, FtpError> {
+    let absent = |r: &Result<Reply, FtpError>| matches!(r, Err(e) if e.reply_code() == Some(550));
+    if absent(&size) && absent(&time) {
+        return Ok(None);
+    }
+    // One of the two says the file is there: the other's 550 only means it cannot tell.
+    let unknown = |e: &FtpError| e.is_unsupported() || e.reply_code() == Some(550);
+    let size = match size {
+        Ok(reply) => Some(size_of(&reply)?),
+        Err(e) if unknown(&e) => None,
+        Err(e) => return Err(e),
+    };
+    let modified = match time {
+        Ok(reply) => Some(time_of(&reply)?),
+        Err(e) if unknown(&e) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(Some(StoredVersion { size, modified }))
 }
 
 /// The path in a 257 reply: between double quotes, where two quotes stand for one

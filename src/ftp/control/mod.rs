@@ -24,7 +24,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::AsyncWriteExt;
 
-pub use commands::{verb, Retry, UploadCheck, Verb, MAX_LISTING_BYTES};
+pub use commands::{verb, Retry, StoredVersion, UploadCheck, Verb, MAX_LISTING_BYTES};
 use commands::{Command, TimeSetting};
 pub use data::DataConnection;
 use replies::PendingReplies;
