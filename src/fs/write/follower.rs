@@ -51,7 +51,9 @@ pub struct Follower {
 
 impl Follower {
     /// Starts following `staging`, of which `written` bytes are written, to `path`, as
-    /// item `id`'s first try. Its connection leaves the last idle one to the program.
+    /// item `id`'s first try. It takes an idle connection as the program's own upload
+    /// would (the queue's uploads leave the last one): waiting for a login would hold the
+    /// whole file back by that long.
     pub fn start(
         pool: &Pool,
         janitor: &Arc<Janitor>,
@@ -125,7 +127,7 @@ async fn follow(
     file: File,
     mut written: watch::Receiver<Written>,
 ) -> Result<(PooledConnection, u64), FsError> {
-    let (mut conn, mut upload) = upload::start(&pool, &path, true).await?;
+    let (mut conn, mut upload) = upload::start(&pool, &path, false).await?;
     let mut sent = 0u64;
     let mut buf = vec![0u8; UPLOAD_CHUNK];
     loop {
