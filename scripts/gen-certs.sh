@@ -7,6 +7,10 @@
 #   ca.pem, ca.key         the CA (the client trusts ca.pem)
 #   server.pem, server.key the server certificate and its key
 #   server-combined.pem    key + certificate in one file (Pure-FTPd's format)
+#   client.pem, client.key a client certificate (mutual TLS) signed by the test CA
+#   client-combined.pem    its key + certificate in one file
+#   other-ca.pem           a second CA, which no test server trusts, and
+#   other-client.pem/.key  a client certificate it signed
 #
 # Existing files are kept while the server certificate is still valid for
 # another 30 days, so test configs that pin the CA path stay stable across
@@ -36,7 +40,8 @@ mkdir -p "$dir"
 chmod 0755 "$dir"
 cd "$dir"
 
-if [[ $force -eq 0 && -s ca.pem && -s server.pem && -s server.key && -s server-combined.pem ]] &&
+if [[ $force -eq 0 && -s ca.pem && -s server.pem && -s server.key && -s server-combined.pem &&
+    -s client.pem && -s client.key && -s client-combined.pem && -s other-client.pem ]] &&
     openssl x509 -in server.pem -noout -checkend $((30 * 86400)) >/dev/null 2>&1 &&
     openssl verify -CAfile ca.pem server.pem >/dev/null 2>&1; then
     exit 0
@@ -74,8 +79,30 @@ EOF
         -extfile server.ext -out server.pem
 
     cat server.key server.pem >server-combined.pem
-    rm -f server.csr server.ext ca.srl
+
+    # Client certificates for the servers that demand one (vsftpd-mtls, proftpd-mtls):
+    # one the test CA signed, and one from a CA no server trusts.
+    quiet openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days "$days" \
+        -keyout other-ca.key -out other-ca.pem -subj "/O=ftpsfs tests/CN=untrusted test CA" \
+        -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -addext "subjectKeyIdentifier=hash"
+    printf '%s\n' "basicConstraints = critical, CA:FALSE" \
+        "keyUsage = critical, digitalSignature, keyEncipherment" \
+        "extendedKeyUsage = clientAuth" "subjectKeyIdentifier = hash" \
+        "authorityKeyIdentifier = keyid" >client.ext
+    for who in client:ca other-client:other-ca; do
+        name=${who%%:*} signer=${who#*:}
+        quiet openssl req -new -newkey rsa:2048 -nodes -sha256 \
+            -keyout "$name.key" -out "$name.csr" -subj "/O=ftpsfs tests/CN=ftpsfs-test"
+        quiet openssl x509 -req -sha256 -days "$days" -in "$name.csr" \
+            -CA "$signer.pem" -CAkey "$signer.key" -CAcreateserial \
+            -extfile client.ext -out "$name.pem"
+    done
+    cat client.key client.pem >client-combined.pem
+    rm -f server.csr server.ext ca.srl client.csr other-client.csr client.ext other-ca.srl other-ca.key
 )
-chmod 0644 ca.pem server.pem
+chmod 0644 ca.pem server.pem client.pem other-ca.pem other-client.pem
 quiet openssl verify -CAfile ca.pem server.pem
+quiet openssl verify -CAfile ca.pem client.pem
 echo "gen-certs.sh: new test CA and server certificate in $dir"

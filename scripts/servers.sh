@@ -7,6 +7,10 @@
 #   proftpd-noover   the same with ProFTPD's stock AllowOverwrite off and TLS 1.3 only
 #                                              $PROFTPD_NOOVER_PORT
 #   pure-ftpd        explicit TLS              $PUREFTPD_PORT
+#   vsftpd-mtls      vsftpd demanding a client certificate signed by the test CA
+#                                              $VSFTPD_MTLS_PORT
+#   proftpd-mtls     ProFTPD demanding one (TLSVerifyClient on)
+#                                              $PROFTPD_MTLS_PORT
 #
 # Usage: scripts/servers.sh start|stop|status|restart
 #
@@ -47,18 +51,22 @@ VSFTPD_IMPLICIT_PORT=21990
 PROFTPD_PORT=21023
 PROFTPD_NOOVER_PORT=21025
 PUREFTPD_PORT=21024
+VSFTPD_MTLS_PORT=21026
+PROFTPD_MTLS_PORT=21027
 VSFTPD_PASV=20000:20249
 VSFTPD_IMPLICIT_PASV=20250:20499
 PROFTPD_PASV=20500:20749
 # Below the 20000-20999 block of the first four servers, still far from 32768+.
 PROFTPD_NOOVER_PASV=19750:19999
 PUREFTPD_PASV=20750:20999
+VSFTPD_MTLS_PASV=19500:19749
+PROFTPD_MTLS_PASV=19250:19499
 
 # Parallel control connections in the tests (~10) plus leftovers from earlier
 # tests that are still closing must not hit a connection limit.
 MAX_CLIENTS=50
 
-SERVERS=(vsftpd vsftpd-implicit proftpd proftpd-noover pure-ftpd)
+SERVERS=(vsftpd vsftpd-implicit proftpd proftpd-noover pure-ftpd vsftpd-mtls proftpd-mtls)
 
 die() {
     echo "servers.sh: $*" >&2
@@ -69,8 +77,8 @@ log() { echo "servers.sh: $*"; }
 
 server_bin() {
     case $1 in
-    vsftpd | vsftpd-implicit) echo "$VSFTPD_BIN" ;;
-    proftpd | proftpd-noover) echo "$PROFTPD_BIN" ;;
+    vsftpd | vsftpd-implicit | vsftpd-mtls) echo "$VSFTPD_BIN" ;;
+    proftpd | proftpd-noover | proftpd-mtls) echo "$PROFTPD_BIN" ;;
     pure-ftpd) echo "$PUREFTPD_BIN" ;;
     *) die "unknown server $1" ;;
     esac
@@ -83,6 +91,8 @@ server_port() {
     proftpd) echo "$PROFTPD_PORT" ;;
     proftpd-noover) echo "$PROFTPD_NOOVER_PORT" ;;
     pure-ftpd) echo "$PUREFTPD_PORT" ;;
+    vsftpd-mtls) echo "$VSFTPD_MTLS_PORT" ;;
+    proftpd-mtls) echo "$PROFTPD_MTLS_PORT" ;;
     *) die "unknown server $1" ;;
     esac
 }
@@ -258,17 +268,28 @@ setup_pam() {
     [[ -e /etc/pam.d/proftpd ]] || die "/etc/pam.d/proftpd missing (proftpd-core not installed?)"
 }
 
+# write_vsftpd_conf NAME PORT PASV IMPLICIT(YES|NO) [mtls]
 write_vsftpd_conf() {
-    local name=$1 port=$2 pasv=$3 implicit=$4
+    local name=$1 port=$2 pasv=$3 implicit=$4 mtls=${5:-}
     vsftpd_conf scripts/servers.sh "$HOST" "$port" "${pasv%:*}" "${pasv#*:}" "$implicit" YES \
         "$MAX_CLIENTS" "$STATE/vsftpd-empty" "$CERTS" "$LOGS/$name.log" >"$CONF/$name.conf"
+    if [[ $mtls == mtls ]]; then
+        # A client certificate signed by the test CA, on control and data connections.
+        printf '%s\n' "require_cert=YES" "validate_cert=YES" "ca_certs_file=$CERTS/ca.pem" \
+            >>"$CONF/$name.conf"
+    fi
 }
 
-# write_proftpd_conf NAME PORT PASV OVERWRITE(on|off) TLS_PROTOCOLS
+# write_proftpd_conf NAME PORT PASV OVERWRITE(on|off) TLS_PROTOCOLS [mtls]
 write_proftpd_conf() {
-    local name=$1 port=$2 pasv=$3 overwrite=$4 protocols=$5
+    local name=$1 port=$2 pasv=$3 overwrite=$4 protocols=$5 mtls=${6:-}
     proftpd_conf scripts/servers.sh "$name" "$HOST" "$port" "${pasv%:*}" "${pasv#*:}" \
         "$overwrite" "$protocols" "$MAX_CLIENTS" "$SRV" "$LOGS" "$CERTS" >"$CONF/$name.conf"
+    if [[ $mtls == mtls ]]; then
+        sed -i "s|^\( *\)TLSVerifyClient .*|\1TLSVerifyClient on\n\1TLSCACertificateFile $CERTS/ca.pem|" \
+            "$CONF/$name.conf"
+        grep -q "TLSVerifyClient on" "$CONF/$name.conf" || die "$name: TLSVerifyClient not set"
+    fi
 }
 
 start_bg() {
@@ -286,10 +307,11 @@ start_bg() {
 # Waits (10 s at most) until NAME listens, then logs in once over TLS and
 # lists a directory: that proves TLS, PAM and the data channel all work.
 wait_ready() {
-    local name=$1 port pid scheme=ftp i out
+    local name=$1 port pid scheme=ftp i out cert=()
     port=$(server_port "$name")
     pid=$(<"$RUN/$name.pid")
     [[ $name == vsftpd-implicit ]] && scheme=ftps
+    [[ $name == *-mtls ]] && cert=(--cert "$CERTS/client.pem" --key "$CERTS/client.key")
     for ((i = 0; ; i++)); do
         if ! running "$pid"; then
             fail_server "$name" "exited during startup"
@@ -299,7 +321,7 @@ wait_ready() {
         sleep 0.1
     done
     if ! out=$(printf 'user = "%s:%s"\n' "$TEST_USER" "$(<"$STATE/password")" |
-        curl -sS --config - --ssl-reqd --cacert "$CERTS/ca.pem" --max-time 10 \
+        curl -sS --config - --ssl-reqd --cacert "$CERTS/ca.pem" "${cert[@]}" --max-time 10 \
             --list-only "$scheme://$HOST:$port/dir1/" 2>&1) || [[ $out != *dir2* ]]; then
         fail_server "$name" "TLS login + listing failed: $out"
     fi
@@ -340,6 +362,12 @@ VSFTPD_IMPLICIT_PORT=$VSFTPD_IMPLICIT_PORT
 PROFTPD_PORT=$PROFTPD_PORT
 PROFTPD_NOOVER_PORT=$PROFTPD_NOOVER_PORT
 PUREFTPD_PORT=$PUREFTPD_PORT
+VSFTPD_MTLS_PORT=$VSFTPD_MTLS_PORT
+PROFTPD_MTLS_PORT=$PROFTPD_MTLS_PORT
+FTPSFS_TEST_CLIENT_CERT=$CERTS/client.pem
+FTPSFS_TEST_CLIENT_KEY=$CERTS/client.key
+FTPSFS_TEST_OTHER_CLIENT_CERT=$CERTS/other-client.pem
+FTPSFS_TEST_OTHER_CLIENT_KEY=$CERTS/other-client.key
 VSFTPD_PASV_RANGE=$VSFTPD_PASV
 VSFTPD_IMPLICIT_PASV_RANGE=$VSFTPD_IMPLICIT_PASV
 PROFTPD_PASV_RANGE=$PROFTPD_PASV
@@ -373,7 +401,9 @@ cmd_start() {
     write_vsftpd_conf vsftpd-implicit "$VSFTPD_IMPLICIT_PORT" "$VSFTPD_IMPLICIT_PASV" YES
     write_proftpd_conf proftpd "$PROFTPD_PORT" "$PROFTPD_PASV" on "TLSv1.2 TLSv1.3"
     write_proftpd_conf proftpd-noover "$PROFTPD_NOOVER_PORT" "$PROFTPD_NOOVER_PASV" off TLSv1.3
-    for name in proftpd proftpd-noover; do
+    write_vsftpd_conf vsftpd-mtls "$VSFTPD_MTLS_PORT" "$VSFTPD_MTLS_PASV" NO mtls
+    write_proftpd_conf proftpd-mtls "$PROFTPD_MTLS_PORT" "$PROFTPD_MTLS_PASV" on "TLSv1.2 TLSv1.3" mtls
+    for name in proftpd proftpd-noover proftpd-mtls; do
         "$PROFTPD_BIN" -t -c "$CONF/$name.conf" >"$LOGS/$name-configtest.log" 2>&1 ||
             { cat "$LOGS/$name-configtest.log" >&2; die "$name config test failed"; }
     done
@@ -384,6 +414,8 @@ cmd_start() {
     # in that mode ProFTPD logs to stderr, i.e. logs/proftpd.stderr.
     start_bg proftpd "$PROFTPD_BIN" -n -c "$CONF/proftpd.conf"
     start_bg proftpd-noover "$PROFTPD_BIN" -n -c "$CONF/proftpd-noover.conf"
+    start_bg vsftpd-mtls "$VSFTPD_BIN" "$CONF/vsftpd-mtls.conf"
+    start_bg proftpd-mtls "$PROFTPD_BIN" -n -c "$CONF/proftpd-mtls.conf"
     # Pure-FTPd is configured on the command line only. -Y 3 = TLS required
     # on the control AND the data channel (-Y 2 would still allow PROT C).
     # -l pam as in Debian's packaging (all three servers go through PAM).

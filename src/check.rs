@@ -95,6 +95,19 @@ pub async fn run(
         }
         None => out("control connection: plain FTP, NOT encrypted"),
     }
+    let client = &options.client_certificate;
+    match (client.was_asked(), client.identity_file()) {
+        (true, Some(file)) => out(&format!(
+            "client certificate: the server asked for one; {} sent and accepted",
+            file.display()
+        )),
+        (true, None) => out("client certificate: asked for, none given; the server did not insist"),
+        (false, Some(file)) => out(&format!(
+            "client certificate: {} given, but the server did not ask for one",
+            file.display()
+        )),
+        (false, None) => {}
+    }
     let features = conn.features();
     out(&format!(
         "features: {}",

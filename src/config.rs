@@ -5,6 +5,7 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::ftp::identity::{CertificateAnswer, ClientIdentity};
 use crate::ftp::{self, ConnectOptions, Secret, Security, Timeouts, TlsOptions};
 
 /// Why the user's settings cannot be used.
@@ -19,6 +20,9 @@ pub enum ConfigError {
     /// The TLS settings are unusable.
     #[error("{0}")]
     Tls(#[from] ftp::FtpError),
+    /// The client certificate or its key is unusable or unsafe.
+    #[error("client certificate: {0}")]
+    ClientCertificate(String),
     /// An option is inconsistent.
     #[error("{0}")]
     Option(String),
@@ -246,27 +250,68 @@ fn take_password_env() -> Option<String> {
     Some(password)
 }
 
-/// Reads a password file (first line), refusing one that other users could read or change
-/// (.netrc's rule): it must belong to the user or root and have no group or other bits.
-pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
-    let meta = fs::metadata(path)
-        .map_err(|e| ConfigError::Password(format!("cannot read {}: {e}", path.display())))?;
+/// Refuses a file of secrets that other users could read or change (.netrc's rule): it
+/// must belong to the user or root and have no group or other bits.
+fn check_private_file(path: &Path) -> Result<(), String> {
+    let meta = fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(ConfigError::Password(format!(
+        return Err(format!(
             "{} is open to other users (mode {mode:04o}); chmod 600 it first",
             path.display()
-        )));
+        ));
     }
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     if meta.uid() != uid && meta.uid() != 0 {
-        return Err(ConfigError::Password(format!(
+        return Err(format!(
             "{} belongs to another user (uid {}); it must be yours or root's",
             path.display(),
             meta.uid()
-        )));
+        ));
     }
+    Ok(())
+}
+
+/// The client certificate of `client_cert=` and its key (`client_key=`, or the same
+/// file), checked; the key's file must be as private as a password file.
+pub fn client_identity(
+    settings: &ConnectionSettings,
+) -> Result<Option<ClientIdentity>, ConfigError> {
+    let Some(certificate) = &settings.client_cert else {
+        return match &settings.client_key {
+            Some(key) => Err(ConfigError::ClientCertificate(format!(
+                "client_key={} needs client_cert=FILE, the certificate it belongs to",
+                key.display()
+            ))),
+            None => Ok(None),
+        };
+    };
+    let key = settings.client_key.as_ref().unwrap_or(certificate);
+    check_private_file(key).map_err(ConfigError::ClientCertificate)?;
+    let read = |path: &Path| {
+        fs::read(path).map_err(|e| {
+            ConfigError::ClientCertificate(format!("cannot read {}: {e}", path.display()))
+        })
+    };
+    let certificate_pem = read(certificate)?;
+    let key_pem = if key == certificate {
+        certificate_pem.clone()
+    } else {
+        read(key)?
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    ClientIdentity::from_pem(certificate, &certificate_pem, key, &key_pem, now)
+        .map(Some)
+        .map_err(ConfigError::ClientCertificate)
+}
+
+/// Reads a password file (first line), refusing one that other users could read or change
+/// (see [`check_private_file`]).
+pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
+    check_private_file(path).map_err(ConfigError::Password)?;
     let text = fs::read_to_string(path)
         .map_err(|e| ConfigError::Password(format!("cannot read {}: {e}", path.display())))?;
     let password = text.lines().next().unwrap_or("").to_string();
@@ -437,6 +482,10 @@ pub struct ConnectionSettings {
     pub no_resume: bool,
     /// `pipelining=`: whether commands may go out together.
     pub pipelining: ftp::PipeliningMode,
+    /// `client_cert=`: the client certificate (PEM) for servers that demand one.
+    pub client_cert: Option<PathBuf>,
+    /// `client_key=`: its private key (PEM), when not in the certificate's file.
+    pub client_key: Option<PathBuf>,
 }
 
 /// Puts URL, credentials and settings together.
@@ -459,19 +508,23 @@ pub fn connect_options(
     } else {
         url.security
     };
+    let tls = TlsOptions {
+        client: CertificateAnswer::new(client_identity(settings)?),
+        ..settings.tls.clone()
+    };
     Ok(ConnectOptions {
         host: url.host.clone(),
         port: url.port,
         security,
         user,
         password,
-        tls: ftp::tls::base_config(&settings.tls)?,
-        tls12_fallback: if settings.tls.versions == ftp::tls::TlsVersions::Any
-            && security != Security::Plain
+        tls: ftp::tls::base_config(&tls)?,
+        client_certificate: tls.client.clone(),
+        tls12_fallback: if tls.versions == ftp::tls::TlsVersions::Any && security != Security::Plain
         {
             Some(ftp::tls::base_config(&ftp::tls::TlsOptions {
                 versions: ftp::tls::TlsVersions::Tls12Only,
-                ..settings.tls.clone()
+                ..tls.clone()
             })?)
         } else {
             None

@@ -280,6 +280,32 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "client_cert",
+        value: Some("PEM"),
+        short: None,
+        default: WhenUnset::Otherwise("none"),
+        meaning: "send this client certificate (PEM; the chain may follow it) to servers that ask for one (mutual TLS), on the control and every data connection",
+        reason: "only servers that demand one need it; ftpsfs says so when a server does",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.connection.client_cert = Some(PathBuf::from(value(v)?));
+            Ok(())
+        },
+    },
+    Setting {
+        key: "client_key",
+        value: Some("PEM"),
+        short: None,
+        default: WhenUnset::Otherwise("the key in the `client_cert` file"),
+        meaning: "the client certificate's private key (PEM, unencrypted), in a file that must be yours (or root's) and closed to group and others",
+        reason: "a key is a secret like a password: a file others can read is refused, and a mount cannot ask for a passphrase",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.connection.client_key = Some(PathBuf::from(value(v)?));
+            Ok(())
+        },
+    },
+    Setting {
         key: "fingerprint",
         value: Some("sha256:AB:CD:…"),
         short: None,

@@ -18,7 +18,7 @@ pub enum FtpError {
     Timeout { step: String, after: Duration },
 
     /// The TLS handshake or TLS record layer failed.
-    #[error("TLS error during {step}: {source}")]
+    #[error("TLS error during {step}: {source}{}", alert_hint(source))]
     Tls { step: String, source: io::Error },
 
     /// Reading or writing a socket failed.
@@ -79,6 +79,37 @@ pub enum FtpError {
         command: String,
         source: Box<FtpError>,
     },
+}
+
+/// What an alert the server sent means, for those about the client's certificate: what
+/// to do, after rustls's words.
+fn alert_hint(source: &io::Error) -> &'static str {
+    use rustls::AlertDescription as Alert;
+    let alert = match source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(alert)) => *alert,
+        _ => return "",
+    };
+    match alert {
+        Alert::CertificateRequired => {
+            " (the server requires a client certificate: give one with client_cert=FILE, and client_key=FILE unless that file holds the key too)"
+        }
+        Alert::BadCertificate
+        | Alert::UnsupportedCertificate
+        | Alert::CertificateRevoked
+        | Alert::CertificateExpired
+        | Alert::CertificateUnknown
+        | Alert::UnknownCA
+        | Alert::AccessDenied => {
+            " (the server refused the client certificate, or its absence: check client_cert= and client_key=, and that the server trusts the CA that signed it)"
+        }
+        Alert::HandshakeFailure => {
+            " (the server ended the handshake; if it requires a client certificate, give one with client_cert=FILE)"
+        }
+        _ => "",
+    }
 }
 
 /// What a refused data connection means, for the refusals servers are known to word so:

@@ -383,6 +383,11 @@ fn mlsd_type(value: &[u8]) -> Result<Option<KindAndTarget>, &'static str> {
     Ok(Some((kind, None)))
 }
 
+/// Seconds since 1970 of an RFC 3659 time-val (`YYYYMMDDHHMMSS`, UTC).
+pub fn parse_time_val(value: &[u8]) -> Option<i64> {
+    parse_mlsd_time(value).ok().map(|t| t.unix_seconds)
+}
+
 /// `YYYYMMDDHHMMSS[.sss]` in UTC (RFC 3659 §2.3); fraction digits past nanoseconds dropped.
 fn parse_mlsd_time(value: &[u8]) -> Result<Timestamp, &'static str> {
     const BAD: &str = "modify fact is not YYYYMMDDHHMMSS[.fff]";

@@ -4,6 +4,7 @@ pub mod activity;
 pub mod control;
 pub mod error;
 pub mod features;
+pub mod identity;
 pub mod listing;
 pub mod options;
 pub mod passive;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 
+use super::identity::CertificateAnswer;
 use super::pipelining::Pipelining;
 
 /// How the control connection is secured.
@@ -101,6 +102,9 @@ pub struct ConnectOptions {
     pub password: Secret,
     /// Base TLS configuration; each control connection clones it with its own session store.
     pub tls: Arc<ClientConfig>,
+    /// The client certificate the configurations send when asked, and whether a server
+    /// asked (what `ftpsfs check` reports).
+    pub client_certificate: Arc<CertificateAnswer>,
     /// TLS 1.2 only, for the connections that replace those a server left without TLS 1.3
     /// tickets (see [`super::Pool`]); None when the user chose the TLS versions.
     pub tls12_fallback: Option<Arc<ClientConfig>>,

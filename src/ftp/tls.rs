@@ -23,6 +23,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, NamedGroup, RootCertStore, SignatureScheme};
 
 use super::error::FtpError;
+use super::identity::CertificateAnswer;
 
 /// rustls keeps at most this many TLS 1.3 tickets per server name, and uses each once.
 pub const MAX_TLS13_TICKETS: usize = 8;
@@ -51,6 +52,8 @@ pub struct TlsOptions {
     /// SHA-256 of the server certificate to accept, whoever signed it (like lftp's
     /// `ssl:verify-certificate/<fingerprint>`): for self-signed servers.
     pub fingerprint: Option<[u8; 32]>,
+    /// What to send a server that asks for a client certificate (mutual TLS).
+    pub client: Arc<CertificateAnswer>,
 }
 
 /// SHA-256 of a DER certificate.
@@ -107,7 +110,7 @@ pub fn base_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, FtpError> 
         let config = builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(UnknownIssuerHint { inner }))
-            .with_no_client_auth();
+            .with_client_cert_resolver(options.client.clone());
         return Ok(Arc::new(config));
     }
     if options.fingerprint.is_none() {
@@ -120,7 +123,7 @@ pub fn base_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, FtpError> 
     let config = builder
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_client_cert_resolver(options.client.clone());
     Ok(Arc::new(config))
 }
 

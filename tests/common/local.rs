@@ -122,6 +122,7 @@ pub fn options(port: u16, tls: Tls) -> ConnectOptions {
             Tls::V12 => TlsVersions::Tls12Only,
             Tls::V13 => TlsVersions::Tls13Only,
         },
+        client: Default::default(),
     };
     ConnectOptions {
         host: "127.0.0.1".into(),
@@ -131,6 +132,7 @@ pub fn options(port: u16, tls: Tls) -> ConnectOptions {
         password: Secret::new(PASSWORD.into()),
         tls: ftp::tls::base_config(&tls_options).expect("TLS config"),
         tls12_fallback: None,
+        client_certificate: Default::default(),
         // Short, so that a test of a failure does not wait long.
         timeouts: Timeouts::uniform(Duration::from_secs(5)),
         trust_pasv_address: false,

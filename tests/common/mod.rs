@@ -209,6 +209,7 @@ pub fn auto_versions(options: &mut ConnectOptions) {
         insecure: false,
         fingerprint: None,
         versions,
+        client: Default::default(),
     };
     options.tls = ftp::tls::base_config(&tls_options(TlsVersions::Any)).expect("TLS config");
     options.tls12_fallback =
@@ -225,6 +226,7 @@ pub fn options(port: u16, security: Security, tls: Tls) -> ConnectOptions {
             Tls::V12 => TlsVersions::Tls12Only,
             Tls::V13 => TlsVersions::Tls13Only,
         },
+        client: Default::default(),
     };
     ConnectOptions {
         host: "127.0.0.1".into(),
@@ -234,6 +236,7 @@ pub fn options(port: u16, security: Security, tls: Tls) -> ConnectOptions {
         password: Secret::new(env.password.clone()),
         tls: ftp::tls::base_config(&tls_options).expect("TLS config"),
         tls12_fallback: None,
+        client_certificate: Default::default(),
         timeouts: Timeouts::default(),
         trust_pasv_address: false,
         resume_data_sessions: true,
