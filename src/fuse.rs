@@ -42,6 +42,58 @@ pub struct FuseAdapter {
     ttl: Duration,
     /// Where the filesystem is mounted, and its mount id once known (see [`closer_of`]).
     mount: Arc<MountIdentity>,
+    in_flight: Arc<InFlight>,
+}
+
+/// The operations the kernel sent that are still running. The kernel lets an unmount
+/// complete while the release of a file closed just before is still being served (its
+/// upload on its way): the mount waits for them before it lets go of its connections.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    running: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+/// One running operation, counted until dropped.
+struct Running(Arc<InFlight>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    fn start(self: &Arc<Self>) -> Running {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Running(self.clone())
+    }
+
+    /// Operations running now.
+    pub fn running(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until no operation runs, for at most `limit`; returns how many still do.
+    pub async fn wait(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let running = self.running();
+            if running == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return self.running();
+            }
+        }
+    }
 }
 
 /// The mount as the kernel numbers it in `/proc/PID/fdinfo`.
@@ -80,7 +132,13 @@ impl FuseAdapter {
             runtime,
             ttl,
             mount,
+            in_flight: Arc::default(),
         }
+    }
+
+    /// The count of operations still running, to wait for after the unmount.
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
     }
 
     fn ttl_of(&self, attr: &Attr) -> Duration {
@@ -103,7 +161,9 @@ impl FuseAdapter {
         span: tracing::Span,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
+        let running = self.in_flight.start();
         self.runtime.spawn(async move {
+            let _running = running;
             let started = std::time::Instant::now();
             work.instrument(span.clone()).await;
             tracing::debug!(

@@ -15,6 +15,10 @@ use crate::ftp::{ConnectOptions, Pool, PoolOptions};
 use crate::fuse::FuseAdapter;
 use crate::settings::Settings;
 
+/// Longest the mount waits, after the unmount, for operations the kernel sent before it
+/// (every network step in them has its own timeout; this bounds the sum).
+const OPERATIONS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Detaches from the terminal, keeping a pipe to report "mounted" or the error.
 ///
 /// Forks before any thread exists (the tokio runtime is built after), so the child is a
@@ -172,6 +176,7 @@ pub fn serve(
         SessionACL::Owner
     };
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), mountpoint);
+    let in_flight = adapter.in_flight();
     let mut session = match fuser::Session::new(adapter, mountpoint, &config) {
         Ok(session) => session,
         Err(e) => {
@@ -193,6 +198,19 @@ pub fn serve(
         pipe.ready();
     }
     let result = session.run();
+    // A release served while the kernel let the unmount through may still be uploading
+    // the file it closed: its result is the user's data.
+    let running = in_flight.running();
+    if running > 0 {
+        tracing::info!("unmounted; waiting for {running} operations still running");
+        let left = runtime.block_on(in_flight.wait(OPERATIONS_AT_EXIT));
+        if left > 0 {
+            tracing::warn!(
+                "{left} operations still running after {}s; leaving them",
+                OPERATIONS_AT_EXIT.as_secs()
+            );
+        }
+    }
     // Temporary files still to delete get one more try, bounded so that an unreachable
     // server delays the exit by at most that; what is left is recorded for the next mount.
     let cleanup_limit =

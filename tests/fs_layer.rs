@@ -869,6 +869,24 @@ async fn directories_are_made_removed_and_renamed() {
     let local = LocalFs::new();
     let dir = local.fs.mkdir(ROOT_INODE, b"d", 0o755).await.unwrap();
     assert!(local.on_server("d").is_dir());
+    // A directory this mount made is empty: opening and reading it lists nothing.
+    let listings = local.fs.stats().listings;
+    let opened = local.fs.opendir(dir.ino).await.unwrap();
+    let names: Vec<Vec<u8>> = local
+        .fs
+        .readdir(opened, 0)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.as_slice() != b"." && n.as_slice() != b"..")
+        .collect();
+    local.fs.releasedir(opened);
+    assert!(names.is_empty(), "{names:?}");
+    assert_eq!(
+        local.fs.stats().listings,
+        listings,
+        "listings to open a new directory"
+    );
     assert_eq!(
         local
             .fs

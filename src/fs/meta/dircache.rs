@@ -565,6 +565,18 @@ impl DirCache {
         };
     }
 
+    /// Takes the directory at `path`, which this mount just created, as listed now and
+    /// empty (as fresh as any listing: for the cache's time to live).
+    pub fn created_empty(&self, path: &[u8]) {
+        let slot = self.slot(path);
+        let Ok(mut state) = slot.state.try_lock() else {
+            // Someone is listing it already.
+            return;
+        };
+        state.listing = Some(self.listing(path, Vec::new()));
+        state.generation = slot.changes.load(Ordering::SeqCst);
+    }
+
     /// Shows the directory `dir` as modified at `when`: an entry was created, removed or
     /// renamed in it, which changes a directory's time on the server as on a local disk.
     /// Only its entry in a cached listing of its parent changes; a listing being fetched

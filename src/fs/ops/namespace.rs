@@ -195,6 +195,9 @@ impl FtpFs {
                 // mount sends one command at a time now, so ask again.
                 made = crate::with_connection!(pool, |conn| conn.make_dir(&path).await).await;
             }
+            // Made by this MKD, the directory is empty: opening it (rsync, cp -r and tar
+            // -x open every directory they make) needs no listing.
+            let made_empty = made.is_ok();
             match made {
                 Ok(()) => {}
                 Err(e @ FtpError::Unconfirmed { .. }) => {
@@ -241,6 +244,9 @@ impl FtpFs {
             };
             self.dirs.record(&dir, Change::Upsert(entry.clone()));
             self.dirs.touch(&dir, now());
+            if made_empty {
+                self.dirs.created_empty(&path);
+            }
             let ino = self.child_inode(parent, name)?;
             Ok(self.attr_of(ino, Some(&entry)))
         })
