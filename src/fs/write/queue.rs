@@ -84,7 +84,16 @@ pub struct Queue {
     conflicts: AtomicU64,
     /// Told whenever an item leaves or fails for good.
     changed: Notify,
+    /// How long a close waits for a full queue that does not shrink (see
+    /// [`Self::wait_for_room`]).
+    stall: Duration,
 }
+
+/// How long a close waits for a full queue that does not shrink before it goes over the
+/// cap: the server has taken nothing for that long (down, or refusing everything), and a
+/// close that waited on would freeze the program. Its data is safe on local disk either
+/// way; the cap bounds what is queued while the server takes uploads.
+const STALL: Duration = Duration::from_secs(30);
 
 impl Queue {
     /// A queue journaling in `journal`.
@@ -98,6 +107,7 @@ impl Queue {
             landed: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             changed: Notify::new(),
+            stall: STALL,
         }
     }
 
@@ -199,16 +209,34 @@ impl Queue {
     }
 
     /// Waits until `size` more bytes fit under the cap (or nothing else is queued: one
-    /// file larger than the cap still goes).
+    /// file larger than the cap still goes). While the queue shrinks the wait goes on;
+    /// once nothing has left it for [`STALL`], the file goes over the cap (logged), so
+    /// that a server that is down never freezes a close.
     pub async fn wait_for_room(&self, size: u64) {
+        let mut smallest = u64::MAX;
+        let mut deadline = tokio::time::Instant::now() + self.stall;
         loop {
             let changed = self.changed.notified();
             let (count, bytes) = self.pending();
             if count == 0 || bytes + size <= self.config.max_bytes {
                 return;
             }
+            let now = tokio::time::Instant::now();
+            if bytes < smallest {
+                smallest = bytes;
+                deadline = now + self.stall;
+            }
+            if now >= deadline {
+                tracing::warn!(
+                    queued = bytes,
+                    cap = self.config.max_bytes,
+                    "write-back queue over writeback_size: nothing reached the server for {}s, so this close does not wait (its data is on local disk)",
+                    self.stall.as_secs()
+                );
+                return;
+            }
             tracing::debug!(bytes, size, "write-back queue full: waiting for uploads");
-            changed.await;
+            let _ = tokio::time::timeout_at(deadline, changed).await;
         }
     }
 
@@ -338,6 +366,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(queue.report().landed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_that_does_not_shrink_stops_holding_closes() {
+        let mut stalled = queue(100);
+        stalled.stall = Duration::from_millis(300);
+        let queue = std::sync::Arc::new(stalled);
+        queue.add(1, item(80));
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), queue.wait_for_room(30))
+            .await
+            .expect("a close waited on a queue the server takes nothing from");
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "went over the cap before the stall: {:?}",
+            started.elapsed()
+        );
+        // Progress keeps the wait going: an item that leaves resets the stall.
+        queue.add(2, item(15));
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.wait_for_room(30).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        queue.remove(2, true);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the stall was not reset by progress"
+        );
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
