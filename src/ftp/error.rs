@@ -85,12 +85,8 @@ pub enum FtpError {
 /// to do, after rustls's words.
 fn alert_hint(source: &io::Error) -> &'static str {
     use rustls::AlertDescription as Alert;
-    let alert = match source
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::AlertReceived(alert)) => *alert,
-        _ => return "",
+    let Some(alert) = received_alert(source) else {
+        return "";
     };
     match alert {
         Alert::CertificateRequired => {
@@ -109,6 +105,17 @@ fn alert_hint(source: &io::Error) -> &'static str {
             " (the server ended the handshake; if it requires a client certificate, give one with client_cert=FILE)"
         }
         _ => "",
+    }
+}
+
+/// The alert the server sent, when that is what ended the TLS session.
+pub fn received_alert(source: &io::Error) -> Option<rustls::AlertDescription> {
+    match source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(alert)) => Some(*alert),
+        _ => None,
     }
 }
 

@@ -33,6 +33,7 @@ pub use upload::UploadConnection;
 use super::activity::Activity;
 use super::error::FtpError;
 use super::features::Features;
+use super::identity::CertificateAnswer;
 use super::options::{ConnectOptions, Security};
 use super::reply::Reply;
 use super::tls::{
@@ -147,6 +148,16 @@ pub enum Standing {
 impl ControlConnection {
     /// Connects, secures, logs in and prepares the connection for binary transfers.
     pub async fn connect(
+        options: Arc<ConnectOptions>,
+        stats: Arc<TlsStats>,
+    ) -> Result<Self, FtpError> {
+        let answer = options.client_certificate.clone();
+        Self::connect_and_log_in(options, stats)
+            .await
+            .map_err(|error| certificate_hint(error, &answer))
+    }
+
+    async fn connect_and_log_in(
         options: Arc<ConnectOptions>,
         stats: Arc<TlsStats>,
     ) -> Result<Self, FtpError> {
@@ -538,6 +549,29 @@ impl ControlConnection {
 /// How long a plain-text control connection may stay silent before a probe checks whether
 /// the port is an implicit-TLS one (a real greeting takes milliseconds).
 const QUIET_BEFORE_TLS_PROBE: Duration = Duration::from_secs(2);
+
+/// The error of a login that the server ended with an alert after it asked for a client
+/// certificate and got none: said as such, with the options that give one.
+fn certificate_hint(error: FtpError, answer: &CertificateAnswer) -> FtpError {
+    let FtpError::Tls { step, source } = &error else {
+        return error;
+    };
+    if !answer.was_asked()
+        || answer.identity_file().is_some()
+        || super::error::received_alert(source).is_none()
+    {
+        return error;
+    }
+    FtpError::Protocol {
+        step: format!("the TLS session of {step}"),
+        detail: format!(
+            "the server asked for a client certificate, none was given, and it ended the \
+             session ({}): give one with client_cert=FILE (and client_key=FILE unless that \
+             file holds the key too)",
+            super::error::received_alert(source).map_or_else(String::new, |a| format!("{a:?}"))
+        ),
+    }
+}
 
 /// The error of an implicit-TLS handshake with a port that answered in plain text (an
 /// FTP greeting where a ServerHello belongs): says to use `ftp://`.
