@@ -226,12 +226,7 @@ impl Pool {
     /// (rsync's last `utimensat` of a directory waited for a login when the uploads
     /// had taken every logged-in connection: 300-450 ms at 20 ms RTT.)
     pub async fn get_leaving_one_idle(&self) -> Result<PooledConnection, FtpError> {
-        let idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
+        let idle = self.idle_count();
         if idle == 1 {
             if let Some(permit) = self.spare_permit(1) {
                 let inner = &self.inner;
@@ -329,12 +324,7 @@ impl Pool {
     /// costs seven round trips). Each goes back to the pool as soon as it is in, for
     /// whoever waits for one. Failures are left to the work itself.
     pub fn warm_up(&self, count: usize, reserve: usize) {
-        let idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
+        let idle = self.idle_count();
         let ready_soon = idle + self.inner.warming.load(Ordering::Acquire);
         for _ in ready_soon..count {
             let Some(permit) = self.spare_permit(reserve) else {
@@ -356,6 +346,15 @@ impl Pool {
                 inner.idle_returned.notify_waiters();
             });
         }
+    }
+
+    /// Connections logged in and idle now.
+    fn idle_count(&self) -> usize {
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// A permit for one more connection, if `reserve` more stay free for others.

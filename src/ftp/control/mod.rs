@@ -556,19 +556,16 @@ fn certificate_hint(error: FtpError, answer: &CertificateAnswer) -> FtpError {
     let FtpError::Tls { step, source } = &error else {
         return error;
     };
-    if !answer.was_asked()
-        || answer.identity_file().is_some()
-        || super::error::received_alert(source).is_none()
-    {
-        return error;
-    }
+    let alert = match super::error::received_alert(source) {
+        Some(alert) if answer.was_asked() && answer.identity_file().is_none() => alert,
+        _ => return error,
+    };
     FtpError::Protocol {
         step: format!("the TLS session of {step}"),
         detail: format!(
             "the server asked for a client certificate, none was given, and it ended the \
-             session ({}): give one with client_cert=FILE (and client_key=FILE unless that \
-             file holds the key too)",
-            super::error::received_alert(source).map_or_else(String::new, |a| format!("{a:?}"))
+             session ({alert:?}): give one with client_cert=FILE (and client_key=FILE unless \
+             that file holds the key too)"
         ),
     }
 }
