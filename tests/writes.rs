@@ -753,6 +753,16 @@ fn pureftpd_serves_long_paths() {
     long_paths(Server::PureFtpd, 3)
 }
 
+/// Closes `file` and returns what close(2) said.
+fn close_checked(file: File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    if unsafe { libc::close(file.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// truncate(2) right after the last close (pjdfstest's truncate::shrink_not_empty):
 /// the kernel sends the release of the closed handle on its own, and a truncate that
 /// met that release between its look-up and its change used to be lost (3 in 150 on
@@ -765,12 +775,11 @@ fn truncate_after_close(server: Server) {
         let path = dir.join(format!("t{i}"));
         fs::write(&path, common::content(12_345, i)).unwrap();
         let file = File::options().write(true).open(&path).unwrap();
-        drop(file);
-        fs::File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_len(23_456))
-            .unwrap();
+        close_checked(file).unwrap_or_else(|e| panic!("round {i}: close: {e}"));
+        let file = File::options().write(true).open(&path).unwrap();
+        file.set_len(23_456).unwrap();
+        // The upload's result comes with the close (a dropped File would hide it).
+        close_checked(file).unwrap_or_else(|e| panic!("round {i}: close after ftruncate: {e}"));
         assert_eq!(fs::metadata(&path).unwrap().len(), 23_456, "round {i}");
         // A truncate(2) by path, right after a close.
         let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();

@@ -470,7 +470,8 @@ impl FtpFs {
     /// Records a failed upload: the new content is gone (what the server has stays), and
     /// the error answers the next writes and the flush.
     fn fail(&self, state: &mut WriteState, error: FsError) {
-        tracing::debug!("upload failed: {error}");
+        // The program learns it from close() or write(), which many ignore: say it here.
+        tracing::warn!("upload failed, the server keeps its copy: {error}");
         if let Content::Streaming(stream) = std::mem::replace(&mut state.content, Content::Server) {
             self.abandon(stream);
         }
