@@ -18,12 +18,13 @@ fi
 need_apt=0
 # iptables, ip, unshare/nsenter and setpriv: the fault tests (tests/faults.rs) cut the
 # network inside a private namespace; tests/security.rs runs `ls` as another user.
+# danted and tinyproxy: the SOCKS5 and HTTP CONNECT proxies of tests/proxies.rs.
 # gio, Xvfb, pcmanfm, xwd and xdotool: tests/desktop.rs drives GIO and a real file
 # manager on a virtual display; systemd-analyze checks the documented units.
 for bin in /usr/sbin/proftpd /usr/bin/fusermount3 /usr/bin/openssl /usr/bin/pkg-config /usr/bin/rsync \
     /usr/sbin/iptables /usr/sbin/ip /usr/bin/unshare /usr/bin/nsenter /usr/bin/setpriv /usr/bin/script \
     /usr/bin/gio /usr/bin/Xvfb /usr/bin/pcmanfm /usr/bin/xwd /usr/bin/xdotool /usr/bin/dpkg-deb \
-    /usr/bin/systemd-analyze; do
+    /usr/bin/systemd-analyze /usr/sbin/danted /usr/bin/tinyproxy; do
     [[ -x $bin ]] || need_apt=1
 done
 [[ -f /usr/lib/proftpd/mod_tls.so ]] || need_apt=1
@@ -61,7 +62,7 @@ apt-get install -y -qq --no-install-recommends \
     proftpd-core proftpd-mod-crypto \
     fuse3 openssl libssl-dev pkg-config ca-certificates curl iproute2 procps rsync \
     iptables util-linux bsdutils \
-    libglib2.0-bin xvfb pcmanfm x11-apps xdotool systemd \
+    libglib2.0-bin xvfb pcmanfm x11-apps xdotool systemd dante-server tinyproxy \
     libcap2 libpam0g libwrap0 libsodium23 libssl3 libpam-modules >/dev/null
 
 mkdir -p "$PKG_DIR"

@@ -12,6 +12,15 @@
 #   proftpd-mtls     ProFTPD demanding one (TLSVerifyClient on)
 #                                              $PROFTPD_MTLS_PORT
 #
+# and the proxies the proxy tests connect through (to any server above but
+# Pure-FTPd, whose port each of them refuses):
+#
+#   socks            Dante, SOCKS5 without authentication  $SOCKS_PROXY_PORT
+#   socks-auth       Dante, SOCKS5 with the test user's name and password
+#                                              $SOCKS_AUTH_PROXY_PORT
+#   http-proxy       tinyproxy, HTTP CONNECT               $HTTP_PROXY_PORT
+#   http-proxy-auth  tinyproxy with Basic authentication   $HTTP_AUTH_PROXY_PORT
+#
 # Usage: scripts/servers.sh start|stop|status|restart
 #
 # Every server refuses plain-text logins and plain-text data connections,
@@ -29,6 +38,8 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$SCRIPT_DIR/lib/vsftpd-conf.sh"
 # shellcheck source=lib/proftpd-conf.sh
 source "$SCRIPT_DIR/lib/proftpd-conf.sh"
+# shellcheck source=lib/proxy-conf.sh
+source "$SCRIPT_DIR/lib/proxy-conf.sh"
 
 HOST=127.0.0.1
 TEST_USER=ftpsfs-test
@@ -42,6 +53,8 @@ SRV=$STATE/srv   # pid/scoreboard files that the servers write themselves
 VSFTPD_BIN=$PKG_DIR/vsftpd/usr/sbin/vsftpd
 PUREFTPD_BIN=$PKG_DIR/pure-ftpd/usr/sbin/pure-ftpd
 PROFTPD_BIN=/usr/sbin/proftpd
+DANTED_BIN=/usr/sbin/danted
+TINYPROXY_BIN=/usr/bin/tinyproxy
 
 # Control ports in 21000-21999, passive ranges in 20000-20999: both below the
 # kernel's ephemeral range (32768+), so neither side of a test connection can
@@ -61,12 +74,17 @@ PROFTPD_NOOVER_PASV=19750:19999
 PUREFTPD_PASV=20750:20999
 VSFTPD_MTLS_PASV=19500:19749
 PROFTPD_MTLS_PASV=19250:19499
+SOCKS_PROXY_PORT=21080
+SOCKS_AUTH_PROXY_PORT=21081
+HTTP_PROXY_PORT=21082
+HTTP_AUTH_PROXY_PORT=21083
 
 # Parallel control connections in the tests (~10) plus leftovers from earlier
 # tests that are still closing must not hit a connection limit.
 MAX_CLIENTS=50
 
-SERVERS=(vsftpd vsftpd-implicit proftpd proftpd-noover pure-ftpd vsftpd-mtls proftpd-mtls)
+SERVERS=(vsftpd vsftpd-implicit proftpd proftpd-noover pure-ftpd vsftpd-mtls proftpd-mtls
+    socks socks-auth http-proxy http-proxy-auth)
 
 die() {
     echo "servers.sh: $*" >&2
@@ -80,6 +98,8 @@ server_bin() {
     vsftpd | vsftpd-implicit | vsftpd-mtls) echo "$VSFTPD_BIN" ;;
     proftpd | proftpd-noover | proftpd-mtls) echo "$PROFTPD_BIN" ;;
     pure-ftpd) echo "$PUREFTPD_BIN" ;;
+    socks | socks-auth) echo "$DANTED_BIN" ;;
+    http-proxy | http-proxy-auth) echo "$TINYPROXY_BIN" ;;
     *) die "unknown server $1" ;;
     esac
 }
@@ -93,6 +113,10 @@ server_port() {
     pure-ftpd) echo "$PUREFTPD_PORT" ;;
     vsftpd-mtls) echo "$VSFTPD_MTLS_PORT" ;;
     proftpd-mtls) echo "$PROFTPD_MTLS_PORT" ;;
+    socks) echo "$SOCKS_PROXY_PORT" ;;
+    socks-auth) echo "$SOCKS_AUTH_PROXY_PORT" ;;
+    http-proxy) echo "$HTTP_PROXY_PORT" ;;
+    http-proxy-auth) echo "$HTTP_AUTH_PROXY_PORT" ;;
     *) die "unknown server $1" ;;
     esac
 }
@@ -175,6 +199,7 @@ check_prereqs() {
     [[ $STATE != *[[:space:]]* ]] || die "FTPSFS_TEST_DIR must not contain whitespace (servers.env is plain KEY=value)"
     local f
     for f in "$VSFTPD_BIN" "$PUREFTPD_BIN" "$PROFTPD_BIN" /usr/lib/proftpd/mod_tls.so \
+        "$DANTED_BIN" "$TINYPROXY_BIN" \
         /usr/bin/openssl /usr/bin/curl /usr/sbin/useradd /usr/sbin/chpasswd; do
         [[ -e $f ]] || die "$f missing: run scripts/install-deps.sh first"
     done
@@ -292,6 +317,24 @@ write_proftpd_conf() {
     fi
 }
 
+# The proxies let through every server's control port and passive range but
+# Pure-FTPd's: a port they refuse is what the refusal tests connect to.
+write_proxy_confs() {
+    local ports="$VSFTPD_PORT $VSFTPD_PASV $VSFTPD_IMPLICIT_PORT $VSFTPD_IMPLICIT_PASV"
+    ports+=" $PROFTPD_PORT $PROFTPD_PASV $PROFTPD_NOOVER_PORT $PROFTPD_NOOVER_PASV"
+    ports+=" $VSFTPD_MTLS_PORT $VSFTPD_MTLS_PASV $PROFTPD_MTLS_PORT $PROFTPD_MTLS_PASV"
+    danted_conf scripts/servers.sh "$HOST" "$SOCKS_PROXY_PORT" none "$LOGS/socks.log" \
+        "$PUREFTPD_PORT" >"$CONF/socks.conf"
+    danted_conf scripts/servers.sh "$HOST" "$SOCKS_AUTH_PROXY_PORT" username \
+        "$LOGS/socks-auth.log" "$PUREFTPD_PORT" >"$CONF/socks-auth.conf"
+    tinyproxy_conf scripts/servers.sh "$HOST" "$HTTP_PROXY_PORT" "$LOGS/http-proxy.log" \
+        "$ports" "" "" >"$CONF/http-proxy.conf"
+    # It holds the password: the test user's, which changes at every start.
+    (umask 077 && tinyproxy_conf scripts/servers.sh "$HOST" "$HTTP_AUTH_PROXY_PORT" \
+        "$LOGS/http-proxy-auth.log" "$ports" "$TEST_USER" "$STATE/password" \
+        >"$CONF/http-proxy-auth.conf")
+}
+
 start_bg() {
     local name=$1
     shift
@@ -312,6 +355,15 @@ wait_ready() {
     pid=$(<"$RUN/$name.pid")
     [[ $name == vsftpd-implicit ]] && scheme=ftps
     [[ $name == *-mtls ]] && cert=(--cert "$CERTS/client.pem" --key "$CERTS/client.key")
+    local target=$port via=()
+    case $name in
+    socks) via=(--proxy "socks5h://$HOST:$port") ;;
+    socks-auth) via=(--proxy "socks5h://$HOST:$port" --proxy-user "$TEST_USER:$(<"$STATE/password")") ;;
+    http-proxy) via=(--proxytunnel --proxy "http://$HOST:$port") ;;
+    http-proxy-auth) via=(--proxytunnel --proxy "http://$HOST:$port" --proxy-user "$TEST_USER:$(<"$STATE/password")") ;;
+    esac
+    # A proxy is ready when a login and listing on vsftpd through it work.
+    [[ ${#via[@]} -gt 0 ]] && target=$VSFTPD_PORT
     for ((i = 0; ; i++)); do
         if ! running "$pid"; then
             fail_server "$name" "exited during startup"
@@ -321,8 +373,8 @@ wait_ready() {
         sleep 0.1
     done
     if ! out=$(printf 'user = "%s:%s"\n' "$TEST_USER" "$(<"$STATE/password")" |
-        curl -sS --config - --ssl-reqd --cacert "$CERTS/ca.pem" "${cert[@]}" --max-time 10 \
-            --list-only "$scheme://$HOST:$port/dir1/" 2>&1) || [[ $out != *dir2* ]]; then
+        curl -sS --config - --ssl-reqd --cacert "$CERTS/ca.pem" "${cert[@]}" "${via[@]}" --max-time 10 \
+            --list-only "$scheme://$HOST:$target/dir1/" 2>&1) || [[ $out != *dir2* ]]; then
         fail_server "$name" "TLS login + listing failed: $out"
     fi
     log "$name ready on $HOST:$port (pid $pid)"
@@ -333,7 +385,7 @@ fail_server() {
     echo "servers.sh: $name: $2" >&2
     # Leave nothing half-started behind.
     cmd_stop >&2
-    for f in "$LOGS/$name".* "$LOGS/$name"-tls.log; do
+    for f in "$LOGS/$name".* "$LOGS/$name"-tls.log "$LOGS/$name.log"; do
         if [[ -s $f ]]; then
             echo "---- tail of $f ----" >&2
             tail -n 30 "$f" >&2
@@ -373,6 +425,11 @@ VSFTPD_IMPLICIT_PASV_RANGE=$VSFTPD_IMPLICIT_PASV
 PROFTPD_PASV_RANGE=$PROFTPD_PASV
 PROFTPD_NOOVER_PASV_RANGE=$PROFTPD_NOOVER_PASV
 PUREFTPD_PASV_RANGE=$PUREFTPD_PASV
+SOCKS_PROXY_PORT=$SOCKS_PROXY_PORT
+SOCKS_AUTH_PROXY_PORT=$SOCKS_AUTH_PROXY_PORT
+HTTP_PROXY_PORT=$HTTP_PROXY_PORT
+HTTP_AUTH_PROXY_PORT=$HTTP_AUTH_PROXY_PORT
+FTPSFS_TEST_PROXY_LOGS=$LOGS
 EOF
     mv -f "$STATE/servers.env.tmp" "$STATE/servers.env"
 }
@@ -403,6 +460,7 @@ cmd_start() {
     write_proftpd_conf proftpd-noover "$PROFTPD_NOOVER_PORT" "$PROFTPD_NOOVER_PASV" off TLSv1.3
     write_vsftpd_conf vsftpd-mtls "$VSFTPD_MTLS_PORT" "$VSFTPD_MTLS_PASV" NO mtls
     write_proftpd_conf proftpd-mtls "$PROFTPD_MTLS_PORT" "$PROFTPD_MTLS_PASV" on "TLSv1.2 TLSv1.3" mtls
+    write_proxy_confs
     for name in proftpd proftpd-noover proftpd-mtls; do
         "$PROFTPD_BIN" -t -c "$CONF/$name.conf" >"$LOGS/$name-configtest.log" 2>&1 ||
             { cat "$LOGS/$name-configtest.log" >&2; die "$name config test failed"; }
@@ -427,6 +485,12 @@ cmd_start() {
         -l pam -E -A -H -u 100 \
         -c "$MAX_CLIENTS" -C "$MAX_CLIENTS" -I 10 \
         -O "clf:$LOGS/pure-ftpd-xfer.log" -g "$SRV/pure-ftpd.pid"
+
+    # Foreground (no -D, -d): the pid recorded is the proxy's own.
+    start_bg socks "$DANTED_BIN" -f "$CONF/socks.conf" -p "$SRV/socks.pid"
+    start_bg socks-auth "$DANTED_BIN" -f "$CONF/socks-auth.conf" -p "$SRV/socks-auth.pid"
+    start_bg http-proxy "$TINYPROXY_BIN" -d -c "$CONF/http-proxy.conf"
+    start_bg http-proxy-auth "$TINYPROXY_BIN" -d -c "$CONF/http-proxy-auth.conf"
 
     for name in "${SERVERS[@]}"; do wait_ready "$name"; done
     write_env

@@ -74,9 +74,15 @@ pub async fn run(
         "connecting and logging in",
         ControlConnection::connect(options.clone(), stats.clone()).await,
     )?;
+    let reached = match &options.proxy {
+        Some(proxy) => format!(
+            "{} through proxy {proxy} (it carries the control and every data connection)",
+            crate::ftp::transport::display_addr(&options.host, options.port)
+        ),
+        None => conn.peer().to_string(),
+    };
     out(&format!(
-        "connected to {} and logged in as {:?} in {}",
-        conn.peer(),
+        "connected to {reached} and logged in as {:?} in {}",
         options.user,
         millis(started)
     ));

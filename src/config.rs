@@ -23,6 +23,9 @@ pub enum ConfigError {
     /// The client certificate or its key is unusable or unsafe.
     #[error("client certificate: {0}")]
     ClientCertificate(String),
+    /// The proxy setting is unusable.
+    #[error("{0}")]
+    Proxy(String),
     /// An option is inconsistent.
     #[error("{0}")]
     Option(String),
@@ -486,6 +489,109 @@ pub struct ConnectionSettings {
     pub client_cert: Option<PathBuf>,
     /// `client_key=`: its private key (PEM), when not in the certificate's file.
     pub client_key: Option<PathBuf>,
+    /// `proxy=`: a proxy URL, `none`, or unset (the environment decides).
+    pub proxy: ProxySetting,
+    /// `proxy_password_file=`: the proxy user's password.
+    pub proxy_password_file: Option<PathBuf>,
+}
+
+/// What `proxy=` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ProxySetting {
+    /// Not given: `all_proxy` or `ALL_PROXY` name one, unless `no_proxy` excludes the host.
+    #[default]
+    FromEnvironment,
+    /// `proxy=none`: connect directly whatever the environment says.
+    Direct,
+    /// `proxy=URL`.
+    Url(String),
+}
+
+/// The proxy to use for `host`: `proxy=`, else the environment as `getenv` reads it;
+/// with its password from `proxy_password_file=` (or the environment's URL).
+pub fn resolve_proxy(
+    settings: &ConnectionSettings,
+    host: &str,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ftp::Proxy>, ConfigError> {
+    let bad = |message: String| ConfigError::Proxy(message);
+    let from_environment = |name: &str| getenv(name).filter(|v| !v.trim().is_empty());
+    let parsed = match &settings.proxy {
+        ProxySetting::Direct => None,
+        ProxySetting::Url(url) => {
+            let parsed = ftp::Proxy::parse(url)
+                .map_err(|e| bad(format!("proxy={}: {e}", ftp::proxy::redact_userinfo(url))))?;
+            if parsed.password.is_some() {
+                return Err(bad(format!(
+                    "proxy={}: do not put the password in the URL (other users can read it in the process list); use proxy_password_file=FILE",
+                    ftp::proxy::redact_userinfo(url)
+                )));
+            }
+            Some(parsed)
+        }
+        ProxySetting::FromEnvironment => {
+            let named = ["all_proxy", "ALL_PROXY"]
+                .into_iter()
+                .find_map(|name| from_environment(name).map(|url| (name, url)));
+            let excluded = ["no_proxy", "NO_PROXY"]
+                .into_iter()
+                .find_map(from_environment)
+                .is_some_and(|list| ftp::proxy::excluded_by_no_proxy(host, &list));
+            match named {
+                Some((name, url)) if !excluded => {
+                    let parsed = ftp::Proxy::parse(url.trim()).map_err(|e| {
+                        bad(format!(
+                            "{name}={}: {e} (proxy=none ignores it)",
+                            ftp::proxy::redact_userinfo(&url)
+                        ))
+                    })?;
+                    tracing::debug!(proxy = %parsed.proxy, "proxy from {name}");
+                    Some(parsed)
+                }
+                _ => None,
+            }
+        }
+    };
+    let Some(ftp::proxy::ParsedProxy {
+        mut proxy,
+        password,
+    }) = parsed
+    else {
+        if let Some(file) = &settings.proxy_password_file {
+            return Err(bad(format!(
+                "proxy_password_file={} is given, but no proxy is",
+                file.display()
+            )));
+        }
+        return Ok(None);
+    };
+    let password = match &settings.proxy_password_file {
+        Some(file) => {
+            if proxy.user.is_none() {
+                return Err(bad(format!(
+                    "proxy_password_file={} needs a user in the proxy URL ({}://USER@HOST:PORT)",
+                    file.display(),
+                    proxy.scheme()
+                )));
+            }
+            check_private_file(file).map_err(bad)?;
+            let text = fs::read_to_string(file)
+                .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+            let password = text.lines().next().unwrap_or("");
+            if password.is_empty() {
+                return Err(bad(format!("{} is empty", file.display())));
+            }
+            Some(Secret::new(password.to_string()))
+        }
+        None => password,
+    };
+    if let Some(password) = password {
+        if proxy.kind == ftp::proxy::ProxyKind::Socks5 && password.expose().len() > 255 {
+            return Err(bad("SOCKS5 passwords are at most 255 bytes".into()));
+        }
+        proxy.password = password;
+    }
+    Ok(Some(proxy))
 }
 
 /// Puts URL, credentials and settings together.
@@ -530,6 +636,7 @@ pub fn connect_options(
             None
         },
         timeouts: settings.timeouts,
+        proxy: resolve_proxy(settings, &url.host, &|name| std::env::var(name).ok())?,
         trust_pasv_address: settings.trust_pasv_address,
         resume_data_sessions: !settings.no_resume,
         pipelining: ftp::Pipelining::new(settings.pipelining),
@@ -626,5 +733,110 @@ mod tests {
             assert!(err.contains("belongs to another user (uid 65534)"), "{err}");
         }
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn proxy_of(
+        setting: ProxySetting,
+        file: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<Option<ftp::Proxy>, ConfigError> {
+        let settings = ConnectionSettings {
+            proxy: setting,
+            proxy_password_file: file.map(Path::to_path_buf),
+            ..ConnectionSettings::default()
+        };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        resolve_proxy(&settings, "ftp.example.com", &|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn the_proxy_option_wins_over_the_environment() {
+        let env = [
+            ("all_proxy", "socks5://env-lower:1"),
+            ("ALL_PROXY", "http://env-upper:2"),
+        ];
+        let shown = |r: Result<Option<ftp::Proxy>, ConfigError>| {
+            r.unwrap()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "direct".into())
+        };
+        assert_eq!(
+            shown(proxy_of(
+                ProxySetting::Url("http://opt:3".into()),
+                None,
+                &env
+            )),
+            "http://opt:3"
+        );
+        assert_eq!(shown(proxy_of(ProxySetting::Direct, None, &env)), "direct");
+        assert_eq!(
+            shown(proxy_of(ProxySetting::FromEnvironment, None, &env)),
+            "socks5://env-lower:1"
+        );
+        assert_eq!(
+            shown(proxy_of(ProxySetting::FromEnvironment, None, &env[1..])),
+            "http://env-upper:2"
+        );
+        assert_eq!(
+            shown(proxy_of(ProxySetting::FromEnvironment, None, &[])),
+            "direct"
+        );
+        let excluded = [
+            ("ALL_PROXY", "socks5://p:1"),
+            ("NO_PROXY", "localhost,.example.com"),
+        ];
+        assert_eq!(
+            shown(proxy_of(ProxySetting::FromEnvironment, None, &excluded)),
+            "direct"
+        );
+    }
+
+    #[test]
+    fn proxy_passwords_come_from_a_private_file_only() {
+        let error = proxy_of(ProxySetting::Url("socks5://u:secret@p:1".into()), None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("proxy_password_file") && !error.contains("secret"),
+            "{error}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("ftpsfs-proxy-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy-password");
+        fs::write(&file, "s3cret\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = proxy_of(ProxySetting::Url("socks5://u@p:1".into()), Some(&file), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("open to other users"), "{error}");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        let proxy = proxy_of(ProxySetting::Url("socks5://u@p:1".into()), Some(&file), &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(proxy.password.expose(), "s3cret");
+        let error = proxy_of(ProxySetting::Url("socks5://p:1".into()), Some(&file), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("needs a user"), "{error}");
+        let error = proxy_of(ProxySetting::Direct, Some(&file), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no proxy is"), "{error}");
+        // From the environment, the URL's own password is taken (it is not in argv).
+        let proxy = proxy_of(
+            ProxySetting::FromEnvironment,
+            None,
+            &[("ALL_PROXY", "http://u:envpass@p:1")],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(proxy.password.expose(), "envpass");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -383,7 +383,7 @@ fn stats(mountpoint: &std::path::Path, json: bool) -> ExitCode {
     };
     match read_xattr(mountpoint, name) {
         Ok(text) => {
-            print!("{}", String::from_utf8_lossy(&text));
+            print_out(&String::from_utf8_lossy(&text));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -491,14 +491,14 @@ async fn check(
     write_test: Option<&str>,
 ) -> ExitCode {
     let checked = ftpsfs::check::run(options.clone(), &url.path, data_connections, |line| {
-        println!("{line}")
+        print_out(&format!("{line}\n"))
     })
     .await;
     let checked = match (checked, write_test) {
         (Ok(_), Some(dir)) => {
             let dir =
                 ftpsfs::fs::meta::inode::join_path(&url.path, dir.trim_matches('/').as_bytes());
-            ftpsfs::check::write_test(options, &dir, |line| println!("{line}")).await
+            ftpsfs::check::write_test(options, &dir, |line| print_out(&format!("{line}\n"))).await
         }
         (checked, _) => checked,
     };
@@ -507,6 +507,21 @@ async fn check(
         Err(failure) => {
             eprintln!("ftpsfs: {failure}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `text` to stdout; a reader that went away (`ftpsfs check | head`) ends the
+/// program quietly, as it would a C tool, instead of a panic.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
         }
     }
 }

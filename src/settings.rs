@@ -306,6 +306,35 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "proxy",
+        value: Some("URL"),
+        short: None,
+        default: WhenUnset::Otherwise("`all_proxy`, then `ALL_PROXY`, unless the host is in `no_proxy`/`NO_PROXY`; else none"),
+        meaning: "connect through this proxy, the control and every data connection: `socks5://[USER@]HOST[:PORT]` (the proxy resolves the server's name) or `http://[USER@]HOST[:PORT]` (CONNECT); port 1080 when left out; `none` ignores the environment",
+        reason: "networks that only let connections out through a proxy; this option wins over the environment variables curl users already set",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.connection.proxy = match value(v)? {
+                "none" => crate::config::ProxySetting::Direct,
+                url => crate::config::ProxySetting::Url(url.to_string()),
+            };
+            Ok(())
+        },
+    },
+    Setting {
+        key: "proxy_password_file",
+        value: Some("FILE"),
+        short: None,
+        default: WhenUnset::Otherwise("none (or the password in `ALL_PROXY`'s URL)"),
+        meaning: "the proxy user's password, from the first line of FILE, which must be yours (or root's) and closed to group and others",
+        reason: "a password in `proxy=` would be visible in the process list, so it is refused there",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            s.connection.proxy_password_file = Some(PathBuf::from(value(v)?));
+            Ok(())
+        },
+    },
+    Setting {
         key: "fingerprint",
         value: Some("sha256:AB:CD:…"),
         short: None,

@@ -154,6 +154,7 @@ fn remote_errno(error: &FtpError) -> i32 {
         FtpError::InvalidPath { .. } => libc::EINVAL,
         FtpError::PathTooLong { .. } => libc::ENAMETOOLONG,
         FtpError::Connect { .. }
+        | FtpError::Proxy { .. }
         | FtpError::Timeout { .. }
         | FtpError::Tls { .. }
         | FtpError::Io { .. }

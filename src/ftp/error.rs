@@ -13,6 +13,10 @@ pub enum FtpError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
 
+    /// The proxy could not be reached, or refused to open the connection.
+    #[error("proxy {proxy}: {message}")]
+    Proxy { proxy: String, message: String },
+
     /// A network step did not finish in time.
     #[error("{step} timed out after {}s", .after.as_secs_f32())]
     Timeout { step: String, after: Duration },
@@ -163,6 +167,7 @@ impl FtpError {
             | FtpError::TlsConfig(_)
             | FtpError::Pool(_) => false,
             FtpError::Connect { .. }
+            | FtpError::Proxy { .. }
             | FtpError::Timeout { .. }
             | FtpError::Tls { .. }
             | FtpError::Io { .. }

@@ -8,6 +8,7 @@ use rustls::ClientConfig;
 
 use super::identity::CertificateAnswer;
 use super::pipelining::Pipelining;
+use super::proxy::Proxy;
 
 /// How the control connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,8 @@ pub struct ConnectOptions {
     pub tls12_fallback: Option<Arc<ClientConfig>>,
     /// Network timeouts.
     pub timeouts: Timeouts,
+    /// The proxy the control and every data connection go through, if any.
+    pub proxy: Option<Proxy>,
     /// Connect data connections to the address in a 227 reply instead of the control peer.
     pub trust_pasv_address: bool,
     /// Resume the control connection's TLS session on data connections (off only to diagnose).

@@ -422,7 +422,10 @@ pub fn worth_retrying(error: &FtpError) -> bool {
     error.breaks_connection()
         && !matches!(
             error,
-            FtpError::Timeout { .. } | FtpError::Connect { .. } | FtpError::Unconfirmed { .. }
+            FtpError::Timeout { .. }
+                | FtpError::Connect { .. }
+                | FtpError::Proxy { .. }
+                | FtpError::Unconfirmed { .. }
         )
 }
 

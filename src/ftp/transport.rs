@@ -16,6 +16,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::error::FtpError;
+use super::proxy::Proxy;
 
 /// A control or data socket, before or after TLS.
 pub enum Transport {
@@ -96,7 +97,7 @@ pub async fn within<T>(
 }
 
 /// Opens a TCP connection with a time limit.
-pub async fn connect_tcp(host: &str, port: u16, limit: Duration) -> Result<TcpStream, FtpError> {
+async fn connect_tcp(host: &str, port: u16, limit: Duration) -> Result<TcpStream, FtpError> {
     let addr = display_addr(host, port);
     within(limit, || format!("connecting to {addr}"), async {
         let stream =
@@ -111,6 +112,20 @@ pub async fn connect_tcp(host: &str, port: u16, limit: Duration) -> Result<TcpSt
         Ok(stream)
     })
     .await
+}
+
+/// Opens a TCP connection to `host`:`port`, through `proxy` when there is one, with a
+/// time limit.
+pub async fn dial(
+    proxy: Option<&Proxy>,
+    host: &str,
+    port: u16,
+    limit: Duration,
+) -> Result<TcpStream, FtpError> {
+    match proxy {
+        Some(proxy) => proxy.connect(host, port, limit).await,
+        None => connect_tcp(host, port, limit).await,
+    }
 }
 
 /// `host:port`, with brackets around IPv6 literals.

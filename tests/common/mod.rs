@@ -51,6 +51,13 @@ impl TestEnv {
             .unwrap_or_else(|| panic!("{key} missing from the servers' env file"))
     }
 
+    pub fn value(&self, key: &str) -> &str {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{key} missing from the servers' env file"))
+    }
+
     pub fn port(&self, key: &str) -> u16 {
         self.values
             .get(key)
@@ -238,6 +245,7 @@ pub fn options(port: u16, security: Security, tls: Tls) -> ConnectOptions {
         tls12_fallback: None,
         client_certificate: Default::default(),
         timeouts: Timeouts::default(),
+        proxy: None,
         trust_pasv_address: false,
         resume_data_sessions: true,
         pipelining: ftpsfs::ftp::Pipelining::new(ftpsfs::ftp::PipeliningMode::Auto),

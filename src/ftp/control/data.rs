@@ -2,7 +2,7 @@
 //! connection's session, and the end or abort of a transfer.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +18,10 @@ use crate::ftp::activity::Activity;
 use crate::ftp::error::FtpError;
 use crate::ftp::options::Timeouts;
 use crate::ftp::passive;
+use crate::ftp::proxy::Proxy;
 use crate::ftp::reply::Reply;
 use crate::ftp::tls::non_resuming_config;
-use crate::ftp::transport::{connect_tcp, tls_handshake, Transport};
+use crate::ftp::transport::{dial, display_addr, tls_handshake, Transport};
 
 /// How long to wait for a refused data connection's handshake to settle, to report it.
 const REJECTED_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
@@ -117,8 +118,10 @@ impl ControlConnection {
         // The command goes out while the data connection is being made: servers wait for
         // the connection after the command, and the round trips overlap.
         let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        tracing::trace!(conn = self.id, data = number, %target, "connecting the data connection");
         let handshake = PendingData(tokio::spawn(connect_data(
             target,
+            self.options.proxy.clone(),
             self.options.timeouts,
             data_config.map(|config| (config, self.server_name.clone())),
             step.clone(),
@@ -329,7 +332,7 @@ impl ControlConnection {
     /// EPSV and REST go out together (one round trip instead of two) once EPSV is known to
     /// work; after a refused EPSV, REST follows PASV on its own so that it comes right
     /// before the transfer command, as RFC 959 asks.
-    async fn passive_address_and_offset(&mut self, offset: u64) -> Result<SocketAddr, FtpError> {
+    async fn passive_address_and_offset(&mut self, offset: u64) -> Result<DataTarget, FtpError> {
         let rest = || Command::with_arg(&verb::REST, offset.to_string());
         let check_rest = |reply: Reply| {
             if reply.code == 350 {
@@ -417,7 +420,7 @@ impl ControlConnection {
         preface: Option<&Command>,
         offset: u64,
         command: &Command,
-    ) -> Result<(Option<SocketAddr>, Option<Reply>), FtpError> {
+    ) -> Result<(Option<DataTarget>, Option<Reply>), FtpError> {
         let epsv = Command::new(&verb::EPSV);
         let rest = match offset {
             0 => None,
@@ -483,7 +486,7 @@ impl ControlConnection {
     }
 
     /// The address in a reply to EPSV, or None when the server does not do EPSV.
-    fn epsv_target(&mut self, reply: Reply) -> Result<Option<SocketAddr>, FtpError> {
+    fn epsv_target(&mut self, reply: Reply) -> Result<Option<DataTarget>, FtpError> {
         if reply.code == 229 {
             let port = passive::parse_epsv(&reply.text()).map_err(|detail| {
                 self.mark_broken();
@@ -493,7 +496,10 @@ impl ControlConnection {
                 }
             })?;
             self.epsv_works = true;
-            return Ok(Some(SocketAddr::new(self.peer.ip(), port)));
+            return Ok(Some(DataTarget {
+                host: self.data_host(),
+                port,
+            }));
         }
         if !(500..=504).contains(&reply.code) {
             return Err(FtpError::Rejected {
@@ -506,7 +512,7 @@ impl ControlConnection {
         Ok(None)
     }
 
-    async fn passive_address(&mut self) -> Result<SocketAddr, FtpError> {
+    async fn passive_address(&mut self) -> Result<DataTarget, FtpError> {
         let mut attempts = 0;
         while !self.epsv_refused {
             attempts += 1;
@@ -522,7 +528,7 @@ impl ControlConnection {
                 return Ok(target);
             }
         }
-        if self.peer.is_ipv6() {
+        if self.peer.is_ipv6() && self.options.proxy.is_none() {
             return Err(FtpError::Protocol {
                 step: "PASV".into(),
                 detail: "the server refused EPSV, and PASV cannot express an IPv6 address".into(),
@@ -542,17 +548,18 @@ impl ControlConnection {
                 detail,
             }
         })?;
-        let ip = if self.options.trust_pasv_address {
-            IpAddr::V4(announced)
+        let host = if self.options.trust_pasv_address {
+            IpAddr::V4(announced).to_string()
         } else {
             // The 227 address is often private behind NAT, and obeying it lets a server
             // aim us at any host (FTP bounce); the control peer is the server we chose.
-            if IpAddr::V4(announced) != self.peer.ip() {
-                tracing::debug!(conn = self.id, %announced, peer = %self.peer.ip(), "ignoring the address in the 227 reply; connecting to the control peer");
+            let host = self.data_host();
+            if announced.to_string() != host {
+                tracing::debug!(conn = self.id, %announced, %host, "ignoring the address in the 227 reply; connecting to the control peer");
             }
-            self.peer.ip()
+            host
         };
-        Ok(SocketAddr::new(ip, port))
+        Ok(DataTarget { host, port })
     }
 
     /// Ends a transfer whose data was read to the end: close_notify, then the final reply.
@@ -771,16 +778,30 @@ impl PendingData {
     }
 }
 
+/// Where a data connection goes: the server's address, or through a proxy its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DataTarget {
+    host: String,
+    port: u16,
+}
+
+impl std::fmt::Display for DataTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&display_addr(&self.host, self.port))
+    }
+}
+
 /// Connects a data connection to `target` and, with `tls`, runs its TLS handshake.
 /// `connected` says whether the TCP connect worked, before the handshake starts.
 async fn connect_data(
-    target: SocketAddr,
+    target: DataTarget,
+    proxy: Option<Proxy>,
     timeouts: Timeouts,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     step: String,
     connected: tokio::sync::oneshot::Sender<bool>,
 ) -> Result<Transport, FtpError> {
-    let tcp = connect_tcp(&target.ip().to_string(), target.port(), timeouts.connect).await;
+    let tcp = dial(proxy.as_ref(), &target.host, target.port, timeouts.connect).await;
     let _ = connected.send(tcp.is_ok());
     let tcp = tcp?;
     match tls {

@@ -39,7 +39,7 @@ use super::reply::Reply;
 use super::tls::{
     certificate_fingerprint, format_fingerprint, per_connection_config, SessionStore, TlsStats,
 };
-use super::transport::{connect_tcp, display_addr, tls_handshake, Transport};
+use super::transport::{dial, display_addr, tls_handshake, Transport};
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -163,8 +163,14 @@ impl ControlConnection {
     ) -> Result<Self, FtpError> {
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
         let addr = display_addr(&options.host, options.port);
-        tracing::debug!(conn = id, %addr, security = ?options.security, "connecting");
-        let tcp = connect_tcp(&options.host, options.port, options.timeouts.connect).await?;
+        tracing::debug!(conn = id, %addr, security = ?options.security, proxy = ?options.proxy, "connecting");
+        let tcp = dial(
+            options.proxy.as_ref(),
+            &options.host,
+            options.port,
+            options.timeouts.connect,
+        )
+        .await?;
         let peer = tcp.peer_addr().map_err(|source| FtpError::Io {
             step: "reading the control connection's peer address".into(),
             source,
@@ -288,7 +294,12 @@ impl ControlConnection {
         let limit = QUIET_BEFORE_TLS_PROBE.min(self.options.timeouts.handshake);
         let Ok(Ok(tcp)) = tokio::time::timeout(
             limit,
-            connect_tcp(&self.options.host, self.options.port, limit),
+            dial(
+                self.options.proxy.as_ref(),
+                &self.options.host,
+                self.options.port,
+                limit,
+            ),
         )
         .await
         else {
@@ -519,9 +530,20 @@ impl ControlConnection {
         self.transport.as_ref()?.round_trip()
     }
 
-    /// The address of the server's end of the control connection.
+    /// The address of the other end of the control connection: the server, or the
+    /// proxy when there is one.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The host data connections go to: the control connection's peer (what the user
+    /// chose to reach, never an address a reply names), or through a proxy, the
+    /// server's name for the proxy to resolve.
+    fn data_host(&self) -> String {
+        match &self.options.proxy {
+            Some(_) => self.options.host.clone(),
+            None => self.peer.ip().to_string(),
+        }
     }
 
     pub(super) fn transport(&mut self) -> Result<&mut Transport, FtpError> {
