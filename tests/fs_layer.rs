@@ -1162,6 +1162,45 @@ async fn a_delete_whose_reply_was_lost_is_checked_not_repeated() {
     }
 }
 
+/// A session that died at the end of an upload (no final reply): the default mode's
+/// close() uploads the file once more, to a new temporary name, and succeeds; nothing
+/// but the file is left. (A dropped File hides close()'s error, so a hiccup failing it
+/// loses the write silently for many programs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_session_died_at_its_end_is_sent_again() {
+    let local = LocalFs::new();
+    let old = common::content(50_000, 1);
+    fs::write(local.on_server("edited"), &old).unwrap();
+    let ino = local.fs.lookup(ROOT_INODE, b"edited").await.unwrap().ino;
+    // A write inside the file: the upload is sent whole from a local copy at close.
+    let opened = local.fs.open(ino, WRITE, 1).await.unwrap();
+    local
+        .fs
+        .write(opened.handle, 10, b"changed".to_vec(), 1)
+        .await
+        .unwrap();
+    local.server.set_hang_up_before_upload_reply();
+    let closed = local.fs.flush(opened.handle, Closer::Program).await;
+    local.fs.release(opened.handle).await;
+    closed.expect("close() after a session died at the end of the upload");
+    let mut expected = old.clone();
+    expected[10..17].copy_from_slice(b"changed");
+    assert!(
+        fs::read(local.on_server("edited")).unwrap() == expected,
+        "the server's copy"
+    );
+    // The first try's temporary file goes too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names = local.server_names("");
+        if names == ["edited"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A server that hung up on an idle connection (vsftpd after "500 Input line too
 /// long", any server at its idle timeout): the next change goes out on another
 /// connection and succeeds, instead of being written into the closed one and failing

@@ -187,6 +187,9 @@ struct Faults {
     hang_up_after: Mutex<Option<String>>,
     /// Uploads create their file, then refuse their data connection as not resumed.
     refuse_upload_data: AtomicBool,
+    /// The next upload takes all its data, then its control connection is closed
+    /// without the final reply.
+    hang_up_before_upload_reply: AtomicBool,
     /// Milliseconds a listing waits between reading the directory and sending it.
     listing_delay_ms: AtomicU64,
     /// The next this many PASV/EPSV find no passive port free.
@@ -292,6 +295,7 @@ impl StrictServer {
                 drop_at: Mutex::new(None),
                 hang_up_after: Mutex::new(None),
                 refuse_upload_data: AtomicBool::new(false),
+                hang_up_before_upload_reply: AtomicBool::new(false),
                 listing_delay_ms: AtomicU64::new(0),
                 passive_ports_busy: AtomicU64::new(0),
                 cut_listings: AtomicBool::new(false),
@@ -488,6 +492,16 @@ impl StrictServer {
             .faults
             .refuse_upload_data
             .store(refuse, Ordering::SeqCst);
+    }
+
+    /// The next upload (on any control connection) receives all its data, and then its
+    /// control connection is closed without the final reply: a session process that
+    /// died, or a server restarted, at the end of a transfer.
+    pub fn set_hang_up_before_upload_reply(&self) {
+        self.shared
+            .faults
+            .hang_up_before_upload_reply
+            .store(true, Ordering::SeqCst);
     }
 
     /// Listings from now on read the directory, then wait `delay` before sending it: a
@@ -1705,6 +1719,7 @@ impl Session {
             None
         };
         self.reply(150, "Starting data transfer.")?;
+        let upload = matches!(payload, Payload::Upload(_));
 
         let abort = Arc::new(AtomicBool::new(false));
         let data_sock: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
@@ -1766,6 +1781,19 @@ impl Session {
             }
         }
         let outcome = worker.join().unwrap_or(Outcome::Broken);
+        if upload
+            && self
+                .shared
+                .faults
+                .hang_up_before_upload_reply
+                .swap(false, Ordering::SeqCst)
+        {
+            let _ = self.ctrl.get_ref().shutdown(Shutdown::Both);
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "fault: hung up before the upload's final reply",
+            ));
+        }
         if control_lost {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,

@@ -692,23 +692,16 @@ impl FtpFs {
                 match followed {
                     Some(followed) => followed,
                     None => {
-                        match upload::upload(&self.pool, &path, Some(staging), 0, expect.is_some())
-                            .await
-                        {
-                            Ok((conn, uploaded)) => (conn, uploaded, path),
-                            Err(e) => {
-                                return Err(self.discard_after_upload(e, path, expect.is_some()))
-                            }
-                        }
+                        let item = expect.is_some();
+                        self.upload_whole(ino, path, Some(staging), 0, item, item)
+                            .await?
                     }
                 }
             }
             Content::Zeros => {
                 let path = self.upload_path(ino)?;
-                match upload::upload(&self.pool, &path, None, size, false).await {
-                    Ok((conn, uploaded)) => (conn, uploaded, path),
-                    Err(e) => return Err(self.discard_after_upload(e, path, expect.is_some())),
-                }
+                self.upload_whole(ino, path, None, size, expect.is_some(), false)
+                    .await?
             }
             Content::Server => {
                 state.dirty = false;
@@ -873,6 +866,41 @@ impl FtpFs {
     /// it is a write-back item's, whose next try overwrites it under the same name (a
     /// deletion still on its way could take that try's file; the item's removal hands
     /// its name to the janitor).
+    /// Uploads `staging`, or `len` zeros, to `path` (`background`: see
+    /// [`upload::start`]); returns the connection, the bytes sent and where they went. Outside the write-back queue (which retries on its own,
+    /// to its item's own name), a connection that broke under the upload gets one more
+    /// try to a new temporary name: the local copy is whole and nothing landed, and a
+    /// server's hiccup must not fail the program's close().
+    async fn upload_whole(
+        &self,
+        ino: u64,
+        mut path: Vec<u8>,
+        staging: Option<&Staging>,
+        len: u64,
+        item: bool,
+        background: bool,
+    ) -> Result<(PooledConnection, u64, Vec<u8>), FsError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match upload::upload(&self.pool, &path, staging, len, background).await {
+                Ok((conn, sent)) => return Ok((conn, sent, path)),
+                Err(e) => {
+                    let retry = !item
+                        && tries == 1
+                        && self.config.atomic_uploads
+                        && e.remote().is_some_and(crate::ftp::pool::worth_retrying);
+                    let e = self.discard_after_upload(e, path, item);
+                    if !retry {
+                        return Err(e);
+                    }
+                    tracing::info!(ino, "upload failed ({e}); once more on another connection");
+                    path = self.upload_path(ino)?;
+                }
+            }
+        }
+    }
+
     fn discard_after_upload(&self, error: FsError, path: Vec<u8>, item: bool) -> FsError {
         if item {
             return error;
