@@ -14,6 +14,9 @@
 #                  (default: all), and ftpsfs-base: the binary FTPSFS_BASE_BIN (an earlier
 #                  build), mounted as ftpsfs is, to compare two builds in one run.
 #                  ftpsfs-wb is ftpsfs with -o writeback, on the write workloads only.
+#                  ftpsfs-socks and ftpsfs-http: ftpsfs through Dante (SOCKS5) and
+#                  tinyproxy (HTTP CONNECT) on the namespace's loopback (not in the
+#                  default list; with --rtt above 0 every packet is delayed twice).
 #                  rclone-writes (--vfs-cache-mode writes) runs only the write workloads,
 #                  rclone-full only the read ones. raw is the limit of the protocol: curl
 #                  for whole files, and a minimal client (scripts/bench/ftp-raw.py) for
@@ -108,7 +111,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive number"
 for s in $SYSTEMS; do
-    case $s in ftpsfs | ftpsfs-base | ftpsfs-wb | rclone-off | rclone-writes | rclone-full | raw) ;; *) die "unknown system $s" ;; esac
+    case $s in ftpsfs | ftpsfs-base | ftpsfs-wb | ftpsfs-socks | ftpsfs-http | rclone-off | rclone-writes | rclone-full | raw) ;; *) die "unknown system $s" ;; esac
     if [[ $s == ftpsfs-base && ! -x ${FTPSFS_BASE_BIN:-} ]]; then
         die "ftpsfs-base needs FTPSFS_BASE_BIN, an ftpsfs binary to compare with (an earlier build)"
     fi

@@ -21,6 +21,8 @@ SYSTEMS = [
     ("ftpsfs", "ftpsfs"),
     ("ftpsfs-base", "ftpsfs<br>earlier build"),
     ("ftpsfs-wb", "ftpsfs<br>writeback"),
+    ("ftpsfs-socks", "ftpsfs<br>via SOCKS5"),
+    ("ftpsfs-http", "ftpsfs<br>via HTTP CONNECT"),
     ("rclone-off", "rclone<br>cache off"),
     ("rclone-writes", "rclone<br>cache writes"),
     ("rclone-full", "rclone<br>cache full"),

@@ -24,10 +24,15 @@ set -euo pipefail
 source "$BENCH_SCRIPTS/../lib/vsftpd-conf.sh"
 # shellcheck source=../lib/proftpd-conf.sh
 source "$BENCH_SCRIPTS/../lib/proftpd-conf.sh"
+# shellcheck source=../lib/proxy-conf.sh
+source "$BENCH_SCRIPTS/../lib/proxy-conf.sh"
 
 HOST=127.0.0.1
 VSFTPD_PORT=21021
 PROFTPD_PORT=21022
+# The proxies of ftpsfs-socks (Dante) and ftpsfs-http (tinyproxy).
+SOCKS_PORT=1080
+HTTP_PROXY_PORT=3128
 # The read workloads run on vsftpd; the write workloads on each of WRITE_SERVERS.
 SRV=vsftpd
 SRV_PORT=$VSFTPD_PORT
@@ -43,6 +48,8 @@ PLOG=$LOGS/proftpd-verbs.log
 
 VSFTPD_PID=
 PROFTPD_PID=
+SOCKS_PID=
+HTTP_PROXY_PID=
 DELAY_PID=
 MOUNT_PID=
 MOUNT_DIR=
@@ -106,6 +113,9 @@ cleanup() {
         for p in $(descendants "$PROFTPD_PID") "$PROFTPD_PID"; do kill -TERM "$p" 2>/dev/null || true; done
         wait "$PROFTPD_PID" 2>/dev/null || true
     fi
+    for p in $SOCKS_PID $HTTP_PROXY_PID; do
+        for p in $(descendants "$p") "$p"; do kill -TERM "$p" 2>/dev/null || true; done
+    done
     exit "$rc"
 }
 trap cleanup EXIT
@@ -228,6 +238,34 @@ start_proftpd() {
     say "proftpd listening on $HOST:$PROFTPD_PORT inside the namespace (pid $PROFTPD_PID)"
 }
 
+# The proxies that ftpsfs-socks and ftpsfs-http go through, on this namespace's
+# loopback, letting through both servers' control ports and passive ranges.
+start_proxies() {
+    mkdir -p "$CONF"
+    local ports="$VSFTPD_PORT 20000:20999 $PROFTPD_PORT 22000:22999" i
+    if [[ " $SYSTEMS " == *" ftpsfs-socks "* ]]; then
+        danted_conf scripts/bench/run-netns.sh "$HOST" "$SOCKS_PORT" none "$LOGS/danted.log" \
+            >"$CONF/danted.conf"
+        setsid /usr/sbin/danted -f "$CONF/danted.conf" -p "$BENCH/danted.pid" \
+            </dev/null >>"$LOGS/danted.stderr" 2>&1 &
+        SOCKS_PID=$!
+    fi
+    if [[ " $SYSTEMS " == *" ftpsfs-http "* ]]; then
+        tinyproxy_conf scripts/bench/run-netns.sh "$HOST" "$HTTP_PROXY_PORT" \
+            "$LOGS/tinyproxy.log" "$ports" "" "" >"$CONF/tinyproxy.conf"
+        setsid /usr/bin/tinyproxy -d -c "$CONF/tinyproxy.conf" \
+            </dev/null >>"$LOGS/tinyproxy.stderr" 2>&1 &
+        HTTP_PROXY_PID=$!
+    fi
+    for ((i = 0; i < 100; i++)); do
+        { [[ -z $SOCKS_PID ]] || ss -Htln "sport = :$SOCKS_PORT" | grep -q .; } &&
+            { [[ -z $HTTP_PROXY_PID ]] || ss -Htln "sport = :$HTTP_PROXY_PORT" | grep -q .; } &&
+            return 0
+        sleep 0.1
+    done
+    die "the proxies did not start (see $LOGS/danted.stderr, $LOGS/tinyproxy.stderr)"
+}
+
 # Makes SERVER (vsftpd or proftpd) the one the next workloads talk to.
 use_server() {
     SRV=$1
@@ -277,9 +315,11 @@ mount_fs() {
     MOUNT_SEQ=$((MOUNT_SEQ + 1))
     MOUNT_LOG=$LOGS/$SYS-$SRV-rtt$LAT-run$RUN-$MOUNT_SEQ.log
     case $SYS in
-    ftpsfs | ftpsfs-base | ftpsfs-wb)
+    ftpsfs | ftpsfs-base | ftpsfs-wb | ftpsfs-socks | ftpsfs-http)
         local bin=$FTPSFS_BIN extra=
         [[ $SYS == ftpsfs-base ]] && bin=$FTPSFS_BASE_BIN
+        [[ $SYS == ftpsfs-socks ]] && extra=",proxy=socks5://$HOST:$SOCKS_PORT"
+        [[ $SYS == ftpsfs-http ]] && extra=",proxy=http://$HOST:$HTTP_PROXY_PORT"
         # Write-back, with a journal of its own that each mount starts empty.
         if [[ $SYS == ftpsfs-wb ]]; then
             rm -rf "$BENCH/wb-cache"
@@ -864,6 +904,7 @@ writes_wanted() { wants wcp || wants wsmall; }
 ip link set lo up
 start_vsftpd
 if writes_wanted && [[ " $WRITE_SERVERS " == *" proftpd "* ]]; then start_proftpd; fi
+start_proxies
 
 for LAT in $LATENCIES; do
     set_latency "$LAT"
