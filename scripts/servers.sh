@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the FTPS servers that the integration tests talk to:
 #
-#   vsftpd           explicit TLS (AUTH TLS)   $VSFTPD_PORT
+#   vsftpd           explicit TLS (AUTH TLS), active mode allowed  $VSFTPD_PORT
 #   vsftpd-implicit  implicit TLS (FTPS)       $VSFTPD_IMPLICIT_PORT
 #   proftpd          explicit TLS, mod_tls     $PROFTPD_PORT
 #   proftpd-noover   the same with ProFTPD's stock AllowOverwrite off and TLS 1.3 only
@@ -298,6 +298,11 @@ write_vsftpd_conf() {
     local name=$1 port=$2 pasv=$3 implicit=$4 mtls=${5:-}
     vsftpd_conf scripts/servers.sh "$HOST" "$port" "${pasv%:*}" "${pasv#*:}" "$implicit" YES \
         "$MAX_CLIENTS" "$STATE/vsftpd-empty" "$CERTS" "$LOGS/$name.log" >"$CONF/$name.conf"
+    if [[ $name == vsftpd ]]; then
+        # Active mode too (tests/active.rs); the others stay passive-only, as shipped.
+        sed -i 's/^port_enable=NO$/port_enable=YES/' "$CONF/$name.conf"
+        grep -q '^port_enable=YES$' "$CONF/$name.conf" || die "$name: port_enable not set"
+    fi
     if [[ $mtls == mtls ]]; then
         # A client certificate signed by the test CA, on control and data connections.
         printf '%s\n' "require_cert=YES" "validate_cert=YES" "ca_certs_file=$CERTS/ca.pem" \

@@ -136,6 +136,15 @@ pub async fn run(
         step("probing the reply order", conn.probe_reply_order().await)?;
     }
     out(&format!("commands: {}", options.pipelining.describe()));
+    out(&match options.data_mode {
+        crate::ftp::DataMode::Passive => {
+            "data connections: passive (ftpsfs connects to the port the server names)".to_string()
+        }
+        crate::ftp::DataMode::Active(address) => format!(
+            "data connections: active (the server connects to {}, announced with EPRT or PORT)",
+            address.unwrap_or(conn.local().ip())
+        ),
+    });
 
     let mut report = CheckReport::default();
     let display_path = if path.is_empty() {

@@ -493,6 +493,8 @@ pub struct ConnectionSettings {
     pub proxy: ProxySetting,
     /// `proxy_password_file=`: the proxy user's password.
     pub proxy_password_file: Option<PathBuf>,
+    /// `active[=ADDRESS]`: the server opens data connections.
+    pub data_mode: ftp::DataMode,
 }
 
 /// What `proxy=` says.
@@ -614,6 +616,12 @@ pub fn connect_options(
     } else {
         url.security
     };
+    let proxy = resolve_proxy(settings, &url.host, &|name| std::env::var(name).ok())?;
+    if let (ftp::DataMode::Active(_), Some(proxy)) = (settings.data_mode, &proxy) {
+        return Err(ConfigError::Option(format!(
+            "active mode cannot go through proxy {proxy}: the server would have to connect back through it; drop `active`, or use proxy=none"
+        )));
+    }
     let tls = TlsOptions {
         client: CertificateAnswer::new(client_identity(settings)?),
         ..settings.tls.clone()
@@ -636,7 +644,8 @@ pub fn connect_options(
             None
         },
         timeouts: settings.timeouts,
-        proxy: resolve_proxy(settings, &url.host, &|name| std::env::var(name).ok())?,
+        proxy: proxy.clone(),
+        data_mode: settings.data_mode,
         trust_pasv_address: settings.trust_pasv_address,
         resume_data_sessions: !settings.no_resume,
         pipelining: ftp::Pipelining::new(settings.pipelining),

@@ -159,6 +159,13 @@ impl<const MOUNT: bool> clap::Args for OptionFlags<MOUNT> {
                     setting.reason
                 ));
             command.arg(match setting.value {
+                // `[VALUE]`: the value may be left out (`--active`, `--active=ADDRESS`).
+                Some(value) if value.starts_with('[') => arg
+                    .value_name(value.trim_matches(['[', ']']))
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value("")
+                    .action(clap::ArgAction::Set),
                 Some(value) => arg.value_name(value).action(clap::ArgAction::Set),
                 None => arg.action(clap::ArgAction::SetTrue),
             })

@@ -335,6 +335,25 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "active",
+        value: Some("[ADDRESS]"),
+        short: None,
+        default: WhenUnset::Otherwise("passive: ftpsfs connects to the server's data port"),
+        meaning: "active mode: the server connects to a port ftpsfs listens on (EPRT, or PORT), on ADDRESS or the control connection's own address; only connections from the server are taken, and ftpsfs is still the TLS client that resumes the session. `--active=ADDRESS` on the command line",
+        reason: "passive mode crosses firewalls and NAT that active mode cannot, so active is only for servers whose passive ports are closed; not with a proxy",
+        scope: Scope::Connection,
+        apply: |s, v| {
+            let address = match v {
+                None | Some("") => None,
+                Some(text) => Some(text.trim_matches(['[', ']']).parse().map_err(|_| {
+                    format!("{text:?} is not an IP address (this side's, for the server to connect to)")
+                })?),
+            };
+            s.connection.data_mode = crate::ftp::DataMode::Active(address);
+            Ok(())
+        },
+    },
+    Setting {
         key: "fingerprint",
         value: Some("sha256:AB:CD:…"),
         short: None,

@@ -21,7 +21,7 @@ pub use control::{
     UploadCheck, UploadConnection, Verb,
 };
 pub use error::FtpError;
-pub use options::{ConnectOptions, Secret, Security, Timeouts};
+pub use options::{ConnectOptions, DataMode, Secret, Security, Timeouts};
 pub use pipelining::{Pipelining, PipeliningMode};
 pub use pool::{Pool, PoolOptions, PooledConnection};
 pub use proxy::Proxy;

@@ -50,6 +50,17 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Who opens data connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataMode {
+    /// The client connects to the port the server names (EPSV, PASV).
+    #[default]
+    Passive,
+    /// The server connects to a port the client listens on (EPRT, PORT), on this
+    /// address or the control connection's local one.
+    Active(Option<std::net::IpAddr>),
+}
+
 /// Upper bounds on every network wait, so nothing hangs.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -113,6 +124,8 @@ pub struct ConnectOptions {
     pub timeouts: Timeouts,
     /// The proxy the control and every data connection go through, if any.
     pub proxy: Option<Proxy>,
+    /// Passive or active data connections.
+    pub data_mode: DataMode,
     /// Connect data connections to the address in a 227 reply instead of the control peer.
     pub trust_pasv_address: bool,
     /// Resume the control connection's TLS session on data connections (off only to diagnose).

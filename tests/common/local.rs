@@ -136,6 +136,7 @@ pub fn options(port: u16, tls: Tls) -> ConnectOptions {
         // Short, so that a test of a failure does not wait long.
         timeouts: Timeouts::uniform(Duration::from_secs(5)),
         proxy: None,
+        data_mode: Default::default(),
         trust_pasv_address: false,
         resume_data_sessions: true,
         pipelining: ftpsfs::ftp::Pipelining::new(ftpsfs::ftp::PipeliningMode::Auto),

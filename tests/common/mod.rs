@@ -246,6 +246,7 @@ pub fn options(port: u16, security: Security, tls: Tls) -> ConnectOptions {
         client_certificate: Default::default(),
         timeouts: Timeouts::default(),
         proxy: None,
+        data_mode: Default::default(),
         trust_pasv_address: false,
         resume_data_sessions: true,
         pipelining: ftpsfs::ftp::Pipelining::new(ftpsfs::ftp::PipeliningMode::Auto),

@@ -134,6 +134,11 @@ pub mod verb {
         EPSV Idempotent [229, 425, 521, 522];
         /// Passive mode: the data address.
         PASV Idempotent [227, 425, 521];
+        /// Extended active mode: where the server connects (RFC 2428).
+        /// (550: vsftpd's answer where active mode is off.)
+        EPRT Idempotent [200, 522, 550];
+        /// Active mode: where the server connects, IPv4 only.
+        PORT Idempotent [200, 550];
         /// The offset of the next transfer.
         REST Idempotent [350, 554];
         /// Stops a transfer (226 or 225; the transfer's own end comes besides).

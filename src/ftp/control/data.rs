@@ -16,7 +16,7 @@ use super::replies::PendingReplies;
 use super::{io_error, summarize, ControlConnection, State};
 use crate::ftp::activity::Activity;
 use crate::ftp::error::FtpError;
-use crate::ftp::options::Timeouts;
+use crate::ftp::options::{DataMode, Timeouts};
 use crate::ftp::passive;
 use crate::ftp::proxy::Proxy;
 use crate::ftp::reply::Reply;
@@ -80,6 +80,11 @@ impl ControlConnection {
             return Err(FtpError::Closed {
                 step: "opening a data connection on a broken connection".into(),
             });
+        }
+        if let DataMode::Active(address) = self.options.data_mode {
+            return self
+                .open_active_channel(preface, command, offset, address)
+                .await;
         }
         let tickets_before = self.tickets_received();
         // Where EPSV is known to work and a session is in hand, the command goes out with
@@ -261,7 +266,7 @@ impl ControlConnection {
     }
 
     /// The TLS config for this connection's data connections (None for plain FTP).
-    fn data_tls_config(&self) -> Option<Arc<ClientConfig>> {
+    pub(super) fn data_tls_config(&self) -> Option<Arc<ClientConfig>> {
         let (config, _) = self.session.as_ref()?;
         if self.options.resume_data_sessions {
             Some(config.clone())
@@ -384,7 +389,7 @@ impl ControlConnection {
     /// After a transfer command refused behind an accepted REST: servers differ on whether
     /// the offset still holds (RFC 3659 leaves it open), and one that keeps it would start
     /// the next transfer mid-file, so the connection serves no other.
-    fn retire_if_offset_kept(&mut self, offset: u64) {
+    pub(super) fn retire_if_offset_kept(&mut self, offset: u64) {
         if offset > 0 {
             tracing::debug!(
                 conn = self.id,

@@ -4,10 +4,12 @@
 //! - [`replies`]: sending commands and reading replies, pipelined, and the replies a
 //!   connection still owes from an earlier transfer;
 //! - [`data`]: data connections (passive address, TLS resumption, transfer end and abort);
+//! - [`active`]: active-mode data connections (EPRT/PORT), which the server opens;
 //! - [`upload`]: uploads, and how they end;
 //! - [`commands`]: the FTP commands themselves, each verb with its retry policy;
 //! - [`reach`]: paths too long for one command line, sent relative to their directory.
 
+mod active;
 mod commands;
 mod data;
 mod reach;
@@ -80,12 +82,16 @@ pub struct ControlConnection {
     options: Arc<ConnectOptions>,
     server_name: ServerName<'static>,
     peer: SocketAddr,
+    /// This side's address on the control connection: where active mode listens.
+    local: SocketAddr,
     /// This connection's own TLS config and session store (None for plain FTP).
     session: Option<(Arc<ClientConfig>, Arc<SessionStore>)>,
     stats: Arc<TlsStats>,
     greeting: Reply,
     features: Features,
     epsv_refused: bool,
+    /// The server does not know EPRT: active mode sends PORT.
+    eprt_refused: bool,
     /// EPSV has worked on this connection: data commands may go out with it.
     epsv_works: bool,
     data_connections: u64,
@@ -175,6 +181,10 @@ impl ControlConnection {
             step: "reading the control connection's peer address".into(),
             source,
         })?;
+        let local = tcp.local_addr().map_err(|source| FtpError::Io {
+            step: "reading the control connection's local address".into(),
+            source,
+        })?;
         let server_name = ServerName::try_from(options.host.clone()).map_err(|_| {
             FtpError::TlsConfig(format!("{:?} is not a valid TLS server name", options.host))
         })?;
@@ -203,6 +213,7 @@ impl ControlConnection {
             options,
             server_name,
             peer,
+            local,
             session,
             stats,
             greeting: Reply {
@@ -211,6 +222,7 @@ impl ControlConnection {
             },
             features: Features::default(),
             epsv_refused: false,
+            eprt_refused: false,
             epsv_works: false,
             data_connections: 0,
             state: State::Ready,
@@ -534,6 +546,12 @@ impl ControlConnection {
     /// proxy when there is one.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// This side's address on the control connection (where active mode listens unless
+    /// told another).
+    pub fn local(&self) -> SocketAddr {
+        self.local
     }
 
     /// The host data connections go to: the control connection's peer (what the user
