@@ -648,7 +648,14 @@ impl PoolInner {
             VersionPolicy::load(&self.version_policy),
             &self.connect_tls12,
         ) {
-            match ControlConnection::connect(tls12.clone(), self.stats.clone()).await {
+            // Boxed (here and below): a login's state is large, and would otherwise sit
+            // in every operation's future that may open a connection.
+            match Box::pin(ControlConnection::connect(
+                tls12.clone(),
+                self.stats.clone(),
+            ))
+            .await
+            {
                 Ok(conn) => {
                     self.stats.opened_on_tls12.fetch_add(1, Ordering::Relaxed);
                     return Ok(conn);
@@ -664,7 +671,11 @@ impl PoolInner {
                 Err(e) => return Err(e),
             }
         }
-        ControlConnection::connect(self.connect.clone(), self.stats.clone()).await
+        Box::pin(ControlConnection::connect(
+            self.connect.clone(),
+            self.stats.clone(),
+        ))
+        .await
     }
 
     /// The server answered: an outage noted before is over (a failed connect while the

@@ -123,7 +123,8 @@ pub async fn dial(
     limit: Duration,
 ) -> Result<TcpStream, FtpError> {
     match proxy {
-        Some(proxy) => proxy.connect(host, port, limit).await,
+        // Boxed: the handshakes' state would otherwise sit in every future that connects.
+        Some(proxy) => Box::pin(proxy.connect(host, port, limit)).await,
         None => connect_tcp(host, port, limit).await,
     }
 }

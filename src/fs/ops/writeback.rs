@@ -555,7 +555,7 @@ impl FtpFs {
                 queue.journal.record(&updated)?;
             }
         }
-        let result = self.upload_and_land(ino, &mut state, Some(&item)).await;
+        let result = Box::pin(self.upload_and_land(ino, &mut state, Some(&item))).await;
         match result {
             Ok(conflict) => {
                 if let Some(name) = conflict {

@@ -609,8 +609,8 @@ impl FtpFs {
         if !state.dirty || state.discarded {
             return Ok(());
         }
-        let result = self
-            .upload_and_land(file.ino, state, None)
+        // Boxed: an upload's state is large, and would otherwise sit in every close's.
+        let result = Box::pin(self.upload_and_land(file.ino, state, None))
             .await
             .map(|_| ());
         match &result {
@@ -883,7 +883,7 @@ impl FtpFs {
         let mut tries = 0;
         loop {
             tries += 1;
-            match upload::upload(&self.pool, &path, staging, len, background).await {
+            match Box::pin(upload::upload(&self.pool, &path, staging, len, background)).await {
                 Ok((conn, sent)) => return Ok((conn, sent, path)),
                 Err(e) => {
                     let retry = !item

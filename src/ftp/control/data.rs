@@ -82,9 +82,8 @@ impl ControlConnection {
             });
         }
         if let DataMode::Active(address) = self.options.data_mode {
-            return self
-                .open_active_channel(preface, command, offset, address)
-                .await;
+            // Boxed: passive transfers need not carry active mode's state.
+            return Box::pin(self.open_active_channel(preface, command, offset, address)).await;
         }
         let tickets_before = self.tickets_received();
         // Where EPSV is known to work and a session is in hand, the command goes out with
