@@ -235,6 +235,42 @@ fn port_argument(ip: Ipv4Addr, port: u16) -> String {
 mod tests {
     use super::*;
 
+    /// A connection from another address (127.0.0.2 is loopback too) that reaches the
+    /// port first is closed, and the server's is taken.
+    #[test]
+    fn only_the_servers_connection_is_taken() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let target: SocketAddr = ([127, 0, 0, 1], port).into();
+            let intruder = tokio::net::TcpSocket::new_v4().unwrap();
+            intruder.bind(([127, 0, 0, 2], 0).into()).unwrap();
+            let mut intruder = intruder.connect(target).await.unwrap();
+            let server = TcpStream::connect(target).await.unwrap();
+            let taken = within(
+                Duration::from_secs(5),
+                || "accepting".into(),
+                accept_from(&listener, "127.0.0.1".parse().unwrap()),
+            )
+            .await
+            .unwrap();
+            assert_eq!(taken.peer_addr().unwrap(), server.local_addr().unwrap());
+            // The intruder's connection was closed: it reads the end.
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::io::AsyncReadExt::read(&mut intruder, &mut byte),
+            )
+            .await
+            .unwrap();
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        });
+    }
+
     #[test]
     fn port_and_eprt_arguments() {
         assert_eq!(
