@@ -253,7 +253,7 @@ impl FtpFs {
             item.mode = state.set_mode.or(item.mode);
         });
         if let Some(item) = updated {
-            if let Err(e) = queue.journal.record(&item) {
+            if let Err(e) = queue.journal.record_soon(&item) {
                 tracing::warn!(id, "cannot record a queued file's new time or mode: {e}");
             }
         }
@@ -323,7 +323,7 @@ impl FtpFs {
                 item.base = journal_base;
             });
             if let Some(item) = updated {
-                queue.journal.record(&item)?;
+                queue.journal.record_soon(&item)?;
             }
         }
         self.inodes

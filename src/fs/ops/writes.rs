@@ -580,6 +580,10 @@ impl FtpFs {
         if state.dirty && !state.discarded && (state.written || state.queued.is_none()) {
             self.queue_write(&file, &mut state).await?;
         }
+        // A rename or time folded into the item since is durable too, landed or not.
+        if let Some(queue) = self.queue() {
+            queue.journal.sync()?;
+        }
         let queued = state.queued;
         drop(state);
         match queued {
