@@ -475,8 +475,9 @@ fn header(
     out
 }
 
-/// Whether the disk holding `dir` has less free space than it must keep.
-fn too_little_free_space(dir: &Path) -> bool {
+/// Whether the disk holding `dir` has less free space than it must keep (also the
+/// write-back queue's rule: its closes wait for uploads then).
+pub(in crate::fs) fn too_little_free_space(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return false;

@@ -208,8 +208,9 @@ impl Queue {
         pending.fold((0, 0), |(n, bytes), item| (n + 1, bytes + item.size))
     }
 
-    /// Waits until `size` more bytes fit under the cap (or nothing else is queued: one
-    /// file larger than the cap still goes). While the queue shrinks the wait goes on;
+    /// Waits until `size` more bytes fit under the cap and the journal's disk keeps the
+    /// disk cache's free space (or nothing else is queued: one file larger than the cap
+    /// still goes). While the queue shrinks the wait goes on;
     /// once nothing has left it for [`STALL`], the file goes over the cap (logged), so
     /// that a server that is down never freezes a close.
     pub async fn wait_for_room(&self, size: u64) {
@@ -218,7 +219,8 @@ impl Queue {
         loop {
             let changed = self.changed.notified();
             let (count, bytes) = self.pending();
-            if count == 0 || bytes + size <= self.config.max_bytes {
+            let low_disk = crate::fs::cache::disk::too_little_free_space(self.journal.dir());
+            if has_room(count, bytes, size, self.config.max_bytes, low_disk) {
                 return;
             }
             let now = tokio::time::Instant::now();
@@ -235,7 +237,12 @@ impl Queue {
                 );
                 return;
             }
-            tracing::debug!(bytes, size, "write-back queue full: waiting for uploads");
+            tracing::debug!(
+                bytes,
+                size,
+                low_disk,
+                "write-back queue full: waiting for uploads"
+            );
             let _ = tokio::time::timeout_at(deadline, changed).await;
         }
     }
@@ -300,8 +307,28 @@ impl Queue {
     }
 }
 
+/// Whether a close of `size` bytes may queue now: `count` items of `bytes` are queued,
+/// the cap is `max`, and `low_disk` says the journal's disk is below its free space.
+fn has_room(count: usize, bytes: u64, size: u64, max: u64, low_disk: bool) -> bool {
+    count == 0 || (bytes + size <= max && !low_disk)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_full_cap_or_a_low_disk_holds_closes_unless_nothing_is_queued() {
+        assert!(
+            super::has_room(0, 0, 5 << 30, 1 << 30, true),
+            "nothing queued: it goes"
+        );
+        assert!(super::has_room(3, 100, 100, 1_000, false));
+        assert!(!super::has_room(3, 900, 200, 1_000, false), "over the cap");
+        assert!(
+            !super::has_room(3, 100, 100, 1_000, true),
+            "the disk is low"
+        );
+    }
+
     use super::*;
 
     fn queue(max_bytes: u64) -> Queue {
