@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Read;
 use std::process::{Command, Output};
 
 use common::mount::{MountConfig, Mounted, ServerScratch};
@@ -141,20 +140,6 @@ fn bad_active_options_are_one_line() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-fn sha256_of(path: &std::path::Path) -> String {
-    let mut file = fs::File::open(path).unwrap();
-    let mut hasher = openssl::sha::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    common::hex(&hasher.finish())
-}
-
 #[test]
 fn mounts_in_active_mode_read_and_write() {
     for server in [Server::Vsftpd, Server::Proftpd] {
@@ -165,14 +150,9 @@ fn mounts_in_active_mode_read_and_write() {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.contains("large.bin"), "{server:?}: {names:?}");
-        let sums = fs::read_to_string(env().data.join("SHA256SUMS")).unwrap();
-        let expected = sums
-            .lines()
-            .find_map(|l| l.strip_suffix("  large.bin"))
-            .unwrap()
-            .to_string();
+        let expected = common::expected_sha256("large.bin");
         assert_eq!(
-            sha256_of(&m.path().join("large.bin")),
+            common::sha256_of_file(&m.path().join("large.bin")),
             expected,
             "{server:?}"
         );

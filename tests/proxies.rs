@@ -350,20 +350,6 @@ fn all_proxy_is_honoured_unless_proxy_none_or_no_proxy() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
 }
 
-fn sha256_of(path: &std::path::Path) -> String {
-    let mut file = fs::File::open(path).unwrap();
-    let mut hasher = openssl::sha::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    common::hex(&hasher.finish())
-}
-
 /// A mount through `proxy` on `server`: the sample tree is listed, a 64 MiB file reads
 /// back with its SHA-256, and files written land on the server's disk.
 fn mount_through(server: Server, proxy: &str, extra: Option<&str>) {
@@ -381,13 +367,11 @@ fn mount_through(server: Server, proxy: &str, extra: Option<&str>) {
         names.contains("large.bin") && names.contains("dir1"),
         "{names:?}"
     );
-    let sums = fs::read_to_string(env().data.join("SHA256SUMS")).unwrap();
-    let expected = sums
-        .lines()
-        .find_map(|l| l.strip_suffix("  large.bin"))
-        .unwrap()
-        .to_string();
-    assert_eq!(sha256_of(&m.path().join("large.bin")), expected);
+    let expected = common::expected_sha256("large.bin");
+    assert_eq!(
+        common::sha256_of_file(&m.path().join("large.bin")),
+        expected
+    );
     for i in 0..5 {
         let body = common::content(100_000 + i * 7_919, i);
         fs::write(m.path().join(&scratch.name).join(format!("f{i}")), &body).unwrap();

@@ -264,6 +264,22 @@ pub fn expected_sha256(relative: &str) -> String {
         .unwrap_or_else(|| panic!("{relative} not in SHA256SUMS"))
 }
 
+/// SHA-256 of a file (read through a mount, say), in hex.
+pub fn sha256_of_file(path: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut hasher = openssl::sha::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex(&hasher.finish())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,21 +4,15 @@
 //! connection's session as a passive connection does.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use rustls::HandshakeKind;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::commands::{transfer_end, verb, Command};
+use super::commands::{verb, Command};
 use super::data::{is_data_connection_failure, Channel};
-use super::{summarize, ControlConnection, State};
+use super::{ControlConnection, State};
 use crate::ftp::error::FtpError;
 use crate::ftp::reply::Reply;
 use crate::ftp::transport::{tls_handshake, within, Transport};
-
-/// How long to wait for the server's words after a refused handshake, to report them.
-const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
 impl ControlConnection {
     /// Sends `preface` (if any), announces a listening port, sends `command`, and takes
@@ -64,7 +58,6 @@ impl ControlConnection {
         self.data_connections = number;
         self.activity.count_data_connection();
         let step = format!("active data connection {number}");
-        let verb = command.verb().name;
         self.send(&command).await?;
         let reply = self.read_reply_to(&command).await?;
         if !(reply.is_preliminary() || reply.is_success()) {
@@ -112,53 +105,12 @@ impl ControlConnection {
                 .await;
                 match handshake {
                     Ok(stream) => Transport::Tls(Box::new(stream)),
-                    Err(handshake_error) => {
-                        self.mark_broken();
-                        let reply = tokio::time::timeout(
-                            REFUSAL_GRACE,
-                            self.read_reply_for("after a failed data handshake", transfer_end),
-                        )
-                        .await;
-                        return Err(match reply {
-                            Ok(Ok(reply)) if !reply.is_success() => FtpError::DataRejected {
-                                number,
-                                reply,
-                                resumed: None,
-                            },
-                            _ => handshake_error,
-                        });
-                    }
+                    Err(error) => return Err(self.handshake_failed(number, error).await),
                 }
             }
         };
-        let resumed = transport
-            .tls()
-            .map(|tls| tls.handshake_kind() == Some(HandshakeKind::Resumed));
-        match resumed {
-            Some(true) => self.stats.data_resumed.fetch_add(1, Ordering::Relaxed),
-            Some(false) => self.stats.data_full.fetch_add(1, Ordering::Relaxed),
-            None => 0,
-        };
-        tracing::debug!(
-            conn = self.id,
-            data = number,
-            resumed = ?resumed,
-            tls = ?transport.tls().map(summarize),
-            command = %command.shown(),
-            "active data connection open"
-        );
-        self.enter(State::Transfer {
-            early_reply: reply.is_success().then_some(reply),
-        });
-        Ok((
-            Channel {
-                transport,
-                number,
-                resumed,
-                verb,
-            },
-            preface_reply,
-        ))
+        let channel = self.channel_open(transport, number, &command, reply);
+        Ok((channel, preface_reply))
     }
 
     /// Tells the server where to connect: EPRT (RFC 2428), or PORT where the server
@@ -234,6 +186,7 @@ fn port_argument(ip: Ipv4Addr, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A connection from another address (127.0.0.2 is loopback too) that reaches the
     /// port first is closed, and the server's is taken.

@@ -210,22 +210,7 @@ impl ControlConnection {
         let transport = match handshake.0.await {
             Ok(Ok(transport)) => transport,
             Ok(Err(handshake_error)) => {
-                // A server that refuses the session aborts the handshake and says why
-                // on the control connection; its words are the useful diagnosis.
-                self.mark_broken();
-                let reply = tokio::time::timeout(
-                    REJECTED_HANDSHAKE_GRACE,
-                    self.read_reply_for("after a failed data handshake", transfer_end),
-                )
-                .await;
-                return Err(match reply {
-                    Ok(Ok(reply)) if !reply.is_success() => FtpError::DataRejected {
-                        number,
-                        reply,
-                        resumed: None,
-                    },
-                    _ => handshake_error,
-                });
+                return Err(self.handshake_failed(number, handshake_error).await);
             }
             Err(join_error) => {
                 self.mark_broken();
@@ -235,6 +220,39 @@ impl ControlConnection {
                 });
             }
         };
+        let channel = self.channel_open(transport, number, &command, reply);
+        Ok((channel, preface_reply))
+    }
+
+    /// The error for a data connection whose TLS handshake failed: a server that refuses
+    /// the session aborts the handshake and says why on the control connection, and its
+    /// words are the useful diagnosis. The connection is out of step either way.
+    pub(super) async fn handshake_failed(&mut self, number: u64, error: FtpError) -> FtpError {
+        self.mark_broken();
+        let reply = tokio::time::timeout(
+            REJECTED_HANDSHAKE_GRACE,
+            self.read_reply_for("after a failed data handshake", transfer_end),
+        )
+        .await;
+        match reply {
+            Ok(Ok(reply)) if !reply.is_success() => FtpError::DataRejected {
+                number,
+                reply,
+                resumed: None,
+            },
+            _ => error,
+        }
+    }
+
+    /// A data connection made (passive or active): counts how its TLS session went,
+    /// and enters the transfer; `reply` is the transfer command's first.
+    pub(super) fn channel_open(
+        &mut self,
+        transport: Transport,
+        number: u64,
+        command: &Command,
+        reply: Reply,
+    ) -> Channel {
         let resumed = transport
             .tls()
             .map(|tls| tls.handshake_kind() == Some(HandshakeKind::Resumed));
@@ -255,13 +273,12 @@ impl ControlConnection {
         self.enter(State::Transfer {
             early_reply: reply.is_success().then_some(reply),
         });
-        let channel = Channel {
+        Channel {
             transport,
             number,
             resumed,
-            verb,
-        };
-        Ok((channel, preface_reply))
+            verb: command.verb().name,
+        }
     }
 
     /// The TLS config for this connection's data connections (None for plain FTP).
