@@ -890,10 +890,15 @@ impl FtpFs {
             match Box::pin(upload::upload(&self.pool, &path, staging, len, background)).await {
                 Ok((conn, sent)) => return Ok((conn, sent, path)),
                 Err(e) => {
+                    // 426: the server lost the data connection and stored nothing whole
+                    // (vsftpd's "Failure reading network stream", as when a proxy
+                    // resets the connection toward it).
                     let retry = !item
                         && tries == 1
                         && self.config.atomic_uploads
-                        && e.remote().is_some_and(crate::ftp::pool::worth_retrying);
+                        && e.remote().is_some_and(|e| {
+                            crate::ftp::pool::worth_retrying(e) || e.reply_code() == Some(426)
+                        });
                     let e = self.discard_after_upload(e, path, item);
                     if !retry {
                         return Err(e);
