@@ -1518,3 +1518,42 @@ async fn temporary_files_left_at_unmount_are_deleted_by_the_next_mount() {
         .unwrap_or(0);
     assert_eq!(records, 0, "the record of what was left is not removed");
 }
+
+/// A server that gives up a passive port left waiting (a short passive timeout, as
+/// FileZilla Server or IIS may have) refuses the upload that comes to a data connection
+/// opened ahead: close() still succeeds, as the upload goes again on another connection
+/// with a port of its own; every file on the server is whole and nothing else is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_land_when_the_server_drops_data_connections_opened_ahead() {
+    let local = LocalFs::new();
+    local.server.set_impatient_passive(true);
+    let names = ["f0", "f1", "f2"];
+    for (i, name) in names.iter().enumerate() {
+        let body = common::content(20_000, i as u64);
+        let (_, closed) = write_new(&local.fs, ROOT_INODE, name, &body, 4096).await;
+        closed.unwrap_or_else(|e| panic!("close() of {name}: {e}"));
+        assert!(
+            fs::read(local.on_server(name)).unwrap() == body,
+            "{name} on the server"
+        );
+        // Longer than the server waits: a port opened ahead is given up.
+        tokio::time::sleep(common::strict_server::PASSIVE_PATIENCE * 4).await;
+    }
+    let pipelining = &local.fs.pool().connect_options().pipelining;
+    assert!(
+        pipelining
+            .describe()
+            .contains("no data connection opened ahead"),
+        "an upload met a port the server gave up: {}",
+        pipelining.describe()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = local.server_names("");
+        if left == names {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -294,6 +294,101 @@ async fn namespace_commands(server: Server, tls: Tls) {
     remove_tree(with_tickets(&mut conn, &target).await, &dir).await;
 }
 
+/// The size an upload's check finds for `path` (and the EPSV it sends ahead).
+async fn check(conn: &mut ControlConnection, path: String) -> Option<u64> {
+    conn.check_upload(path.as_bytes(), None, None, None)
+        .await
+        .unwrap_or_else(|e| panic!("check {path}: {e}"))
+        .size
+}
+
+/// Downloads `path` from `offset` on `conn`.
+async fn download(conn: &mut ControlConnection, path: &str, offset: u64) -> Vec<u8> {
+    let mut data = conn
+        .retrieve(path.as_bytes(), offset)
+        .await
+        .unwrap_or_else(|e| panic!("RETR {path} from {offset}: {e}"));
+    let mut body = vec![0u8; 1 << 16];
+    let n = data.read_full(&mut body).await.expect("read");
+    body.truncate(n);
+    conn.finish_data(data).await.expect("end of RETR");
+    body
+}
+
+/// An upload's check sends the next transfer's EPSV with it and connects to the port
+/// while the connection goes on: the next download and the next upload on that
+/// connection each find their data connection open, resume the session, and carry the
+/// right bytes. A transfer from an offset (REST first) makes its own, and what it left
+/// on the server is replaced by its EPSV.
+async fn data_connections_opened_ahead(server: Server, tls: Tls) {
+    let target = target(server, tls);
+    let stats = Arc::new(TlsStats::default());
+    let mut conn = ControlConnection::connect(Arc::new(target.options.clone()), stats.clone())
+        .await
+        .expect("connect");
+    let dir = scratch(&mut conn, "ahead", &target).await;
+    let ahead = || stats.snapshot().data_opened_ahead;
+    let (first, second) = (format!("{dir}/first"), format!("{dir}/second"));
+    let first_body = b"the first file, uploaded as usual".to_vec();
+    let second_body: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+
+    upload(&mut conn, &first, &first_body)
+        .await
+        .expect("upload");
+    assert!(!conn.has_data_connection_ahead());
+    assert_eq!(
+        check(&mut conn, first.clone()).await,
+        Some(first_body.len() as u64)
+    );
+    assert!(
+        conn.has_data_connection_ahead(),
+        "{server:?} {tls:?}: EPSV went with the check"
+    );
+
+    // From an offset: REST must come before the command, so the open one is left.
+    assert_eq!(download(&mut conn, &first, 4).await, first_body[4..]);
+    assert_eq!(ahead(), 0, "a transfer from an offset opens its own");
+    assert!(!conn.has_data_connection_ahead());
+
+    check(&mut conn, first.clone()).await;
+    assert_eq!(download(&mut conn, &first, 0).await, first_body);
+    assert_eq!(
+        ahead(),
+        1,
+        "{server:?} {tls:?}: the download used the connection opened ahead"
+    );
+
+    check(&mut conn, first.clone()).await;
+    upload(&mut conn, &second, &second_body)
+        .await
+        .expect("upload on the connection opened ahead");
+    assert_eq!(
+        ahead(),
+        2,
+        "{server:?} {tls:?}: the upload used the connection opened ahead"
+    );
+    assert_eq!(
+        check(&mut conn, second.clone()).await,
+        Some(second_body.len() as u64)
+    );
+    let snapshot = stats.snapshot();
+    println!("{server:?} {tls:?}: {snapshot}");
+    if server.resumes(tls) {
+        assert_eq!(snapshot.data_full, 0, "{snapshot}");
+        assert_eq!(snapshot.data_resumed, 4, "{snapshot}");
+    }
+    assert_eq!(snapshot.data_resumed + snapshot.data_full, 4, "{snapshot}");
+    conn.noop().await.expect("still in step");
+    let mut admin = connect(&target).await;
+    assert_eq!(
+        download(&mut admin, &second, 0).await,
+        second_body,
+        "what the server stores"
+    );
+    drop(conn);
+    remove_tree(with_tickets(&mut admin, &target).await, &dir).await;
+}
+
 /// An upload whose data connection does not resume is refused by every server that
 /// enforces resumption, and the connection is not used again.
 async fn refused_upload(server: Server, tls: Tls) {
@@ -397,6 +492,11 @@ macro_rules! upload_suite {
             async fn upload_without_resumption_is_refused() {
                 super::refused_upload($server, $tls).await
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn transfers_find_their_data_connection_opened_ahead() {
+                super::data_connections_opened_ahead($server, $tls).await
+            }
         }
     };
 }
@@ -416,3 +516,54 @@ upload_suite!(
     Server::ProftpdNoOverwrite,
     Tls::V13
 );
+
+/// A server that gives up a passive port left waiting (FileZilla Server and IIS have
+/// short passive timeouts; the strict server imitates one) refuses the transfer that
+/// comes to a data connection opened ahead. That transfer fails as a refused data
+/// connection, which the mount sends again on another connection; the mount stops
+/// opening data connections ahead (pipelining goes on), and the transfers after work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_drops_waiting_passive_ports_ends_opening_ahead() {
+    let target = target(Server::Strict, Tls::V13);
+    let strict = target.strict.as_ref().expect("the strict server");
+    strict.set_impatient_passive(true);
+    let mut conn = connect(&target).await;
+    let dir = scratch(&mut conn, "impatient", &target).await;
+    let path = |name: &str| format!("{dir}/{name}");
+    upload(&mut conn, &path("first"), b"first")
+        .await
+        .expect("EPSV with its command: the port waits no time");
+    conn.check_upload(path("first").as_bytes(), None, None, None)
+        .await
+        .expect("check");
+    assert!(conn.has_data_connection_ahead());
+    tokio::time::sleep(common::strict_server::PASSIVE_PATIENCE * 4).await;
+    match upload(&mut conn, &path("second"), b"second").await {
+        Err(FtpError::DataRejected { reply, .. }) => assert_eq!(reply.code, 425, "{reply}"),
+        other => panic!("a transfer on a port the server gave up: {other:?}"),
+    }
+    let pipelining = &target.options.pipelining;
+    assert!(!pipelining.opens_ahead());
+    assert!(pipelining.pipelines(), "{}", pipelining.describe());
+    assert!(
+        pipelining
+            .describe()
+            .contains("no data connection opened ahead (STOR answered 425"),
+        "{}",
+        pipelining.describe()
+    );
+    let mut conn = connect(&target).await;
+    for name in ["second", "third"] {
+        upload(&mut conn, &path(name), name.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("upload {name} after opening ahead ended: {e}"));
+        let check = conn
+            .check_upload(path(name).as_bytes(), None, None, None)
+            .await
+            .expect("check");
+        assert_eq!(check.size, Some(name.len() as u64));
+        assert!(!conn.has_data_connection_ahead());
+        tokio::time::sleep(common::strict_server::PASSIVE_PATIENCE * 2).await;
+    }
+    remove_tree(&mut conn, &dir).await;
+}

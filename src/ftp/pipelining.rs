@@ -41,6 +41,8 @@ pub struct Pipelining {
     stepped_down: AtomicBool,
     /// `auto` found that the server's control connection breaks after ABOR.
     no_abort: AtomicBool,
+    /// A transfer on a data connection opened ahead failed: none is opened ahead again.
+    no_ahead: AtomicBool,
     /// Why each of the two happened, for the log, `ftpsfs stats` and `ftpsfs check`.
     reasons: Mutex<Reasons>,
     /// The probe ran (or is not needed).
@@ -51,6 +53,7 @@ pub struct Pipelining {
 struct Reasons {
     stepped_down: Option<String>,
     no_abort: Option<String>,
+    no_ahead: Option<String>,
 }
 
 impl Pipelining {
@@ -60,6 +63,7 @@ impl Pipelining {
             mode,
             stepped_down: AtomicBool::new(false),
             no_abort: AtomicBool::new(false),
+            no_ahead: AtomicBool::new(false),
             reasons: Mutex::new(Reasons::default()),
             probed: AtomicBool::new(mode != PipeliningMode::Auto),
         })
@@ -117,6 +121,25 @@ impl Pipelining {
         true
     }
 
+    /// Whether a connection may open the next transfer's data connection ahead of it
+    /// (see `control/ahead.rs`): only where commands go out together, since the EPSV
+    /// rides with other commands, and until a transfer on one failed.
+    pub fn opens_ahead(&self) -> bool {
+        self.pipelines() && !self.no_ahead.load(Ordering::Relaxed)
+    }
+
+    /// Stops opening data connections ahead because of `why` (a transfer on one
+    /// failed); logged once. Whatever the mode: it only ever saves round trips.
+    pub fn stop_opening_ahead(&self, why: &str) {
+        if !self.no_ahead.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a data connection opened ahead of its transfer failed ({why}): opening \
+                 each one when its transfer starts from now on"
+            );
+            self.lock().no_ahead = Some(why.to_string());
+        }
+    }
+
     /// True once, for the first connection, when the probe should run.
     pub fn take_probe(&self) -> bool {
         !self.probed.swap(true, Ordering::Relaxed)
@@ -135,6 +158,9 @@ impl Pipelining {
         };
         if let Some(why) = &reasons.no_abort {
             text.push_str(&format!("; no ABOR ({why})"));
+        }
+        if let Some(why) = &reasons.no_ahead {
+            text.push_str(&format!("; no data connection opened ahead ({why})"));
         }
         text
     }
@@ -176,5 +202,27 @@ mod tests {
         let off = Pipelining::new(PipeliningMode::Off);
         assert!(!off.pipelines());
         assert!(off.step_down("x"));
+    }
+
+    #[test]
+    fn opening_ahead_needs_pipelining_and_stops_for_good() {
+        let off = Pipelining::new(PipeliningMode::Off);
+        assert!(!off.opens_ahead());
+        let on = Pipelining::new(PipeliningMode::On);
+        assert!(on.opens_ahead());
+        on.stop_opening_ahead("425 Unable to build data connection");
+        on.stop_opening_ahead("another");
+        assert!(!on.opens_ahead());
+        assert!(on.pipelines(), "pipelining itself goes on");
+        let described = on.describe();
+        assert!(
+            described.contains("no data connection opened ahead (425"),
+            "{described}"
+        );
+        assert!(!described.contains("another"), "{described}");
+        let auto = Pipelining::new(PipeliningMode::Auto);
+        assert!(auto.opens_ahead());
+        auto.step_down("reply 229 to MDTM");
+        assert!(!auto.opens_ahead());
     }
 }

@@ -193,6 +193,8 @@ pub struct TlsStats {
     pub replaced_for_tickets: AtomicU64,
     /// Control connections opened on TLS 1.2 because TLS 1.3 ran out of tickets.
     pub opened_on_tls12: AtomicU64,
+    /// Data connections whose TCP connection was opened ahead of their transfer.
+    pub data_opened_ahead: AtomicU64,
 }
 
 impl TlsStats {
@@ -205,6 +207,7 @@ impl TlsStats {
             tickets_used: self.tickets_used.load(Ordering::Relaxed),
             replaced_for_tickets: self.replaced_for_tickets.load(Ordering::Relaxed),
             opened_on_tls12: self.opened_on_tls12.load(Ordering::Relaxed),
+            data_opened_ahead: self.data_opened_ahead.load(Ordering::Relaxed),
         }
     }
 }
@@ -224,19 +227,22 @@ pub struct TlsStatsSnapshot {
     pub replaced_for_tickets: u64,
     /// Control connections opened on TLS 1.2 because TLS 1.3 ran out of tickets.
     pub opened_on_tls12: u64,
+    /// Data connections opened ahead of their transfer.
+    pub data_opened_ahead: u64,
 }
 
 impl fmt::Display for TlsStatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "data connections resumed {}, full handshakes {}; TLS 1.3 tickets received {}, used {}; control connections replaced for lack of tickets {}, opened on TLS 1.2 for that {}",
+            "data connections resumed {}, full handshakes {}; TLS 1.3 tickets received {}, used {}; control connections replaced for lack of tickets {}, opened on TLS 1.2 for that {}; data connections opened ahead {}",
             self.data_resumed,
             self.data_full,
             self.tickets_received,
             self.tickets_used,
             self.replaced_for_tickets,
-            self.opened_on_tls12
+            self.opened_on_tls12,
+            self.data_opened_ahead
         )
     }
 }

@@ -194,6 +194,9 @@ struct Faults {
     listing_delay_ms: AtomicU64,
     /// The next this many PASV/EPSV find no passive port free.
     passive_ports_busy: AtomicU64,
+    /// A passive port left waiting over [`PASSIVE_PATIENCE`] before its transfer command
+    /// is closed (with any connection made to it) and the command refused (425).
+    impatient_passive: AtomicBool,
     /// Listings send half their bytes, end the data connection properly (close_notify),
     /// then answer 426, as a server whose directory read failed midway.
     cut_listings: AtomicBool,
@@ -298,6 +301,7 @@ impl StrictServer {
                 hang_up_before_upload_reply: AtomicBool::new(false),
                 listing_delay_ms: AtomicU64::new(0),
                 passive_ports_busy: AtomicU64::new(0),
+                impatient_passive: AtomicBool::new(false),
                 cut_listings: AtomicBool::new(false),
                 keep_rest_after_refusal: AtomicBool::new(false),
                 slow_next_listing: Mutex::new(None),
@@ -557,6 +561,18 @@ impl StrictServer {
             .faults
             .passive_ports_busy
             .store(count, Ordering::SeqCst);
+    }
+
+    /// Gives up a passive port that waits over [`PASSIVE_PATIENCE`] for its transfer
+    /// command: the port and any connection made to it are closed and the command is
+    /// refused (425), as by a server with a short passive timeout. A client that opens
+    /// data connections ahead of their transfer meets it; EPSV sent with its command
+    /// does not.
+    pub fn set_impatient_passive(&self, on: bool) {
+        self.shared
+            .faults
+            .impatient_passive
+            .store(on, Ordering::SeqCst);
     }
 
     /// Answers as a server that runs each command on its own task (a cloud gateway
@@ -880,6 +896,7 @@ fn run_control(mut sock: TcpStream, shared: &Arc<Shared>) {
         cwd: Vec::new(),
         rest: 0,
         passive: None,
+        passive_opened: None,
         queued: VecDeque::new(),
         tickets_issued: 0,
         rename_from: None,
@@ -906,6 +923,8 @@ struct Session {
     cwd: Vec<String>,
     rest: u64,
     passive: Option<TcpListener>,
+    /// When `passive` was opened.
+    passive_opened: Option<Instant>,
     /// Commands that arrived during a transfer, run after it.
     queued: VecDeque<String>,
     /// TLS 1.3 tickets sent on this control connection.
@@ -1536,6 +1555,7 @@ impl Session {
         };
         let port = listener.local_addr()?.port();
         self.passive = Some(listener);
+        self.passive_opened = Some(Instant::now());
         let supply_left = self
             .shared
             .opts
@@ -1709,6 +1729,13 @@ impl Session {
         let Some(listener) = self.passive.take() else {
             return self.reply(425, "Use PASV or EPSV first.");
         };
+        let waited = self.passive_opened.map(|opened| opened.elapsed());
+        if self.shared.faults.impatient_passive.load(Ordering::SeqCst)
+            && waited.is_some_and(|waited| waited > PASSIVE_PATIENCE)
+        {
+            drop(listener);
+            return self.reply(425, "Passive port timed out waiting for a command.");
+        }
         // Async mode: the data connection must be there when the command is taken.
         let preaccepted = if self.async_replies() {
             match accept_waiting(&listener, self.peer_ip) {
@@ -1851,6 +1878,10 @@ impl Session {
         Ok(())
     }
 }
+
+/// How long a passive port waits for its transfer command with
+/// [`StrictServer::set_impatient_passive`].
+pub const PASSIVE_PATIENCE: Duration = Duration::from_millis(50);
 
 /// Async mode's check that a data connection is there when the transfer command is
 /// taken: accepted within a few milliseconds, from the control connection's address.

@@ -316,11 +316,16 @@ impl ControlConnection {
         // second goes out on its own then.
         let same_verb =
             matches!((&time, &chmod), (Some(t), Some(c)) if t.verb().name == c.verb().name);
+        // The next transfer's EPSV rides along (see `ahead.rs`); its reply never decides
+        // the check.
+        let tickets_before = self.tickets_received();
+        let ahead = self.ahead_request();
         let together: Vec<&Command> = [Some(&size), time.as_ref()]
             .into_iter()
             .chain([chmod.as_ref().filter(|_| !same_verb)])
             .flatten()
             .chain(compared.iter().flatten())
+            .chain(ahead.as_ref())
             .collect();
         let mut replies = self.mutate_all(&together).await?;
         if let (true, Some(chmod)) = (same_verb, &chmod) {
@@ -337,6 +342,11 @@ impl ControlConnection {
             .filter(|_| !same_verb)
             .map(|c| outcome(c).map(drop));
         let compared = compared.map(|[size, time]| stored_version(outcome(&size), outcome(&time)));
+        if let Some(epsv) = &ahead {
+            if let Ok(reply) = outcome(epsv) {
+                self.open_ahead(reply, tickets_before);
+            }
+        }
         let mode_set = match (same_verb, &chmod) {
             (true, Some(c)) => Some(outcome(c).map(drop)),
             _ => mode_set,

@@ -11,14 +11,14 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::ahead::TcpConnecting;
 use super::commands::{transfer_end, verb, Command};
 use super::replies::PendingReplies;
 use super::{io_error, summarize, ControlConnection, State};
 use crate::ftp::activity::Activity;
 use crate::ftp::error::FtpError;
-use crate::ftp::options::{DataMode, Timeouts};
+use crate::ftp::options::DataMode;
 use crate::ftp::passive;
-use crate::ftp::proxy::Proxy;
 use crate::ftp::reply::Reply;
 use crate::ftp::tls::non_resuming_config;
 use crate::ftp::transport::{dial, display_addr, tls_handshake, Transport};
@@ -85,34 +85,40 @@ impl ControlConnection {
             // Boxed: passive transfers need not carry active mode's state.
             return Box::pin(self.open_active_channel(preface, command, offset, address)).await;
         }
-        let tickets_before = self.tickets_received();
-        // Where EPSV is known to work and a session is in hand, the command goes out with
-        // EPSV (and REST): the server takes it once its passive port is open and waits
-        // for the connection, one round trip sooner.
-        let mut command_sent = self.can_send_command_with_epsv();
-        let mut preface_reply = None;
-        let target = match command_sent {
-            true => {
-                let (target, reply) = self.passive_with_command(preface, offset, &command).await?;
-                preface_reply = reply;
-                target
-            }
-            false => None,
-        };
-        let target = match target {
-            Some(target) => target,
-            None => {
-                command_sent = false;
-                if let (Some(preface), None) = (preface, &preface_reply) {
-                    preface_reply = Some(self.command(preface.clone()).await?);
+        let (target, tcp, command_sent, preface_reply, via_ahead) =
+            match self.take_ahead(offset).await {
+                Some((target, tcp)) => {
+                    // The port is open and connected: only the command goes out (after its
+                    // preface, in the same round trip where the connection pipelines).
+                    let mut command_sent = false;
+                    let preface_reply = match preface {
+                        Some(preface) => {
+                            if self.pipelines() {
+                                self.send_all(&[preface, &command]).await?;
+                                command_sent = true;
+                                Some(self.read_reply_to(preface).await?)
+                            } else {
+                                Some(self.command(preface.clone()).await?)
+                            }
+                        }
+                        None => None,
+                    };
+                    (target, tcp, command_sent, preface_reply, true)
                 }
-                self.passive_address_and_offset(offset).await?
-            }
-        };
-        if self.tickets_received() > tickets_before {
-            // FileZilla Server sends a ticket on the control connection at each EPSV.
-            self.tickets_at_passive = true;
-        }
+                None => {
+                    let (target, command_sent, preface_reply) =
+                        self.passive_target(preface, offset, &command).await?;
+                    let proxy = self.options.proxy.clone();
+                    let (host, port, limit) = (
+                        target.host.clone(),
+                        target.port,
+                        self.options.timeouts.connect,
+                    );
+                    let tcp: TcpConnecting =
+                        Box::pin(async move { dial(proxy.as_ref(), &host, port, limit).await });
+                    (target, tcp, command_sent, preface_reply, false)
+                }
+            };
         self.check_ticket_supply()?;
         let data_config = self.data_tls_config();
         let number = self.data_connections + 1;
@@ -122,11 +128,10 @@ impl ControlConnection {
         // The command goes out while the data connection is being made: servers wait for
         // the connection after the command, and the round trips overlap.
         let (connected_tx, connected) = tokio::sync::oneshot::channel();
-        tracing::trace!(conn = self.id, data = number, %target, "connecting the data connection");
+        tracing::trace!(conn = self.id, data = number, %target, via_ahead, "connecting the data connection");
         let handshake = PendingData(tokio::spawn(connect_data(
-            target,
-            self.options.proxy.clone(),
-            self.options.timeouts,
+            tcp,
+            self.options.timeouts.handshake,
             data_config.map(|config| (config, self.server_name.clone())),
             step.clone(),
             connected_tx,
@@ -161,6 +166,11 @@ impl ControlConnection {
         };
         if !connected_now {
             let connect_error = handshake.connect_error(&step).await;
+            if via_ahead {
+                self.options
+                    .pipelining
+                    .stop_opening_ahead(&connect_error.to_string());
+            }
             // The server may have refused the command (550) and closed its passive port
             // before the connection came: then its reply is the answer, and the
             // connection stays usable. Otherwise the server waits for a connection that
@@ -195,7 +205,13 @@ impl ControlConnection {
             }
         };
         if !(reply.is_preliminary() || reply.is_success()) {
-            if sent_early && refuses_early_transfer(&reply) {
+            if via_ahead {
+                if is_data_connection_failure(&reply) {
+                    self.options
+                        .pipelining
+                        .stop_opening_ahead(&format!("{verb} answered {reply}"));
+                }
+            } else if sent_early && refuses_early_transfer(&reply) {
                 // A server that takes each command on its own task looked for the data
                 // connection before it was there: it cannot take the command early.
                 self.options.pipelining.step_down(&format!(
@@ -210,6 +226,11 @@ impl ControlConnection {
         let transport = match handshake.0.await {
             Ok(Ok(transport)) => transport,
             Ok(Err(handshake_error)) => {
+                if via_ahead {
+                    self.options
+                        .pipelining
+                        .stop_opening_ahead(&handshake_error.to_string());
+                }
                 return Err(self.handshake_failed(number, handshake_error).await);
             }
             Err(join_error) => {
@@ -220,6 +241,9 @@ impl ControlConnection {
                 });
             }
         };
+        if via_ahead {
+            self.stats.data_opened_ahead.fetch_add(1, Ordering::Relaxed);
+        }
         let channel = self.channel_open(transport, number, &command, reply);
         Ok((channel, preface_reply))
     }
@@ -346,6 +370,46 @@ impl ControlConnection {
             reply,
             resumed,
         }
+    }
+
+    /// The passive port for `command` by EPSV (or PASV), with REST for `offset`; the
+    /// command goes with them where that is known to work. Returns where to connect,
+    /// whether the command went out, and the preface's reply.
+    async fn passive_target(
+        &mut self,
+        preface: Option<&Command>,
+        offset: u64,
+        command: &Command,
+    ) -> Result<(DataTarget, bool, Option<Reply>), FtpError> {
+        let tickets_before = self.tickets_received();
+        // Where EPSV is known to work and a session is in hand, the command goes out with
+        // EPSV (and REST): the server takes it once its passive port is open and waits
+        // for the connection, one round trip sooner.
+        let mut command_sent = self.can_send_command_with_epsv();
+        let mut preface_reply = None;
+        let target = match command_sent {
+            true => {
+                let (target, reply) = self.passive_with_command(preface, offset, command).await?;
+                preface_reply = reply;
+                target
+            }
+            false => None,
+        };
+        let target = match target {
+            Some(target) => target,
+            None => {
+                command_sent = false;
+                if let (Some(preface), None) = (preface, &preface_reply) {
+                    preface_reply = Some(self.command(preface.clone()).await?);
+                }
+                self.passive_address_and_offset(offset).await?
+            }
+        };
+        if self.tickets_received() > tickets_before {
+            // FileZilla Server sends a ticket on the control connection at each EPSV.
+            self.tickets_at_passive = true;
+        }
+        Ok((target, command_sent, preface_reply))
     }
 
     /// The data connection's address, with the server told to start at `offset`.
@@ -802,8 +866,8 @@ impl PendingData {
 /// Where a data connection goes: the server's address, or through a proxy its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct DataTarget {
-    host: String,
-    port: u16,
+    pub(super) host: String,
+    pub(super) port: u16,
 }
 
 impl std::fmt::Display for DataTarget {
@@ -812,23 +876,23 @@ impl std::fmt::Display for DataTarget {
     }
 }
 
-/// Connects a data connection to `target` and, with `tls`, runs its TLS handshake.
-/// `connected` says whether the TCP connect worked, before the handshake starts.
+/// Finishes a data connection's TCP connect (`tcp`: being made now, or opened ahead)
+/// and, with `tls`, runs its TLS handshake. `connected` says whether the TCP connect
+/// worked, before the handshake starts.
 async fn connect_data(
-    target: DataTarget,
-    proxy: Option<Proxy>,
-    timeouts: Timeouts,
+    tcp: TcpConnecting,
+    handshake_limit: Duration,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     step: String,
     connected: tokio::sync::oneshot::Sender<bool>,
 ) -> Result<Transport, FtpError> {
-    let tcp = dial(proxy.as_ref(), &target.host, target.port, timeouts.connect).await;
+    let tcp = tcp.await;
     let _ = connected.send(tcp.is_ok());
     let tcp = tcp?;
     match tls {
         None => Ok(Transport::Plain(tcp)),
         Some((config, server_name)) => {
-            let stream = tls_handshake(tcp, config, server_name, timeouts.handshake, &step).await?;
+            let stream = tls_handshake(tcp, config, server_name, handshake_limit, &step).await?;
             Ok(Transport::Tls(Box::new(stream)))
         }
     }

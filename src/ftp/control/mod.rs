@@ -10,6 +10,7 @@
 //! - [`reach`]: paths too long for one command line, sent relative to their directory.
 
 mod active;
+mod ahead;
 mod commands;
 mod data;
 mod reach;
@@ -119,6 +120,8 @@ pub struct ControlConnection {
     /// The directory changed into for a long path (see `reach`); None in the login
     /// directory.
     away: Option<Vec<u8>>,
+    /// The next transfer's data connection, opened after an upload (see `ahead.rs`).
+    ahead: Option<ahead::OpenedAhead>,
 }
 
 /// Where a control connection stands in its dialogue with the server: one value rather
@@ -236,6 +239,7 @@ impl ControlConnection {
             late_abort_replies: 0,
             home: None,
             away: None,
+            ahead: None,
         };
         conn.greeting = conn.read_greeting_or_spot_implicit_tls().await?;
         if conn.options.security == Security::ExplicitTls {
