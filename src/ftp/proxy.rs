@@ -32,7 +32,7 @@ pub enum ProxyKind {
 }
 
 /// A proxy every connection to the server goes through.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Proxy {
     /// SOCKS5 or HTTP CONNECT.
     pub kind: ProxyKind,
@@ -45,14 +45,6 @@ pub struct Proxy {
     /// Its password (empty when none was given).
     pub password: Secret,
 }
-
-impl PartialEq for Secret {
-    fn eq(&self, other: &Self) -> bool {
-        self.expose() == other.expose()
-    }
-}
-
-impl Eq for Secret {}
 
 /// A proxy URL with its password, if it held one (kept out of [`Proxy::parse`]'s result
 /// so that the caller decides whether a password may come from where the URL came from).
