@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -167,6 +167,29 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Transport {
+    /// Says that the data is complete: TLS close_notify, with the TCP stream left open in
+    /// both directions so that the server's own close_notify (and a TLS 1.3 ticket) can
+    /// still come back through any relay; plain FTP has only the end of the stream.
+    pub async fn send_close_notify(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.shutdown().await,
+            Transport::Tls(stream) => {
+                stream.get_mut().1.send_close_notify();
+                stream.flush().await
+            }
+        }
+    }
+
+    /// Ends the TCP stream's sending side (a FIN), after [`Self::send_close_notify`].
+    pub async fn half_close(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.shutdown().await,
+            Transport::Tls(stream) => stream.get_mut().0.shutdown().await,
         }
     }
 }

@@ -8,6 +8,11 @@
 //! without reading leaves that ticket unread, and the kernel answers unread data with a
 //! reset. So an upload ends with close_notify, then reads the data connection to its end
 //! while waiting for the final reply.
+//!
+//! The TCP stream stays open until the server has closed its side: a relay on the way
+//! (tinyproxy) closes its connection to the server as soon as the client half-closes,
+//! and the server's own close_notify then meets a reset (vsftpd: 426). A server that
+//! waits for the TCP end rather than close_notify gets it [`HALF_CLOSE_GRACE`] later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +32,10 @@ use crate::ftp::transport::Transport;
 /// connection before the reply on the control connection), so this only covers the two
 /// connections' packets arriving out of order.
 const DRAIN_AFTER_REPLY: Duration = Duration::from_millis(200);
+
+/// How long after close_notify the TCP stream is half-closed when the server has not
+/// closed the data connection by then; added to four of the connection's round trips.
+const HALF_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a failed upload waits for the server's reply, which says why (452 disk full,
 /// 552 quota) when the server gave up first.
@@ -122,17 +131,20 @@ impl ControlConnection {
             sent,
             activity: _,
         } = upload;
-        let closed = tokio::time::timeout(idle_limit, transport.shutdown()).await;
+        let closed = tokio::time::timeout(idle_limit, transport.send_close_notify()).await;
+        let half_close_after = transport
+            .tls()
+            .map(|_| HALF_CLOSE_GRACE + transport.round_trip().unwrap_or_default() * 4);
         let early = self.end_transfer();
         let step = format!("end of {shown}");
         let (reply, drained) = match early {
             Some(reply) => {
-                let drained = drain(&mut transport, DRAIN_AFTER_REPLY).await;
+                let drained = drain(&mut transport, DRAIN_AFTER_REPLY, None).await;
                 (Ok(reply), drained)
             }
             None => {
                 let reading = self.read_reply_for(&step, transfer_end);
-                let draining = drain(&mut transport, idle_limit);
+                let draining = drain(&mut transport, idle_limit, half_close_after);
                 tokio::pin!(reading, draining);
                 let mut drained = None;
                 let reply = loop {
@@ -234,14 +246,40 @@ impl ControlConnection {
 
 /// Reads `transport` until the server closes it, for at most `limit`; returns the bytes
 /// read (application data is not expected; TLS records such as a session ticket are
-/// consumed by rustls and count for nothing), or None when the limit passed first.
-async fn drain(transport: &mut Transport, limit: Duration) -> Option<u64> {
+/// consumed by rustls and count for nothing), or None when the limit passed first. With
+/// `half_close_after` (this side still open), the TCP stream is half-closed once the
+/// server has closed its side, or when it has not that long in.
+async fn drain(
+    transport: &mut Transport,
+    limit: Duration,
+    half_close_after: Option<Duration>,
+) -> Option<u64> {
     let mut buf = [0u8; 4096];
     let mut bytes = 0u64;
+    let mut half_close_at = half_close_after.map(|after| tokio::time::Instant::now() + after);
     tokio::time::timeout(limit, async {
         loop {
-            match transport.read(&mut buf).await {
-                Ok(0) | Err(_) => return bytes,
+            let read = match half_close_at {
+                Some(at) => match tokio::time::timeout_at(at, transport.read(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        tracing::debug!("the server keeps the data connection open after close_notify; half-closing it");
+                        half_close_at = None;
+                        let _ = transport.half_close().await;
+                        continue;
+                    }
+                },
+                None => transport.read(&mut buf).await,
+            };
+            match read {
+                Ok(0) | Err(_) => {
+                    // The server has said all it will: ProFTPD holds its 226 until the
+                    // client's side ends too (its lingering close waits up to 10 s).
+                    if half_close_at.is_some() {
+                        let _ = transport.half_close().await;
+                    }
+                    return bytes;
+                }
                 Ok(n) => bytes += n as u64,
             }
         }
