@@ -196,6 +196,22 @@ pub async fn run(
                 resumption_word(resumed),
                 millis(started)
             ));
+            // The replies that end the aborted download are read now. A server that
+            // closes the control connection after ABOR (ProFTPD, rarely, through a
+            // proxy) costs this connection, as it would cost a mount's: a new one goes on.
+            if let Err(e) = conn.noop().await {
+                if !conn.is_broken() {
+                    return Err(step_error("after the aborted download", e));
+                }
+                out(&format!(
+                    "the server closed the control connection after ABOR ({e}); connecting \
+                     again (a mount then closes a connection instead of sending ABOR)"
+                ));
+                conn = step(
+                    "connecting again",
+                    ControlConnection::connect(options.clone(), stats.clone()).await,
+                )?;
+            }
         }
     }
     out(&format!(

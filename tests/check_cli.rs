@@ -322,3 +322,49 @@ fn shape(line: &str) -> String {
     }
     out
 }
+
+/// A server whose control connection breaks after ABOR (the strict server's knob, as a
+/// Node.js server; ProFTPD through a proxy did it once in CI): the check reads the
+/// aborted download's replies at once, says the connection was closed, connects again
+/// and goes on to its end, rather than failing its next listing.
+#[test]
+fn a_control_connection_closed_after_abor_is_replaced_and_the_check_goes_on() {
+    use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
+
+    let root = tempfile_dir();
+    std::fs::write(root.join("big.bin"), common::content(200_000, 3)).unwrap();
+    let env = env();
+    let server = StrictServer::start(StrictServerOptions::new(
+        &root,
+        env.certs.join("server.pem"),
+        env.certs.join("server.key"),
+        TlsVersion::Tls13,
+        env.user.clone(),
+        &env.password,
+    ))
+    .expect("start the strict server");
+    server.set_break_after_abort(true);
+    let url = format!("ftp://{}@127.0.0.1:{}/", env.user, server.port());
+    let ca = env.ca.to_str().unwrap();
+    let out = check(&["--ca-file", ca, &url], Some(&env.password));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("the server closed the control connection after ABOR"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("first 4096 bytes of \"big.bin\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("OK: "), "{stdout}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ftpsfs-check-abor-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
