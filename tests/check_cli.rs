@@ -329,20 +329,10 @@ fn shape(line: &str) -> String {
 /// and goes on to its end, rather than failing its next listing.
 #[test]
 fn a_control_connection_closed_after_abor_is_replaced_and_the_check_goes_on() {
-    use common::strict_server::{StrictServer, StrictServerOptions, TlsVersion};
-
-    let root = tempfile_dir();
+    let root = common::mount::scratch_dir("check-abor");
     std::fs::write(root.join("big.bin"), common::content(200_000, 3)).unwrap();
     let env = env();
-    let server = StrictServer::start(StrictServerOptions::new(
-        &root,
-        env.certs.join("server.pem"),
-        env.certs.join("server.key"),
-        TlsVersion::Tls13,
-        env.user.clone(),
-        &env.password,
-    ))
-    .expect("start the strict server");
+    let server = common::strict_server_for(&root);
     server.set_break_after_abort(true);
     let url = format!("ftp://{}@127.0.0.1:{}/", env.user, server.port());
     let ca = env.ca.to_str().unwrap();
@@ -359,12 +349,4 @@ fn a_control_connection_closed_after_abor_is_replaced_and_the_check_goes_on() {
     );
     assert!(stdout.contains("OK: "), "{stdout}");
     let _ = std::fs::remove_dir_all(&root);
-}
-
-/// A fresh directory under the system's temporary directory.
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ftpsfs-check-abor-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -88,22 +88,17 @@ impl ControlConnection {
         let (target, tcp, command_sent, preface_reply, via_ahead) =
             match self.take_ahead(offset).await {
                 Some((target, tcp)) => {
-                    // The port is open and connected: only the command goes out (after its
-                    // preface, in the same round trip where the connection pipelines).
-                    let mut command_sent = false;
+                    // The port is open and connected: only the command goes out, with its
+                    // preface in the same round trip (a connection opened ahead means the
+                    // mount pipelines).
                     let preface_reply = match preface {
                         Some(preface) => {
-                            if self.pipelines() {
-                                self.send_all(&[preface, &command]).await?;
-                                command_sent = true;
-                                Some(self.read_reply_to(preface).await?)
-                            } else {
-                                Some(self.command(preface.clone()).await?)
-                            }
+                            self.send_all(&[preface, &command]).await?;
+                            Some(self.read_reply_to(preface).await?)
                         }
                         None => None,
                     };
-                    (target, tcp, command_sent, preface_reply, true)
+                    (target, tcp, preface.is_some(), preface_reply, true)
                 }
                 None => {
                     let (target, command_sent, preface_reply) =
