@@ -65,10 +65,15 @@ impl Writer {
         *opens == 0
     }
 
-    /// Forgets `file` unless a writer opened it again meanwhile.
+    /// Forgets `file` unless a writer opened it again meanwhile. Only `file` itself: a
+    /// release that lands late may find the inode's next write file in its place (two
+    /// last closes of one file, each forgetting it, the second after a new open).
     pub fn forget(&self, file: &WriteFile) {
         let mut files = self.files();
-        if *opens(file) == 0 {
+        let current = files
+            .get(&file.ino)
+            .is_some_and(|known| std::ptr::eq(Arc::as_ptr(known), file));
+        if current && *opens(file) == 0 {
             files.remove(&file.ino);
         }
     }
@@ -155,6 +160,25 @@ mod tests {
         assert!(writer.close(&again));
         writer.forget(&again);
         assert!(writer.file(3).is_none());
+    }
+
+    #[test]
+    fn a_late_forget_leaves_the_next_write_file_alone() {
+        // Two releases each saw the last writer go (the second after a reopen); the
+        // first forgets the file, a new open makes the next one, and then the second
+        // release's forget comes: the new file must stay known, or `stat` and the next
+        // truncate(2) miss what it holds.
+        let writer = Writer::new();
+        let old = writer.open(5, new_file);
+        assert!(writer.close(&old));
+        let again = writer.reopen(5).expect("not forgotten yet");
+        assert!(writer.close(&again));
+        writer.forget(&old);
+        let next = writer.open(5, new_file);
+        assert!(!Arc::ptr_eq(&old, &next));
+        writer.forget(&again);
+        let known = writer.file(5).expect("the new write file was forgotten");
+        assert!(Arc::ptr_eq(&known, &next));
     }
 
     #[test]
