@@ -262,6 +262,50 @@ async fn appends_and_truncation_change_the_file_on_the_server() {
     assert_eq!(local.server_names(""), ["log.txt"]);
 }
 
+/// An ftruncate(2) or write(2) that needs the server's copy, and cannot fetch it (the
+/// download stalls), fails alone: the file's content is still the server's, so the
+/// next write through the same descriptor lands beside the server's bytes, never
+/// beside zeros (the failed fetch used to leave an empty local copy as the content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fetch_of_the_servers_copy_never_uploads_zeros() {
+    let local = LocalFs::new();
+    let original = common::content(50_000, 7);
+    fs::write(local.on_server("kept.bin"), &original).unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"kept.bin").await.unwrap();
+    let opened = local.fs.open(attr.ino, WRITE, 1).await.unwrap();
+    local.server.set_stall_data_after(Some(0));
+    let grown = local
+        .fs
+        .setattr(
+            attr.ino,
+            SetAttr {
+                size: Some(60_000),
+                ..SetAttr::default()
+            },
+        )
+        .await;
+    assert!(grown.is_err(), "the truncation could not fetch the file");
+    local.server.set_stall_data_after(None);
+    local
+        .fs
+        .write(opened.handle, 0, b"HEAD".to_vec(), 1)
+        .await
+        .unwrap();
+    local
+        .fs
+        .flush(opened.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(opened.handle).await;
+    let mut expected = original.clone();
+    expected[..4].copy_from_slice(b"HEAD");
+    assert!(
+        fs::read(local.on_server("kept.bin")).unwrap() == expected,
+        "the server's bytes after the write"
+    );
+    assert_eq!(local.server_names(""), ["kept.bin"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shell_redirect_uploads_once_with_the_data() {
     let local = LocalFs::new();

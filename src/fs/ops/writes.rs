@@ -222,7 +222,8 @@ impl FtpFs {
         write.failure(&state)?;
         let len = data.len() as u32;
         let result = self.write_locked(file.ino, &mut state, offset, data).await;
-        if let Err(e) = &result {
+        // (A failure recorded already, a lost stream's, has cleared `dirty`.)
+        if let (Err(e), true) = (&result, state.dirty) {
             self.fail(&mut state, e.clone());
         }
         file.publish(&state);
@@ -343,7 +344,12 @@ impl FtpFs {
             match std::mem::replace(&mut state.content, Content::Zeros) {
                 Content::Server => {
                     if let Some(base) = state.base.clone() {
-                        self.fill(&mut staging, base).await?;
+                        if let Err(e) = self.fill(&mut staging, base).await {
+                            // The server's copy is still the content: a later upload
+                            // must not send zeros in its place.
+                            state.content = Content::Server;
+                            return Err(e);
+                        }
                     }
                 }
                 Content::Zeros | Content::Staged(_) => {}
@@ -366,7 +372,12 @@ impl FtpFs {
                     }
                     .await;
                     self.discard_temporary(path);
-                    filled?;
+                    if let Err(e) = filled {
+                        // What was written went with the stream: this is a failed
+                        // upload, and the server's copy stays the content.
+                        self.fail(state, e.clone());
+                        return Err(e);
+                    }
                 }
             }
             staging.set_len(state.size)?;
