@@ -352,14 +352,29 @@ const CLOSER_CHECK_LIMIT: Duration = Duration::from_secs(1);
 
 /// Who closes a file, from the closing writer's exit code and, for a new file nothing
 /// was written to yet (`unwritten`, its inode), whether the process still holds it on
-/// another descriptor. The reads of `/proc` run apart, with a time limit: a process in
-/// the middle of execve holds locks that the read waits for, and the request loop must
-/// never wait on the process it serves. A process that cannot be read in time is taken
-/// for one that closes its file normally.
-async fn closer_of(pid: u32, unwritten: Option<u64>, mount: Arc<MountIdentity>) -> Closer {
+/// another descriptor. A killed writer is a bystander while another process that wrote
+/// the same descriptor (`others`) lives on: a shell whose command was killed in the
+/// middle of `{ ...; } > file` goes on writing. The reads of `/proc` run apart, with a
+/// time limit: a process in the middle of execve holds locks that the read waits for,
+/// and the request loop must never wait on the process it serves. A process that cannot
+/// be read in time is taken for one that closes its file normally.
+async fn closer_of(
+    pid: u32,
+    unwritten: Option<u64>,
+    others: Vec<u32>,
+    mount: Arc<MountIdentity>,
+) -> Closer {
     let check = tokio::task::spawn_blocking(move || {
         if killed_by_signal(pid) {
-            return Closer::KilledProcess;
+            let group = thread_group(pid);
+            let survivor = others
+                .iter()
+                .any(|&other| group.is_some() && lives_apart(other, group));
+            return if survivor {
+                Closer::Bystander
+            } else {
+                Closer::KilledProcess
+            };
         }
         let keeps_open = unwritten.is_some_and(|ino| {
             mount
@@ -458,6 +473,31 @@ fn killed_by_signal(pid: u32) -> bool {
             .ok()
             .and_then(|stat| exit_signal(&stat))
             .is_some_and(|signal| signal != 0)
+}
+
+/// The process (thread group) that thread `pid` belongs to, from `/proc/PID/status`.
+fn thread_group(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field(&status, "Tgid")?.parse().ok()
+}
+
+/// Whether `pid` is alive and not a thread of process `group` (which is exiting).
+fn lives_apart(pid: u32, group: Option<u32>) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let dead = status_field(&status, "State")
+        .is_none_or(|state| state.starts_with('Z') || state.starts_with('X'));
+    let tgid = status_field(&status, "Tgid").and_then(|t| t.parse::<u32>().ok());
+    !dead && tgid.is_some() && tgid != group
+}
+
+/// The value of field `name` in a `/proc/PID/status`.
+fn status_field<'s>(status: &'s str, name: &str) -> Option<&'s str> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(':')?;
+        Some(value.trim())
+    })
 }
 
 /// The signal in the exit code (field 52) of a `/proc/PID/stat` line: what `waitpid`
@@ -781,7 +821,8 @@ impl Filesystem for FuseAdapter {
         self.empty_reply("flush", span, reply, async move {
             let closer = if fs.is_writer(fh.0, pid) {
                 let unwritten = fs.unwritten_new_file(fh.0).await;
-                closer_of(pid, unwritten, mount).await
+                let others = fs.other_writers(fh.0, pid);
+                closer_of(pid, unwritten, others, mount).await
             } else {
                 Closer::Bystander
             };
@@ -998,6 +1039,30 @@ mod tests {
         assert_eq!(exit_signal("garbage"), None);
         // This test process is alive and well.
         assert!(!killed_by_signal(std::process::id()));
+    }
+
+    #[test]
+    fn a_survivor_is_a_live_process_apart_from_the_killed_one() {
+        let own = std::process::id();
+        assert_eq!(thread_group(own), Some(own));
+        assert!(!lives_apart(own, Some(own)), "its own process");
+        assert!(lives_apart(own, Some(1)));
+        // A child that exited and was not waited for is a zombie: no writer any more.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{zombie}/status"))
+            .is_ok_and(|s| status_field(&s, "State").is_some_and(|st| !st.starts_with('Z')))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never exited"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!lives_apart(zombie, Some(own)));
+        child.wait().unwrap();
+        assert!(!lives_apart(zombie, Some(own)), "reaped");
     }
 
     #[test]

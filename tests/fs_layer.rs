@@ -262,6 +262,68 @@ async fn appends_and_truncation_change_the_file_on_the_server() {
     assert_eq!(local.server_names(""), ["log.txt"]);
 }
 
+/// A writer killed while another handle on the same file goes on writing (two opens,
+/// two processes) is not the file's end: the other's close lands all that was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_writer_leaves_the_files_other_writers_alone() {
+    let local = LocalFs::new();
+    let (attr, first) = local
+        .fs
+        .create(ROOT_INODE, b"shared.txt", 0o644, WRITE, 1)
+        .await
+        .unwrap();
+    local
+        .fs
+        .write(first.handle, 0, b"one,".to_vec(), 1)
+        .await
+        .unwrap();
+    let second = local.fs.open(attr.ino, WRITE, 2).await.unwrap();
+    local
+        .fs
+        .write(second.handle, 4, b"two".to_vec(), 2)
+        .await
+        .unwrap();
+    local
+        .fs
+        .flush(first.handle, Closer::KilledProcess)
+        .await
+        .unwrap();
+    local.fs.release(first.handle).await;
+    local
+        .fs
+        .flush(second.handle, Closer::Program)
+        .await
+        .unwrap();
+    local.fs.release(second.handle).await;
+    assert_eq!(fs::read(local.on_server("shared.txt")).unwrap(), b"one,two");
+}
+
+/// truncate(2) to a shorter length fetches what stays of the file, not all of it (a
+/// log cut to its first kilobyte must not download gigabytes first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_fetches_only_what_stays() {
+    let local = LocalFs::new();
+    let original = common::content(16 << 20, 3);
+    fs::write(local.on_server("big.bin"), &original).unwrap();
+    let attr = local.fs.lookup(ROOT_INODE, b"big.bin").await.unwrap();
+    let before = local.fs.stats().bytes_fetched;
+    let cut = local
+        .fs
+        .setattr(
+            attr.ino,
+            SetAttr {
+                size: Some(1000),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut.size, 1000);
+    assert!(fs::read(local.on_server("big.bin")).unwrap() == original[..1000]);
+    let fetched = local.fs.stats().bytes_fetched - before;
+    assert!(fetched <= 4 << 20, "fetched {fetched} bytes to keep 1000");
+}
+
 /// An ftruncate(2) or write(2) that needs the server's copy, and cannot fetch it (the
 /// download stalls), fails alone: the file's content is still the server's, so the
 /// next write through the same descriptor lands beside the server's bytes, never

@@ -530,6 +530,72 @@ fn strict_writeback_lands_everything_after_a_server_outage_and_kill_9() {
     let _ = fs::remove_dir_all(&local);
 }
 
+/// A queued file opened again with O_TRUNC while its upload waits (the server refuses
+/// data connections for now): what lands is what the program left, an empty file after
+/// `: > name`, the new bytes alone after a rewrite held open across the item's next
+/// try; never the queued content (the queued item used to land under the open, undoing
+/// the truncation, and a write after it landed beside the old bytes).
+#[test]
+fn strict_writeback_an_open_with_o_trunc_supersedes_the_queued_upload() {
+    let local = scratch_dir("wb-otrunc");
+    let (root, cache, mnt) = (local.join("served"), local.join("cache"), local.join("mnt"));
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    for name in ["emptied.txt", "rewritten.txt"] {
+        fs::write(root.join(name), b"the server's old content\n").unwrap();
+    }
+    let server = strict_server(&root, 0);
+    let m = Mounted::with(
+        MountConfig::new(Server::External, Tls::V13)
+            .port(server.port())
+            .mountpoint(&mnt)
+            .option("writeback")
+            .option(&format!("cache_dir={}", cache.display()))
+            .env("RUST_LOG", "ftpsfs=debug"),
+    );
+    server.set_refuse_upload_data(true);
+    fs::write(mnt.join("emptied.txt"), b"queued, then emptied\n").unwrap();
+    fs::write(
+        mnt.join("rewritten.txt"),
+        b"queued content, longer than what replaces it\n",
+    )
+    .unwrap();
+    // `: > emptied.txt`
+    drop(
+        File::options()
+            .write(true)
+            .truncate(true)
+            .open(mnt.join("emptied.txt"))
+            .unwrap(),
+    );
+    let mut held = File::options()
+        .write(true)
+        .truncate(true)
+        .open(mnt.join("rewritten.txt"))
+        .unwrap();
+    server.set_refuse_upload_data(false);
+    // The queued items are tried again meanwhile (1 s after their first refusal).
+    thread::sleep(Duration::from_secs(4));
+    held.write_all(b"new\n").unwrap();
+    held.sync_all().unwrap();
+    drop(held);
+    File::options()
+        .write(true)
+        .open(mnt.join("emptied.txt"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    assert_eq!(fs::read(root.join("rewritten.txt")).unwrap(), b"new\n");
+    assert_eq!(fs::read(root.join("emptied.txt")).unwrap(), b"");
+    assert_eq!(fs::read(mnt.join("emptied.txt")).unwrap(), b"");
+    eventually("the journal empty", Duration::from_secs(10), || {
+        journal_files(&cache, ".item").is_empty()
+    });
+    assert!(temporaries(&root).is_empty(), "{:?}", temporaries(&root));
+    drop(m);
+    let _ = fs::remove_dir_all(&local);
+}
+
 /// A big file written in order goes up while it is written (its upload is on the
 /// server's disk before the close), lands as that one upload, and a file written out of
 /// order after its upload began, or killed right after its close, still lands whole.

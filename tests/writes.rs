@@ -753,6 +753,31 @@ fn pureftpd_serves_long_paths() {
     long_paths(Server::PureFtpd, 3)
 }
 
+/// A command killed in the middle of `{ ...; } > file` is one writer of the shell's
+/// descriptor: the shell goes on writing, and its close lands all that was written (the
+/// killed command's close used to throw the whole file away; the shell's later writes
+/// went nowhere while its close succeeded).
+#[test]
+fn vsftpd_a_command_killed_inside_a_redirect_loses_nothing() {
+    let scratch = ServerScratch::new();
+    let m = write_mount(Server::Vsftpd, Tls::V13);
+    let dir = m.join(&scratch.name);
+    sh(
+        "{ echo head; sh -c 'echo middle; kill -9 $$' || true; echo tail; } > out.txt",
+        &dir,
+    );
+    let expected = b"head\nmiddle\ntail\n";
+    assert_eq!(fs::read(dir.join("out.txt")).unwrap(), expected);
+    assert_eq!(fs::read(scratch.dir.join("out.txt")).unwrap(), expected);
+    // Alone, a killed writer's file is still not taken for whole.
+    sh("sh -c 'echo partial; kill -9 $$' > alone.txt || true", &dir);
+    drop(m);
+    assert!(
+        !scratch.dir.join("alone.txt").exists(),
+        "a killed writer's new file was uploaded"
+    );
+}
+
 /// Closes `file` and returns what close(2) said.
 fn close_checked(file: File) -> std::io::Result<()> {
     use std::os::fd::IntoRawFd;

@@ -533,8 +533,8 @@ impl FtpFs {
             // Whoever replaced or discarded it removed it.
             return Ok(());
         }
-        if state.written {
-            // Rewritten since: the coming close queues the new content in its place.
+        if state.differs_from_queued() {
+            // Changed since: the coming close queues the new content in its place.
             return Ok(());
         }
         if !matches!(state.content, Content::Staged(_)) {

@@ -339,50 +339,45 @@ impl FtpFs {
         ino: u64,
         state: &'s mut WriteState,
     ) -> Result<&'s mut Staging, FsError> {
+        self.staged_prefix(ino, state, u64::MAX).await
+    }
+
+    /// [`Self::staged`] when only the first `keep` bytes of the content matter (a
+    /// truncation to `keep`): no more is fetched, and the staging file is that long.
+    async fn staged_prefix<'s>(
+        &self,
+        ino: u64,
+        state: &'s mut WriteState,
+        keep: u64,
+    ) -> Result<&'s mut Staging, FsError> {
         if !matches!(state.content, Content::Staged(_)) {
-            let mut staging = Staging::create(&self.config.staging_dir)?;
-            match std::mem::replace(&mut state.content, Content::Zeros) {
-                Content::Server => {
-                    if let Some(base) = state.base.clone() {
-                        if let Err(e) = self.fill(&mut staging, base).await {
-                            // The server's copy is still the content: a later upload
-                            // must not send zeros in its place.
-                            state.content = Content::Server;
-                            return Err(e);
-                        }
-                    }
+            let previous = std::mem::replace(&mut state.content, Content::Zeros);
+            // What the content stays if staging fails: the server's copy must never
+            // become zeros that a later upload sends in its place.
+            let unchanged = match previous {
+                Content::Server => Some(Content::Server),
+                Content::Zeros => Some(Content::Zeros),
+                Content::Streaming(_) | Content::Staged(_) => None,
+            };
+            let len = state.size.min(keep);
+            match self
+                .fill_staging(previous, state.base.clone(), keep, len)
+                .await
+            {
+                Ok(staging) => {
+                    tracing::debug!(ino, size = len, "staging file ready");
+                    state.content = Content::Staged(staging);
                 }
-                Content::Zeros | Content::Staged(_) => {}
-                Content::Streaming(stream) => {
-                    // What was streamed is on the server whole; it comes back to the
-                    // staging file, and its temporary file goes.
-                    let path = stream.path.clone();
-                    let filled = async {
-                        let (mut conn, sent) = stream.finish().await?;
-                        let uploaded = upload::verify(&mut conn, &path, sent).await?;
-                        drop(conn);
-                        let version = Arc::new(FileVersion {
-                            path: path.clone().into(),
-                            size: uploaded,
-                            // A version no listing will ever show, so no stale block is
-                            // hit.
-                            mtime: (-1, crate::fs::meta::names::unique() as u32),
-                        });
-                        self.fill(&mut staging, version).await
-                    }
-                    .await;
-                    self.discard_temporary(path);
-                    if let Err(e) = filled {
+                Err(e) => {
+                    match unchanged {
+                        Some(content) => state.content = content,
                         // What was written went with the stream: this is a failed
                         // upload, and the server's copy stays the content.
-                        self.fail(state, e.clone());
-                        return Err(e);
+                        None => self.fail(state, e.clone()),
                     }
+                    return Err(e);
                 }
             }
-            staging.set_len(state.size)?;
-            tracing::debug!(ino, size = state.size, "staging file ready");
-            state.content = Content::Staged(staging);
         }
         match &mut state.content {
             Content::Staged(staging) => Ok(staging),
@@ -390,21 +385,76 @@ impl FtpFs {
         }
     }
 
-    /// Copies `version` from the server (through the block cache) into `staging`.
-    async fn fill(&self, staging: &mut Staging, version: Arc<FileVersion>) -> Result<(), FsError> {
-        let reader = OpenFile::new(0, version.clone());
-        let chunk = self.config.block_size.min(u64::from(u32::MAX)) as u32;
-        let mut offset = 0;
-        while offset < version.size {
-            let data = self.reader.read(&reader, offset, chunk).await?;
-            if data.is_empty() {
-                return Err(FsError::Changed);
+    /// A staging file of `len` bytes holding the first `keep` bytes of `content` (the
+    /// server's copy `base`, or what a stream uploaded, whose temporary file goes).
+    async fn fill_staging(
+        &self,
+        content: Content,
+        base: Option<Arc<FileVersion>>,
+        keep: u64,
+        len: u64,
+    ) -> Result<Staging, FsError> {
+        let mut staging = Staging::create(&self.config.staging_dir)?;
+        match content {
+            Content::Server => {
+                if let Some(base) = base {
+                    self.fill(&mut staging, base, keep).await?;
+                }
             }
-            staging.write_at(offset, &data)?;
-            offset += data.len() as u64;
+            Content::Zeros | Content::Staged(_) => {}
+            Content::Streaming(stream) => {
+                // What was streamed is on the server whole; it comes back to the
+                // staging file.
+                let path = stream.path.clone();
+                let filled = async {
+                    let (mut conn, sent) = stream.finish().await?;
+                    let uploaded = upload::verify(&mut conn, &path, sent).await?;
+                    drop(conn);
+                    let version = Arc::new(FileVersion {
+                        path: path.clone().into(),
+                        size: uploaded,
+                        // A version no listing will ever show, so no stale block is hit.
+                        mtime: (-1, crate::fs::meta::names::unique() as u32),
+                    });
+                    self.fill(&mut staging, version, keep).await
+                }
+                .await;
+                self.discard_temporary(path);
+                filled?;
+            }
         }
+        staging.set_len(len)?;
+        Ok(staging)
+    }
+
+    /// Copies the first `keep` bytes of `version` from the server (through the block
+    /// cache) into `staging`.
+    async fn fill(
+        &self,
+        staging: &mut Staging,
+        version: Arc<FileVersion>,
+        keep: u64,
+    ) -> Result<(), FsError> {
+        let reader = OpenFile::new(0, version.clone());
+        let chunk = self.config.block_size.min(u64::from(u32::MAX));
+        let end = version.size.min(keep);
+        let copied = async {
+            let mut offset = 0;
+            while offset < end {
+                let wanted = chunk.min(end - offset) as u32;
+                let data = self.reader.read(&reader, offset, wanted).await?;
+                if data.is_empty() {
+                    return Err(FsError::Changed);
+                }
+                staging.write_at(offset, &data)?;
+                offset += data.len() as u64;
+            }
+            Ok(())
+        }
+        .await;
+        // Its read-ahead stops either way.
         self.reader.release(&reader).await;
-        Ok(())
+        copied
     }
 
     /// Sets the size of a file being written (ftruncate: uploaded at the next close).
@@ -436,7 +486,7 @@ impl FtpFs {
             Content::Streaming(stream) if size >= stream.position => {}
             Content::Server | Content::Streaming(_) | Content::Staged(_) => {
                 self.unshare_queued(state)?;
-                self.staged(ino, state).await?.set_len(size)?;
+                self.staged_prefix(ino, state, size).await?.set_len(size)?;
             }
         }
         state.size = size;
@@ -505,6 +555,16 @@ impl FtpFs {
             .is_ok_and(|write| write.counted && write.is_writer(pid))
     }
 
+    /// The other processes that opened `handle` or wrote through it, besides `pid`:
+    /// while one of them lives, `pid` being killed does not end the file (see
+    /// [`Closer::KilledProcess`]).
+    pub fn other_writers(&self, handle: u64, pid: u32) -> Vec<u32> {
+        self.handles
+            .write(handle)
+            .map(|write| write.writers_besides(pid))
+            .unwrap_or_default()
+    }
+
     /// The inode of `handle`'s file when it is new and nothing was written to it yet:
     /// its flush creates it on the server unless the closer still holds it open
     /// (see [`Closer::ProgramKeepsOpen`]).
@@ -527,10 +587,19 @@ impl FtpFs {
         if closer == Closer::Bystander {
             return Ok(());
         }
+        if closer == Closer::KilledProcess && self.writer.is_shared(&file) {
+            // Another handle still writes the file: its close decides what lands, as
+            // with one process of a pipeline killed while the others go on.
+            tracing::debug!(
+                ino = file.ino,
+                "a writer was killed; the file's other writers go on"
+            );
+            return Ok(());
+        }
         let mut state = file.state.lock().await;
         if closer == Closer::KilledProcess {
             if let (Some(queue), Some(id)) = (self.queue(), state.queued) {
-                if state.written && !state.discarded {
+                if state.differs_from_queued() && !state.discarded {
                     // What was closed before stays queued; the killed writer's changes go.
                     tracing::info!(
                         ino = file.ino,
@@ -588,7 +657,10 @@ impl FtpFs {
         }
         // Under write-back: made durable, then landed now, its error returned; a failed
         // upload stays queued.
-        if state.dirty && !state.discarded && (state.written || state.queued.is_none()) {
+        if state.dirty
+            && !state.discarded
+            && (state.differs_from_queued() || state.queued.is_none())
+        {
             self.queue_write(&file, &mut state).await?;
         }
         // A rename or time folded into the item since is durable too, landed or not.
@@ -974,7 +1046,7 @@ impl FtpFs {
                 Ok(())
             } else if self.queue().is_none() {
                 self.commit(file, &mut state).await
-            } else if state.written || state.queued.is_none() {
+            } else if state.differs_from_queued() || state.queued.is_none() {
                 self.queue_write(file, &mut state).await
             } else {
                 Ok(())
@@ -1022,7 +1094,7 @@ impl FtpFs {
                         if let Some(mode) = changes.mode {
                             state.set_mode = Some(mode & 0o7777);
                         }
-                        if !state.written {
+                        if !state.differs_from_queued() {
                             self.record_queued_metadata(&state);
                         }
                         file.publish(&state);

@@ -96,6 +96,19 @@ pub struct WriteState {
     pub(in crate::fs) follower: Option<Follower>,
 }
 
+impl WriteState {
+    /// Whether the content is no longer what the queued item holds (`-o writeback`):
+    /// written since it was queued, or emptied by an open's O_TRUNC, which waits for the
+    /// last close. Then the item must not land (it would undo the change, and a later
+    /// write would land beside its bytes); the next close queues the content instead.
+    pub(in crate::fs) fn differs_from_queued(&self) -> bool {
+        self.written
+            || (self.queued.is_some()
+                && !self.shares_queued
+                && !matches!(self.content, Content::Server))
+    }
+}
+
 /// One file open for writing, or with changes not yet on the server.
 pub struct WriteFile {
     /// The file's inode.
@@ -162,6 +175,17 @@ impl WriteHandle {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&pid)
     }
+
+    /// The processes other than `pid` that opened the handle or wrote through it.
+    pub(in crate::fs) fn writers_besides(&self, pid: u32) -> Vec<u32> {
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .filter(|&writer| writer != pid)
+            .collect()
+    }
 }
 
 /// How a file is opened.
@@ -186,7 +210,8 @@ pub enum Closer {
     /// descriptor before writing anything.
     ProgramKeepsOpen,
     /// The kernel closing the files of a writer killed by a signal, whose half-written
-    /// file must not be taken for whole.
+    /// file must not be taken for whole: its only writer (a killed process whose shell
+    /// or sibling still writes the file closes it as a bystander does).
     KilledProcess,
     /// Another process closing its copy of the descriptor: a child that inherited it,
     /// closing it as it runs another program (execve) or exits. The writer still has

@@ -65,6 +65,11 @@ impl Writer {
         *opens == 0
     }
 
+    /// Whether `file` has more than one writer (open handle, or a truncate(2) under way).
+    pub fn is_shared(&self, file: &WriteFile) -> bool {
+        *opens(file) > 1
+    }
+
     /// Forgets `file` unless a writer opened it again meanwhile. Only `file` itself: a
     /// release that lands late may find the inode's next write file in its place (two
     /// last closes of one file, each forgetting it, the second after a new open).
