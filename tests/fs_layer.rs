@@ -1268,6 +1268,67 @@ async fn a_delete_whose_reply_was_lost_is_checked_not_repeated() {
     }
 }
 
+/// A deletion, or a rename onto the file, that the server did not carry out leaves the
+/// file's pending changes as they were: its writer's close still uploads them (they
+/// used to be dropped before the server was asked, so a refusal lost them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_delete_or_replace_keeps_the_files_changes() {
+    let local = LocalFs::new();
+    // Names of their own each round, all there before the first listing.
+    for round in 0..2 {
+        fs::write(local.on_server(format!("kept{round}")), b"old").unwrap();
+        fs::write(local.on_server(format!("other{round}")), b"other").unwrap();
+    }
+    for (round, verb) in ["DELE", "RNFR"].into_iter().enumerate() {
+        let body = format!("written while {verb} failed, {round}").into_bytes();
+        let (kept, other) = (format!("kept{round}"), format!("other{round}"));
+        let ino = local
+            .fs
+            .lookup(ROOT_INODE, kept.as_bytes())
+            .await
+            .unwrap()
+            .ino;
+        local.fs.lookup(ROOT_INODE, other.as_bytes()).await.unwrap();
+        let opened = local.fs.open(ino, WRITE, 1).await.unwrap();
+        local
+            .fs
+            .write(opened.handle, 0, body.clone(), 1)
+            .await
+            .unwrap();
+        local.server.set_drop_at(Some(DropAt {
+            verb: verb.into(),
+            perform: false,
+        }));
+        let refused = match verb {
+            "DELE" => local.fs.unlink(ROOT_INODE, kept.as_bytes()).await,
+            _ => {
+                local
+                    .fs
+                    .rename(
+                        ROOT_INODE,
+                        other.as_bytes(),
+                        ROOT_INODE,
+                        kept.as_bytes(),
+                        RenameFlags::default(),
+                    )
+                    .await
+            }
+        };
+        assert!(
+            matches!(refused, Err(FsError::Remote(_))),
+            "{verb} was not carried out: {refused:?}"
+        );
+        local
+            .fs
+            .flush(opened.handle, Closer::Program)
+            .await
+            .unwrap();
+        local.fs.release(opened.handle).await;
+        assert_eq!(fs::read(local.on_server(&kept)).unwrap(), body, "{verb}");
+        assert_eq!(fs::read(local.on_server(&other)).unwrap(), b"other");
+    }
+}
+
 /// A session that died at the end of an upload (no final reply): the default mode's
 /// close() uploads the file once more, to a new temporary name, and succeeds; nothing
 /// but the file is left. (A dropped File hides close()'s error, so a hiccup failing it

@@ -320,19 +320,32 @@ impl FtpFs {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .existing_child(parent, name);
-            // Open for writing: its changes go nowhere now, as on a local disk. This waits
-            // for an upload under way (the last close of a new file), which decides
-            // whether the server has the file.
-            let on_server = match ino {
-                Some(ino) => self.discard_writes(ino).await,
+            // Open for writing or queued: its changes go nowhere once it is deleted, as on
+            // a local disk. Its state is held from here: this waits for an upload under
+            // way (the last close of a new file), which decides whether the server has
+            // the file, and no upload of it starts until the server has deleted it; a
+            // refused deletion leaves its changes as they were.
+            let file = ino.and_then(|ino| self.writer.file(ino));
+            let mut held = match &file {
+                Some(file) => Some(file.state.lock().await),
                 None => None,
             };
-            if on_server == Some(false) {
-                self.forget_name(parent, name, ino);
-                return Ok(());
+            if let (Some(file), Some(state)) = (&file, held.as_mut()) {
+                if !state.on_server {
+                    self.discard_held(file, state);
+                    drop(held);
+                    self.forget_name(parent, name, ino);
+                    return Ok(());
+                }
             }
             let listing = self.dirs.get(pool, &dir).await?;
-            let entry = listing.get(name).ok_or(FsError::NotFound)?;
+            let Some(entry) = listing.get(name) else {
+                // Gone from the server already (another client): so are the changes.
+                if let (Some(file), Some(state)) = (&file, held.as_mut()) {
+                    self.discard_held(file, state);
+                }
+                return Err(FsError::NotFound);
+            };
             if entry.kind == EntryKind::Dir {
                 return Err(FsError::IsADirectory);
             }
@@ -344,6 +357,10 @@ impl FtpFs {
                 deleted = crate::with_connection!(pool, |conn| conn.delete(&path).await).await;
             }
             self.removal_outcome(deleted, &dir, name).await?;
+            if let (Some(file), Some(state)) = (&file, held.as_mut()) {
+                self.discard_held(file, state);
+            }
+            drop(held);
             self.dirs.record(&dir, Change::Remove(name.to_vec()));
             self.dirs.touch(&dir, now());
             self.forget_name(parent, name, ino);
@@ -448,9 +465,16 @@ impl FtpFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .existing_child(new_parent, new_name);
-        if let Some(replaced) = replaced.filter(|&r| r != ino) {
-            self.discard_writes(replaced).await;
-        }
+        // The replaced file's changes go once the server has replaced it; its state is
+        // held meanwhile, so that none of it lands over the rename, and a refused rename
+        // leaves them as they were.
+        let replaced_file = replaced
+            .filter(|&r| r != ino)
+            .and_then(|r| self.writer.file(r));
+        let mut replaced_held = match &replaced_file {
+            Some(file) => Some(file.state.lock().await),
+            None => None,
+        };
         let from = join_path(&dir, name);
         let to = join_path(&new_dir, new_name);
         let refuses = self.writer.refuses_overwrite();
@@ -497,6 +521,10 @@ impl FtpFs {
             }
             Err(e) => return Err(e),
         }
+        if let (Some(file), Some(state)) = (&replaced_file, replaced_held.as_mut()) {
+            self.discard_held(file, state);
+        }
+        drop(replaced_held);
         self.forget_file_data(ino, &from);
         if let Some(replaced) = replaced.filter(|&r| r != ino) {
             self.forget_file_data(replaced, &to);

@@ -1236,6 +1236,13 @@ impl FtpFs {
         Some(state.on_server)
     }
 
+    /// Drops the pending changes of `file`, whose state the caller held locked while the
+    /// server deleted or replaced it: only then, so that a refusal leaves them queued.
+    pub(in crate::fs) fn discard_held(&self, file: &WriteFile, state: &mut WriteState) {
+        self.discard(state);
+        file.publish(state);
+    }
+
     /// Uploads the pending changes of `ino` now (before it is renamed).
     pub(in crate::fs) async fn commit_writes(&self, ino: u64) -> Result<(), FsError> {
         if let Some(file) = self.writer.file(ino) {
