@@ -87,9 +87,11 @@ fn every_active_data_connection_resumes_reading_and_writing() {
                 );
             }
             if port_key == "VSFTPD_PORT" {
-                // 5 listings and reads, 3 uploads, and the second connection's listing.
+                // The first connection's 4 listings and reads (`--data-connections`'
+                // default), the second connection's listing and 3 uploads. (Other tests'
+                // mounts may add theirs meanwhile: at least these.)
                 assert!(
-                    vsftpd_eprts() >= eprts_before + 9,
+                    vsftpd_eprts() >= eprts_before + 8,
                     "{what}: vsftpd's log shows {} EPRT commands, {} before",
                     vsftpd_eprts(),
                     eprts_before
