@@ -596,6 +596,54 @@ fn strict_writeback_an_open_with_o_trunc_supersedes_the_queued_upload() {
     let _ = fs::remove_dir_all(&local);
 }
 
+/// A queued file's next writer (its upload waits: the item does not land under a
+/// writer) killed before it closes: the content closed before lands on its own, without
+/// an fsync or a remount (the item's tries used to end while the writer had it).
+#[test]
+fn strict_writeback_lands_the_queued_content_after_its_next_writer_is_killed() {
+    let local = scratch_dir("wb-killed-next");
+    let (root, cache, mnt) = (local.join("served"), local.join("cache"), local.join("mnt"));
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let server = strict_server(&root, 0);
+    let m = Mounted::with(
+        MountConfig::new(Server::External, Tls::V13)
+            .port(server.port())
+            .mountpoint(&mnt)
+            .option("writeback")
+            .option(&format!("cache_dir={}", cache.display()))
+            .env("RUST_LOG", "ftpsfs=debug"),
+    );
+    server.set_refuse_upload_data(true);
+    let acknowledged = b"closed and acknowledged\n";
+    fs::write(mnt.join("f.txt"), acknowledged).unwrap();
+    // Opens without truncating, overwrites the start, outlives the item's next try
+    // (1 s after its first refusal) and is killed.
+    let mut writer = Command::new("bash")
+        .arg("-c")
+        // (`exec 1>&3` rather than `>&3` per command: a redirection of its own would
+        // close a copy of the descriptor after the write, which is a close of the file.)
+        .arg("exec 3<> \"$1\"; exec 1>&3; printf GARBAGE; sleep 2.5; kill -9 $$")
+        .arg("writer")
+        .arg(mnt.join("f.txt"))
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    server.set_refuse_upload_data(false);
+    assert!(!writer.wait().unwrap().success());
+    eventually(
+        "the acknowledged content on the server",
+        Duration::from_secs(10),
+        || fs::read(root.join("f.txt")).ok().as_deref() == Some(&acknowledged[..]),
+    );
+    assert_eq!(fs::read(mnt.join("f.txt")).unwrap(), acknowledged);
+    eventually("the journal empty", Duration::from_secs(10), || {
+        journal_files(&cache, ".item").is_empty()
+    });
+    drop(m);
+    let _ = fs::remove_dir_all(&local);
+}
+
 /// A big file written in order goes up while it is written (its upload is on the
 /// server's disk before the close), lands as that one upload, and a file written out of
 /// order after its upload began, or killed right after its close, still lands whole.

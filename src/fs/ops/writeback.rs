@@ -414,6 +414,31 @@ impl FtpFs {
         Ok(())
     }
 
+    /// Makes queued item `id` the content of `file` again, and has it uploaded: the
+    /// changes made since were never acknowledged (their writer was killed, or their
+    /// close failed), and no close is left to queue them, while the item's upload may
+    /// have been put off for them.
+    pub(in crate::fs) fn restore_queued(
+        &self,
+        file: &WriteFile,
+        state: &mut WriteState,
+        id: u64,
+    ) -> Result<(), FsError> {
+        let Some(queue) = self.queue() else {
+            return Ok(());
+        };
+        let staging = Staging::adopt(&queue.journal.data_path(id))?;
+        state.size = staging.len();
+        state.content = Content::Staged(staging);
+        state.shares_queued = true;
+        state.written = false;
+        // An upload following the abandoned writes was of them.
+        state.follower = None;
+        file.publish(state);
+        self.schedule_upload(id);
+        Ok(())
+    }
+
     /// Asks for item `id` to be uploaded by the background uploaders.
     fn schedule_upload(&self, id: u64) {
         let _ = self.upload_requests.send(id);

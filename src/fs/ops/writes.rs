@@ -598,19 +598,14 @@ impl FtpFs {
         }
         let mut state = file.state.lock().await;
         if closer == Closer::KilledProcess {
-            if let (Some(queue), Some(id)) = (self.queue(), state.queued) {
+            if let (Some(_), Some(id)) = (self.queue(), state.queued) {
                 if state.differs_from_queued() && !state.discarded {
                     // What was closed before stays queued; the killed writer's changes go.
                     tracing::info!(
                         ino = file.ino,
                         "the writer was killed: the content closed before it stays queued"
                     );
-                    let staging = Staging::adopt(&queue.journal.data_path(id))?;
-                    state.size = staging.len();
-                    state.content = Content::Staged(staging);
-                    state.shares_queued = true;
-                    state.written = false;
-                    file.publish(&state);
+                    self.restore_queued(&file, &mut state, id)?;
                 }
                 return Ok(());
             }
@@ -1047,7 +1042,23 @@ impl FtpFs {
             } else if self.queue().is_none() {
                 self.commit(file, &mut state).await
             } else if state.differs_from_queued() || state.queued.is_none() {
-                self.queue_write(file, &mut state).await
+                let queued = self.queue_write(file, &mut state).await;
+                if let (Err(e), Some(id)) = (&queued, state.queued) {
+                    // No writer is left to queue these changes (their close failed and
+                    // said so): the content acknowledged last lands instead.
+                    tracing::warn!(
+                        ino = file.ino,
+                        "changes since the last close cannot be queued ({e}); the content closed before them stays queued"
+                    );
+                    if let Err(e) = self.restore_queued(file, &mut state, id) {
+                        tracing::warn!(
+                            ino = file.ino,
+                            id,
+                            "cannot take the queued content back: {e}"
+                        );
+                    }
+                }
+                queued
             } else {
                 Ok(())
             };
