@@ -12,6 +12,7 @@ use crate::fs::error::FsError;
 use crate::fs::meta::dircache::Change;
 use crate::fs::meta::inode::{join_path, ROOT_INODE};
 use crate::fs::meta::names::{check_new_name, NAME_MAX};
+use crate::fs::write::file::{WriteFile, WriteState};
 use crate::fs::write::upload;
 use crate::fs::{Attr, FtpFs};
 use crate::ftp::listing::{Entry, EntryKind};
@@ -465,16 +466,16 @@ impl FtpFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .existing_child(new_parent, new_name);
-        // The replaced file's changes go once the server has replaced it; its state is
-        // held meanwhile, so that none of it lands over the rename, and a refused rename
-        // leaves them as they were.
+        // The write states of both files are held until the names have changed here
+        // too: an upload of the source landing meanwhile would go to its old name, and
+        // one of the replaced file over the renamed one. The replaced file's changes go
+        // once the server has replaced it; a refused rename leaves them as they were.
+        let source_file = self.writer.file(ino);
         let replaced_file = replaced
             .filter(|&r| r != ino)
             .and_then(|r| self.writer.file(r));
-        let mut replaced_held = match &replaced_file {
-            Some(file) => Some(file.state.lock().await),
-            None => None,
-        };
+        let (source_held, mut replaced_held) =
+            lock_in_order(source_file.as_deref(), replaced_file.as_deref()).await;
         let from = join_path(&dir, name);
         let to = join_path(&new_dir, new_name);
         let refuses = self.writer.refuses_overwrite();
@@ -544,6 +545,7 @@ impl FtpFs {
             .unwrap_or_else(|e| e.into_inner())
             .rename(ino, new_parent, new_name)
             .ok_or(FsError::BadHandle)?;
+        drop(source_held);
         Ok(())
     }
 
@@ -567,4 +569,28 @@ impl FtpFs {
 /// The time a change made now shows on its directory.
 fn now() -> crate::ftp::listing::Timestamp {
     crate::fs::write::file::timestamp(SystemTime::now())
+}
+
+/// Locks the write states of two files in inode order, so that two renames of the same
+/// pair the other way round at the same time cannot each hold one and wait for the other.
+async fn lock_in_order<'a>(
+    first: Option<&'a WriteFile>,
+    second: Option<&'a WriteFile>,
+) -> (
+    Option<tokio::sync::MutexGuard<'a, WriteState>>,
+    Option<tokio::sync::MutexGuard<'a, WriteState>>,
+) {
+    async fn lock(file: Option<&WriteFile>) -> Option<tokio::sync::MutexGuard<'_, WriteState>> {
+        match file {
+            Some(file) => Some(file.state.lock().await),
+            None => None,
+        }
+    }
+    if matches!((first, second), (Some(a), Some(b)) if b.ino < a.ino) {
+        let second = lock(second).await;
+        (lock(first).await, second)
+    } else {
+        let first = lock(first).await;
+        (first, lock(second).await)
+    }
 }
