@@ -546,21 +546,42 @@ impl FtpFs {
 
     /// Lands item `id` of file `ino` now, if it is still the file's queued content.
     pub(in crate::fs) async fn land_queued(&self, ino: u64, id: u64) -> Result<(), FsError> {
-        let Some(queue) = self.queue() else {
+        if self.queue().is_none() {
             return Ok(());
-        };
+        }
         let Some(file) = self.writer.file(ino) else {
             self.drop_item(id);
             return Ok(());
         };
         let mut state = file.state.lock().await;
+        let landed = self.land_queued_locked(&file, &mut state, id).await?;
+        drop(state);
+        if landed {
+            self.writer.forget(&file);
+        }
+        Ok(())
+    }
+
+    /// [`Self::land_queued`] with the file's state held by the caller (fsync, so that
+    /// no change comes between queueing the content and landing it); returns whether
+    /// the item landed.
+    pub(in crate::fs) async fn land_queued_locked(
+        &self,
+        file: &WriteFile,
+        state: &mut WriteState,
+        id: u64,
+    ) -> Result<bool, FsError> {
+        let Some(queue) = self.queue() else {
+            return Ok(false);
+        };
+        let ino = file.ino;
         if state.queued != Some(id) {
             // Whoever replaced or discarded it removed it.
-            return Ok(());
+            return Ok(false);
         }
         if state.differs_from_queued() {
             // Changed since: the coming close queues the new content in its place.
-            return Ok(());
+            return Ok(false);
         }
         if !matches!(state.content, Content::Staged(_)) {
             // The journal holds what was acknowledged.
@@ -570,7 +591,7 @@ impl FtpFs {
             state.shares_queued = true;
         }
         let Some(item) = queue.get(id).map(|queued| queued.record) else {
-            return Ok(());
+            return Ok(false);
         };
         if !item.tries.contains(&queue.mount) {
             // Recorded before the first try, so that the next mount deletes what this
@@ -580,7 +601,7 @@ impl FtpFs {
                 queue.journal.record(&updated)?;
             }
         }
-        let result = Box::pin(self.upload_and_land(ino, &mut state, Some(&item))).await;
+        let result = Box::pin(self.upload_and_land(ino, state, Some(&item))).await;
         match result {
             Ok(conflict) => {
                 if let Some(name) = conflict {
@@ -598,16 +619,14 @@ impl FtpFs {
                     tracing::warn!(id, "cannot remove a landed item from the journal: {e}");
                 }
                 queue.remove(id, true);
-                file.publish(&state);
-                drop(state);
-                self.writer.forget(&file);
-                Ok(())
+                file.publish(state);
+                Ok(true)
             }
             Err(e) => {
                 if refused_for_good(&e) {
                     state.failure = Some(e.clone());
                     state.failures += 1;
-                    file.publish(&state);
+                    file.publish(state);
                 }
                 Err(e)
             }

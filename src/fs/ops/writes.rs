@@ -662,12 +662,12 @@ impl FtpFs {
         if let Some(queue) = self.queue() {
             queue.journal.sync()?;
         }
-        let queued = state.queued;
-        drop(state);
-        match queued {
-            Some(id) => self.land_queued(file.ino, id).await,
-            None => Ok(()),
+        // Landed with the state held: a change or another close meanwhile would hold
+        // the item back, or replace it, and leave fsync's data off the server.
+        if let Some(id) = state.queued {
+            self.land_queued_locked(&file, &mut state, id).await?;
         }
+        Ok(())
     }
 
     /// Drops the changes of a file: a new file disappears, and an existing one keeps what
