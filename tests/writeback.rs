@@ -644,6 +644,48 @@ fn strict_writeback_lands_the_queued_content_after_its_next_writer_is_killed() {
     let _ = fs::remove_dir_all(&local);
 }
 
+/// A queued file written again under a queue cap it alone fills (the server refuses
+/// uploads for now): its close replaces its own item, so it does not wait for room that
+/// only that item's upload could free (which the close itself held back, until the 30 s
+/// stall let it through over the cap).
+#[test]
+fn strict_writeback_a_rewrite_never_waits_for_the_item_it_replaces() {
+    let local = scratch_dir("wb-own-room");
+    let (root, cache, mnt) = (local.join("served"), local.join("cache"), local.join("mnt"));
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let server = strict_server(&root, 0);
+    let mut m = Mounted::with(
+        MountConfig::new(Server::External, Tls::V13)
+            .port(server.port())
+            .mountpoint(&mnt)
+            .option("writeback")
+            .option("writeback_size=1M")
+            .option(&format!("cache_dir={}", cache.display()))
+            .env("RUST_LOG", "ftpsfs=debug"),
+    );
+    server.set_refuse_upload_data(true);
+    let first = common::content(700_000, 1);
+    let second = common::content(700_000, 2);
+    fs::write(mnt.join("big.bin"), &first).unwrap();
+    fs::write(mnt.join("big.bin"), &second).unwrap();
+    server.set_refuse_upload_data(false);
+    File::options()
+        .write(true)
+        .open(mnt.join("big.bin"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    assert!(fs::read(root.join("big.bin")).unwrap() == second);
+    m.unmount();
+    let log = m.log();
+    assert!(
+        !log.contains("over writeback_size"),
+        "a close waited for its own queued item:\n{log}"
+    );
+    let _ = fs::remove_dir_all(&local);
+}
+
 /// A big file written in order goes up while it is written (its upload is on the
 /// server's disk before the close), lands as that one upload, and a file written out of
 /// order after its upload began, or killed right after its close, still lands whole.

@@ -150,7 +150,7 @@ impl FtpFs {
         let node = self.node(file.ino)?;
         let parent = self.node(node.parent)?;
         let size = state.size;
-        queue.wait_for_room(size).await;
+        queue.wait_for_room(size, state.queued).await;
         // An upload following the writes is this item's first try, under its number.
         if state.follower.as_ref().is_some_and(|f| f.is_complete()) {
             // It was an earlier item's.

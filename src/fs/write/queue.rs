@@ -203,8 +203,16 @@ impl Queue {
 
     /// Items still to land (not stopped) and their bytes.
     pub fn pending(&self) -> (usize, u64) {
+        self.pending_besides(None)
+    }
+
+    /// [`Self::pending`] without item `except`.
+    fn pending_besides(&self, except: Option<u64>) -> (usize, u64) {
         let items = self.items();
-        let pending = items.values().filter(|item| !item.stopped);
+        let pending = items
+            .iter()
+            .filter(|(id, item)| !item.stopped && Some(**id) != except)
+            .map(|(_, item)| item);
         pending.fold((0, 0), |(n, bytes), item| (n + 1, bytes + item.size))
     }
 
@@ -212,13 +220,15 @@ impl Queue {
     /// disk cache's free space (or nothing else is queued: one file larger than the cap
     /// still goes). While the queue shrinks the wait goes on;
     /// once nothing has left it for [`STALL`], the file goes over the cap (logged), so
-    /// that a server that is down never freezes a close.
-    pub async fn wait_for_room(&self, size: u64) {
+    /// that a server that is down never freezes a close. The item the new one replaces
+    /// (`replacing`, the file's own, which leaves as it comes) does not count: its
+    /// upload cannot free the room while the file's close holds the file.
+    pub async fn wait_for_room(&self, size: u64, replacing: Option<u64>) {
         let mut smallest = u64::MAX;
         let mut deadline = tokio::time::Instant::now() + self.stall;
         loop {
             let changed = self.changed.notified();
-            let (count, bytes) = self.pending();
+            let (count, bytes) = self.pending_besides(replacing);
             let low_disk = crate::fs::cache::disk::too_little_free_space(self.journal.dir());
             if has_room(count, bytes, size, self.config.max_bytes, low_disk) {
                 return;
@@ -378,12 +388,12 @@ mod tests {
         let queue = std::sync::Arc::new(queue(100));
         queue.add(1, item(80));
         // One file larger than the cap goes when nothing else is queued.
-        tokio::time::timeout(Duration::from_secs(1), small.wait_for_room(1000))
+        tokio::time::timeout(Duration::from_secs(1), small.wait_for_room(1000, None))
             .await
             .unwrap();
         let waiting = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.wait_for_room(30).await }
+            async move { queue.wait_for_room(30, None).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "80 + 30 bytes do not fit in 100");
@@ -396,13 +406,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_item_a_close_replaces_leaves_room_for_it() {
+        let queue = queue(100);
+        queue.add(1, item(80));
+        // The file's own queued item is replaced by its new content: no wait for it.
+        tokio::time::timeout(Duration::from_millis(200), queue.wait_for_room(80, Some(1)))
+            .await
+            .expect("a close waited for the item it replaces");
+        queue.add(2, item(15));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), queue.wait_for_room(90, Some(1)))
+                .await
+                .is_err(),
+            "another file's item still counts"
+        );
+    }
+
+    #[tokio::test]
     async fn a_full_queue_that_does_not_shrink_stops_holding_closes() {
         let mut stalled = queue(100);
         stalled.stall = Duration::from_millis(300);
         let queue = std::sync::Arc::new(stalled);
         queue.add(1, item(80));
         let started = std::time::Instant::now();
-        tokio::time::timeout(Duration::from_secs(5), queue.wait_for_room(30))
+        tokio::time::timeout(Duration::from_secs(5), queue.wait_for_room(30, None))
             .await
             .expect("a close waited on a queue the server takes nothing from");
         assert!(
@@ -414,7 +441,7 @@ mod tests {
         queue.add(2, item(15));
         let waiting = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.wait_for_room(30).await }
+            async move { queue.wait_for_room(30, None).await }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         queue.remove(2, true);
