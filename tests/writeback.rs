@@ -530,6 +530,48 @@ fn strict_writeback_lands_everything_after_a_server_outage_and_kill_9() {
     let _ = fs::remove_dir_all(&local);
 }
 
+/// A write-back mount of a strict server of its own (TLS 1.3), which serves
+/// `local/served` with `files` in it from the start; more `-o` options in `extra`.
+struct WritebackOnStrict {
+    m: Mounted,
+    server: common::strict_server::StrictServer,
+    local: PathBuf,
+    root: PathBuf,
+    cache: PathBuf,
+    mnt: PathBuf,
+}
+
+impl WritebackOnStrict {
+    fn start(label: &str, files: &[(&str, &[u8])], extra: &[&str]) -> Self {
+        let local = scratch_dir(label);
+        let (root, cache, mnt) = (local.join("served"), local.join("cache"), local.join("mnt"));
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        for (name, body) in files {
+            fs::write(root.join(name), body).unwrap();
+        }
+        let server = strict_server(&root, 0);
+        let mut config = MountConfig::new(Server::External, Tls::V13)
+            .port(server.port())
+            .mountpoint(&mnt)
+            .option("writeback")
+            .option(&format!("cache_dir={}", cache.display()))
+            .env("RUST_LOG", "ftpsfs=debug");
+        for option in extra {
+            config = config.option(option);
+        }
+        let m = Mounted::with(config);
+        Self {
+            m,
+            server,
+            local,
+            root,
+            cache,
+            mnt,
+        }
+    }
+}
+
 /// A queued file opened again with O_TRUNC while its upload waits (the server refuses
 /// data connections for now): what lands is what the program left, an empty file after
 /// `: > name`, the new bytes alone after a rewrite held open across the item's next
@@ -537,21 +579,18 @@ fn strict_writeback_lands_everything_after_a_server_outage_and_kill_9() {
 /// the truncation, and a write after it landed beside the old bytes).
 #[test]
 fn strict_writeback_an_open_with_o_trunc_supersedes_the_queued_upload() {
-    let local = scratch_dir("wb-otrunc");
-    let (root, cache, mnt) = (local.join("served"), local.join("cache"), local.join("mnt"));
-    fs::create_dir_all(&root).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    for name in ["emptied.txt", "rewritten.txt"] {
-        fs::write(root.join(name), b"the server's old content\n").unwrap();
-    }
-    let server = strict_server(&root, 0);
-    let m = Mounted::with(
-        MountConfig::new(Server::External, Tls::V13)
-            .port(server.port())
-            .mountpoint(&mnt)
-            .option("writeback")
-            .option(&format!("cache_dir={}", cache.display()))
-            .env("RUST_LOG", "ftpsfs=debug"),
+    let old = &b"the server's old content\n"[..];
+    let WritebackOnStrict {
+        m,
+        server,
+        local,
+        root,
+        cache,
+        mnt,
+    } = WritebackOnStrict::start(
+        "wb-otrunc",
+        &[("emptied.txt", old), ("rewritten.txt", old)],
+        &[],
     );
     server.set_refuse_upload_data(true);
     fs::write(mnt.join("emptied.txt"), b"queued, then emptied\n").unwrap();
@@ -601,19 +640,14 @@ fn strict_writeback_an_open_with_o_trunc_supersedes_the_queued_upload() {
 /// an fsync or a remount (the item's tries used to end while the writer had it).
 #[test]
 fn strict_writeback_lands_the_queued_content_after_its_next_writer_is_killed() {
-    let local = scratch_dir("wb-killed-next");
-    let (root, cache, mnt) = (local.join("served"), local.join("cache"), local.join("mnt"));
-    fs::create_dir_all(&root).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    let server = strict_server(&root, 0);
-    let m = Mounted::with(
-        MountConfig::new(Server::External, Tls::V13)
-            .port(server.port())
-            .mountpoint(&mnt)
-            .option("writeback")
-            .option(&format!("cache_dir={}", cache.display()))
-            .env("RUST_LOG", "ftpsfs=debug"),
-    );
+    let WritebackOnStrict {
+        m,
+        server,
+        local,
+        root,
+        cache,
+        mnt,
+    } = WritebackOnStrict::start("wb-killed-next", &[], &[]);
     server.set_refuse_upload_data(true);
     let acknowledged = b"closed and acknowledged\n";
     fs::write(mnt.join("f.txt"), acknowledged).unwrap();
@@ -650,20 +684,14 @@ fn strict_writeback_lands_the_queued_content_after_its_next_writer_is_killed() {
 /// stall let it through over the cap).
 #[test]
 fn strict_writeback_a_rewrite_never_waits_for_the_item_it_replaces() {
-    let local = scratch_dir("wb-own-room");
-    let (root, cache, mnt) = (local.join("served"), local.join("cache"), local.join("mnt"));
-    fs::create_dir_all(&root).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    let server = strict_server(&root, 0);
-    let mut m = Mounted::with(
-        MountConfig::new(Server::External, Tls::V13)
-            .port(server.port())
-            .mountpoint(&mnt)
-            .option("writeback")
-            .option("writeback_size=1M")
-            .option(&format!("cache_dir={}", cache.display()))
-            .env("RUST_LOG", "ftpsfs=debug"),
-    );
+    let WritebackOnStrict {
+        mut m,
+        server,
+        local,
+        root,
+        mnt,
+        ..
+    } = WritebackOnStrict::start("wb-own-room", &[], &["writeback_size=1M"]);
     server.set_refuse_upload_data(true);
     let first = common::content(700_000, 1);
     let second = common::content(700_000, 2);
