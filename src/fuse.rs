@@ -366,10 +366,8 @@ async fn closer_of(
 ) -> Closer {
     let check = tokio::task::spawn_blocking(move || {
         if killed_by_signal(pid) {
-            let group = thread_group(pid);
-            let survivor = others
-                .iter()
-                .any(|&other| group.is_some() && lives_apart(other, group));
+            let survivor = thread_group(pid)
+                .is_some_and(|group| others.iter().any(|&other| lives_apart(other, group)));
             return if survivor {
                 Closer::Bystander
             } else {
@@ -482,14 +480,14 @@ fn thread_group(pid: u32) -> Option<u32> {
 }
 
 /// Whether `pid` is alive and not a thread of process `group` (which is exiting).
-fn lives_apart(pid: u32, group: Option<u32>) -> bool {
+fn lives_apart(pid: u32, group: u32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
     let dead = status_field(&status, "State")
         .is_none_or(|state| state.starts_with('Z') || state.starts_with('X'));
     let tgid = status_field(&status, "Tgid").and_then(|t| t.parse::<u32>().ok());
-    !dead && tgid.is_some() && tgid != group
+    !dead && tgid.is_some_and(|tgid| tgid != group)
 }
 
 /// The value of field `name` in a `/proc/PID/status`.
@@ -1045,8 +1043,8 @@ mod tests {
     fn a_survivor_is_a_live_process_apart_from_the_killed_one() {
         let own = std::process::id();
         assert_eq!(thread_group(own), Some(own));
-        assert!(!lives_apart(own, Some(own)), "its own process");
-        assert!(lives_apart(own, Some(1)));
+        assert!(!lives_apart(own, own), "its own process");
+        assert!(lives_apart(own, 1));
         // A child that exited and was not waited for is a zombie: no writer any more.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let zombie = child.id();
@@ -1060,9 +1058,9 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(!lives_apart(zombie, Some(own)));
+        assert!(!lives_apart(zombie, own));
         child.wait().unwrap();
-        assert!(!lives_apart(zombie, Some(own)), "reaped");
+        assert!(!lives_apart(zombie, own), "reaped");
     }
 
     #[test]

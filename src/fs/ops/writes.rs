@@ -222,9 +222,11 @@ impl FtpFs {
         write.failure(&state)?;
         let len = data.len() as u32;
         let result = self.write_locked(file.ino, &mut state, offset, data).await;
-        // (A failure recorded already, a lost stream's, has cleared `dirty`.)
-        if let (Err(e), true) = (&result, state.dirty) {
-            self.fail(&mut state, e.clone());
+        if let Err(e) = &result {
+            // A failure recorded already (a lost stream's) has cleared `dirty`.
+            if state.dirty {
+                self.fail(&mut state, e.clone());
+            }
         }
         file.publish(&state);
         result.map(|()| len)
@@ -598,7 +600,7 @@ impl FtpFs {
         }
         let mut state = file.state.lock().await;
         if closer == Closer::KilledProcess {
-            if let (Some(_), Some(id)) = (self.queue(), state.queued) {
+            if let (true, Some(id)) = (self.queue().is_some(), state.queued) {
                 if state.differs_from_queued() && !state.discarded {
                     // What was closed before stays queued; the killed writer's changes go.
                     tracing::info!(
@@ -1242,13 +1244,13 @@ impl FtpFs {
     pub(in crate::fs) async fn discard_writes(&self, ino: u64) -> Option<bool> {
         let file = self.writer.file(ino)?;
         let mut state = file.state.lock().await;
-        self.discard(&mut state);
-        file.publish(&state);
+        self.discard_held(&file, &mut state);
         Some(state.on_server)
     }
 
-    /// Drops the pending changes of `file`, whose state the caller held locked while the
-    /// server deleted or replaced it: only then, so that a refusal leaves them queued.
+    /// Drops the pending changes of `file`, whose state the caller holds (unlink and
+    /// rename hold it while the server deletes or replaces the file, and call this only
+    /// then, so that a refusal leaves the changes queued).
     pub(in crate::fs) fn discard_held(&self, file: &WriteFile, state: &mut WriteState) {
         self.discard(state);
         file.publish(state);
